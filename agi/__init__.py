@@ -1,0 +1,1 @@
+"""referee beside Asterisk (FastAGI server and AMI controller). See issue 4."""

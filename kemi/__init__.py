@@ -1,0 +1,1 @@
+"""referee inside Kamailio: sans-IO SIP pieces, policy, transfer state, and the KSR glue."""

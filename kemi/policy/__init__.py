@@ -1,0 +1,1 @@
+"""Transfer policy: rules from SQL, evaluated in memory."""

@@ -1,0 +1,1 @@
+"""Schema and migrations for the policy and the transfer log (SQLite and PostgreSQL)."""
