@@ -1,0 +1,114 @@
+"""referee's own settings, read from one TOML file so Kamailio, the CLI and tests agree.
+
+The file is named by $REFEREE_CONFIG (default /etc/referee/referee.toml); every key has a
+default, so a missing file means "all defaults".  Why TOML: stdlib (tomllib), comments
+allowed, and operators already edit kamailio.cfg-like text files.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+
+DEFAULT_PATH = "/etc/referee/referee.toml"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    # Budget for one Redis round trip on the SIP path (connect + command), in ms.
+    timeout_ms: int = 50
+    # Circuit breaker: open after this many consecutive failures, for this long.
+    breaker_failures: int = 3
+    breaker_open_s: float = 5.0
+    prefix: str = "referee"
+
+
+@dataclass(frozen=True)
+class KamailioSettings:
+    # What a REFER gets when Redis cannot be reached: "closed" answers 503 + Retry-After,
+    # "open" relays the REFER untracked (logged loudly).
+    redis_fail_mode: str = "closed"
+    retry_after_s: int = 30
+    # Accepting 2xx code the transferee is allowed to use is not ours to choose; this is
+    # the code referee uses when *it* must invent a reply on the transferee's behalf.
+    log_prefix: str = "referee"
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    # How long a record stays in Redis after it is final (seconds).
+    done_ttl_s: int = 3600
+    # Cap on any open transfer's life, whatever the NOTIFY's expires says (seconds).
+    max_open_s: int = 900
+    stream_maxlen: int = 100000
+
+
+@dataclass(frozen=True)
+class Settings:
+    policy_db: str = "/var/lib/referee/policy.db"
+    policy_check_interval_s: float = 1.0
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    kamailio: KamailioSettings = field(default_factory=KamailioSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the key and the file."""
+
+
+def _section(cls, raw: dict, where: str):
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+        out[key] = value
+    try:
+        return cls(**out)
+    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def parse(text: str, where: str = "<config>") -> Settings:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    top = dict(raw)
+    sections = {
+        "redis": RedisSettings,
+        "kamailio": KamailioSettings,
+        "transfer": TransferSettings,
+    }
+    built = {}
+    for name, cls in sections.items():
+        value = top.pop(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        built[name] = _section(cls, value, f"{where} [{name}]")
+    settings = _section(Settings, top, where)
+    settings = Settings(
+        policy_db=settings.policy_db,
+        policy_check_interval_s=settings.policy_check_interval_s,
+        **built,
+    )
+    if settings.kamailio.redis_fail_mode not in ("open", "closed"):
+        raise ConfigError(f"{where} [kamailio] redis_fail_mode must be 'open' or 'closed'")
+    if settings.redis.timeout_ms <= 0:
+        raise ConfigError(f"{where} [redis] timeout_ms must be > 0")
+    return settings
+
+
+def load(path: str | None = None) -> Settings:
+    """Read the settings file; a missing default file means defaults, a missing named one is an error."""
+    explicit = path or os.environ.get("REFEREE_CONFIG")
+    target = explicit or DEFAULT_PATH
+    try:
+        with open(target, encoding="utf-8") as fh:
+            return parse(fh.read(), target)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{target}: no such file (named by --config or REFEREE_CONFIG)")
+        return Settings()
