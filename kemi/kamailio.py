@@ -1,0 +1,377 @@
+"""The KSR glue: read a message, ask kemi.transfer, perform what it says.
+
+Two ways in, one logic:
+
+* kamailio.cfg with ``cfgengine "python"``: Kamailio calls ``ksr_request_route`` and the
+  small proxy in kemi.proxy routes everything, calling the ``on_*`` handlers below.
+* a native kamailio.cfg (the drop-in): ``python_exec("referee_request")`` for REFER,
+  NOTIFY, INVITE and BYE.  The method returns 1 to let the cfg go on relaying and 0 when
+  referee has answered the request itself (0 ends the cfg route, as `exit` would).
+
+Rules kept everywhere (notes/kamailio-kemi.md): every route returns an int, no exception
+escapes (an escaped one means no SIP reply at all), Redis waits are bounded by the
+client's budget and its circuit breaker, and non-transfer traffic never reaches Redis.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import traceback
+
+import KSR  # provided by app_python3
+
+from kemi import config, transfer
+from kemi.policy.cache import PolicyCache, PolicyUnavailable
+from kemi.resp import CircuitBreaker, RedisError, RespClient
+from kemi.state import Event
+from kemi.store import TransferStore
+
+CONTINUE = 1  # let the caller (cfg or proxy) go on routing
+HANDLED = 0  # referee answered; the cfg route must end here
+
+HTABLE = "referee"  # dialogs with a transfer on this node: Call-ID -> "from-tag|refer-id"
+REPLY_ROUTE = "referee_reply"
+FAILURE_ROUTE = "referee_failure"
+
+
+def _log(level, text: str) -> None:
+    level(f"referee: {text}\n")
+
+
+def route(kind: str):
+    """Wrap a route: an int always comes back; the unexpected is logged and, on a request,
+    answered 500 so the sender is never left waiting in silence."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(self, msg, *args):
+            try:
+                rc = fn(self, msg, *args)
+                return CONTINUE if rc is None else int(rc)
+            except Exception as exc:  # noqa: BLE001 - the last line of defence
+                _log(KSR.err, f"{kind} {fn.__name__} failed: {exc!r}\n{traceback.format_exc()}")
+                if kind == "request":
+                    try:
+                        KSR.hdr.append_to_reply(
+                            f'Warning: 399 referee "internal error: {type(exc).__name__}"\r\n'
+                        )
+                        KSR.sl.send_reply(500, "Server Internal Error")
+                    except Exception:  # noqa: BLE001
+                        pass
+                    return HANDLED
+                return CONTINUE
+
+        return inner
+
+    return wrap
+
+
+def _get(spec: str) -> str | None:
+    value = KSR.pv.get(spec)
+    return None if value is None else str(value)
+
+
+def _headers(name: str) -> list[str]:
+    """Every instance of a header (compact forms and any case match, as Kamailio parses)."""
+    out = []
+    i = 0
+    while True:
+        value = KSR.hdr.get_idx(name, i)
+        if value is None:
+            return out
+        out.append(str(value))
+        i += 1
+
+
+def _send(reply: transfer.Reply) -> int:
+    extra = reply.headers()
+    if extra:
+        KSR.hdr.append_to_reply(extra)
+    KSR.sl.send_reply(reply.code, reply.reason)
+    return HANDLED
+
+
+class Referee:
+    """One per Kamailio process (app_python3 forks the object made in mod_init)."""
+
+    def __init__(self) -> None:
+        self.settings = config.load()
+        self.policy = PolicyCache(
+            self.settings.policy_db, check_interval_s=self.settings.policy_check_interval_s
+        )
+        self._store: TransferStore | None = None
+
+    # -- process lifecycle -------------------------------------------------------------
+    def child_init(self, rank: int) -> int:
+        # Sockets are opened lazily in each process (never before the fork).
+        self._store = None
+        return 0
+
+    @property
+    def store(self) -> TransferStore:
+        if self._store is None:
+            r = self.settings.redis
+            client = RespClient(
+                r.url,
+                timeout_s=r.timeout_ms / 1000.0,
+                breaker=CircuitBreaker(r.breaker_failures, r.breaker_open_s),
+            )
+            self._store = TransferStore(
+                client,
+                prefix=r.prefix,
+                done_ttl_s=self.settings.transfer.done_ttl_s,
+                stream_maxlen=self.settings.transfer.stream_maxlen,
+            )
+        return self._store
+
+    # -- native-cfg entry points -------------------------------------------------------
+    @route("request")
+    def referee_request(self, msg) -> int:
+        method = KSR.pv.get("$rm")
+        if method == "REFER":
+            return self.on_refer()
+        if method == "NOTIFY":
+            return self.on_notify()
+        if method == "INVITE":
+            return self.on_invite()
+        if method == "BYE":
+            return self.on_bye()
+        return CONTINUE
+
+    @route("reply")
+    def referee_reply(self, msg) -> int:
+        return self.on_reply(int(KSR.pv.get("$rs") or 0))
+
+    @route("failure")
+    def referee_failure(self, msg) -> int:
+        # Local timeouts (408) never pass a reply route: they are seen only here.
+        return self.on_reply(int(KSR.pv.get("$T_reply_code") or 0))
+
+    @route("timer")
+    def referee_sweep(self, msg) -> int:
+        """rtimer: close transfers whose final NOTIFY never came."""
+        now = time.time()
+        try:
+            due = self.store.due(now, limit=200)
+        except RedisError as exc:
+            _log(KSR.warn, f"expiry sweep skipped: {exc}")
+            return CONTINUE
+        for call_id, refer_id in due:
+            try:
+                res = self.store.apply(call_id, refer_id, Event.EXPIRY, now, detail="sweep")
+            except RedisError as exc:
+                _log(KSR.warn, f"expiry of {call_id}/{refer_id} not recorded: {exc}")
+                return CONTINUE
+            if res.final:
+                _log(KSR.notice, f"transfer {call_id}/{refer_id} expired without a final NOTIFY")
+        return CONTINUE
+
+    # -- REFER ---------------------------------------------------------------------------
+    def on_refer(self) -> int:
+        cseq = int((_get("$cs") or "0").strip() or 0)
+        msg = transfer.ReferMessage(
+            call_id=_get("$ci") or "",
+            cseq=cseq,
+            from_uri=_get("$hdr(From)") or "",
+            from_tag=_get("$ft") or "",
+            to_uri=_get("$hdr(To)") or "",
+            to_tag=_get("$tt") or "",
+            request_uri=_get("$ru") or "",
+            source_ip=_get("$si") or "",
+            refer_to=_headers("Refer-To"),
+            referred_by=_headers("Referred-By"),
+            contact=_get("$hdr(Contact)"),
+            refer_sub=_get("$hdr(Refer-Sub)"),
+            auth_user=_get("$au"),
+        )
+        try:
+            policy = self.policy.current()
+        except PolicyUnavailable as exc:
+            _log(KSR.err, f"REFER {msg.call_id}: policy unavailable: {exc}")
+            return _send(transfer.Reply(500, "Server Internal Error", "transfer policy unavailable"))
+        verdict = transfer.check_refer(msg, policy)
+        if isinstance(verdict, transfer.Reply):
+            _log(KSR.notice, f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
+            return _send(verdict)
+        return self._track_refer(verdict)
+
+    def _track_refer(self, plan: transfer.ReferPlan) -> int:
+        now = time.time()
+        d = plan.decision
+        expiry = min(plan.expiry_s, self.settings.transfer.max_open_s)
+        try:
+            res = self.store.create(
+                plan.call_id,
+                plan.refer_id,
+                plan.fields,
+                now=now,
+                deadline=now + expiry,
+                max_per_call=d.max_transfers_per_call,
+                transferor=plan.transferor,
+                rate_limit=d.refers_per_minute,
+                transferee=plan.transferee,
+                target=plan.target,
+            )
+        except RedisError as exc:
+            return self._redis_down_refer(plan, exc)
+        if not res.created and res.reason != "duplicate":
+            reply = transfer.limit_reply(res.reason, d)
+            _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered 403: {reply.warning}")
+            return _send(reply)
+        KSR.pv.sets("$avp(rf_cid)", plan.call_id)
+        KSR.pv.sets("$avp(rf_id)", plan.refer_id)
+        KSR.pv.sets("$avp(rf_nosub)", "1" if plan.nosub_requested else "0")
+        self._mark_dialog(plan.call_id, _get("$ft") or "", plan.refer_id)
+        KSR.tm.t_on_reply(REPLY_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        _log(
+            KSR.info,
+            f"REFER {plan.call_id}/{plan.refer_id} {plan.transferor} -> {plan.target_uri} "
+            f"allowed ({d.rule})",
+        )
+        return CONTINUE
+
+    def _redis_down_refer(self, plan: transfer.ReferPlan, exc: Exception) -> int:
+        k = self.settings.kamailio
+        if k.redis_fail_mode == "open":
+            _log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} relayed UNTRACKED (Redis: {exc})")
+            return CONTINUE
+        _log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} refused 503 (Redis: {exc})")
+        return _send(
+            transfer.Reply(
+                503, "Service Unavailable", "transfer state store unreachable", k.retry_after_s
+            )
+        )
+
+    def _mark_dialog(self, call_id: str, from_tag: str, refer_id: str) -> None:
+        """Remember on this node that the dialog carries a transfer, so BYEs are cheap to
+        recognise (shared memory, no Redis for calls without transfers)."""
+        try:
+            KSR.htable.sht_sets(HTABLE, call_id, f"{from_tag}|{refer_id}")
+        except Exception as exc:  # noqa: BLE001 - htable not loaded: BYEs go unrecorded
+            _log(KSR.warn, f"htable '{HTABLE}' unusable, BYEs will not be recorded: {exc}")
+
+    # -- replies ---------------------------------------------------------------------------
+    def on_reply(self, code: int) -> int:
+        call_id = _get("$avp(rf_cid)")
+        if not call_id or code < 200:
+            return CONTINUE
+        refer_id = _get("$avp(rf_id)")
+        method = _get("$rm")
+        if method == "REFER":
+            event = transfer.refer_response_event(
+                code, _get("$avp(rf_nosub)") == "1", _get("$hdr(Refer-Sub)")
+            )
+        elif method == "NOTIFY":
+            if code != 481:
+                return CONTINUE
+            event = Event.NOTIFY_481
+        elif method == "INVITE":
+            event = transfer.invite_response_event(code)
+        else:
+            return CONTINUE
+        if event is None:
+            return CONTINUE
+        self._apply(call_id, refer_id, event, {f"{method.lower()}_reply": str(code)}, str(code))
+        return CONTINUE
+
+    def _apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None):
+        try:
+            res = self.store.apply(
+                call_id, refer_id, event, time.time(), fields=fields, deadline=deadline, detail=detail
+            )
+        except RedisError as exc:
+            _log(KSR.err, f"{event} for {call_id}/{refer_id} NOT recorded (Redis: {exc})")
+            return None
+        if res.outcome in ("illegal", "ambiguous", "unknown"):
+            _log(KSR.notice, f"{event} for {call_id}/{refer_id}: {res.outcome} in state {res.old}")
+        elif res.final:
+            _log(KSR.info, f"transfer {call_id}/{res.refer_id} {res.new}")
+        return res
+
+    # -- NOTIFY ----------------------------------------------------------------------------
+    def on_notify(self) -> int:
+        event_hdr = _get("$hdr(Event)")
+        ctype = _get("$hdr(Content-Type)")
+        if not transfer.is_refer_notify(event_hdr, ctype):
+            return CONTINUE
+        facts = transfer.read_notify(
+            transfer.NotifyMessage(
+                event=event_hdr,
+                subscription_state=_get("$hdr(Subscription-State)"),
+                content_type=ctype,
+                body=_get("$rb") or "",
+            )
+        )
+        call_id = _get("$ci") or ""
+        if isinstance(facts, transfer.Reply):
+            _log(KSR.notice, f"NOTIFY {call_id} answered {facts.code}: {facts.warning}")
+            return _send(facts)
+        status = facts.status
+        fields = {"last_notify": str(status.code) if status else "none"}
+        if facts.terminated and status is not None:
+            fields["final_sipfrag"] = f"{status.code} {status.reason}"
+        deadline = None
+        if facts.expires and not facts.terminated:
+            deadline = time.time() + min(facts.expires, self.settings.transfer.max_open_s)
+        detail = f"{status.code} {status.reason}" if status else "no body"
+        res = self._apply(call_id, facts.refer_id, facts.event, fields, detail, deadline)
+        if res is not None and res.refer_id:
+            KSR.pv.sets("$avp(rf_cid)", call_id)
+            KSR.pv.sets("$avp(rf_id)", res.refer_id)
+            KSR.tm.t_on_reply(REPLY_ROUTE)
+        return CONTINUE
+
+    # -- the transferee's INVITE --------------------------------------------------------------
+    def on_invite(self) -> int:
+        if _get("$tt"):
+            return CONTINUE  # re-INVITE: not a triggered request
+        if not KSR.hdr.is_present("Referred-By") > 0:
+            return CONTINUE  # an ordinary call pays nothing
+        try:
+            caller = transfer.parse_name_addr(_get("$hdr(From)") or "", "From").uri
+            target = transfer.parse_uri_lenient(_get("$ru") or "")
+        except transfer.SipParseError as exc:
+            return _send(transfer.Reply(400, "Bad Request", str(exc)))
+        try:
+            open_transfers = self.store.find_for_invite(caller.aor)
+        except RedisError as exc:
+            _log(KSR.err, f"referred INVITE from {caller.aor} not tied (Redis: {exc})")
+            return CONTINUE
+        tie = transfer.tie_invite(open_transfers, target)
+        if isinstance(tie, transfer.Reply):
+            _log(KSR.notice, f"referred INVITE from {caller.aor} answered {tie.code}: {tie.warning}")
+            return _send(tie)
+        if tie is None:
+            _log(KSR.info, f"referred INVITE from {caller.aor} matches no open transfer")
+            return CONTINUE
+        call_id, refer_id = tie
+        self._apply(call_id, refer_id, Event.INVITE, {"invite_call_id": _get("$ci") or ""})
+        KSR.pv.sets("$avp(rf_cid)", call_id)
+        KSR.pv.sets("$avp(rf_id)", refer_id)
+        KSR.tm.t_on_reply(REPLY_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        return CONTINUE
+
+    # -- BYE ---------------------------------------------------------------------------------
+    def on_bye(self) -> int:
+        call_id = _get("$ci") or ""
+        try:
+            mark = KSR.htable.sht_get(HTABLE, call_id)
+        except Exception:  # noqa: BLE001 - htable not loaded
+            return CONTINUE
+        if not mark:
+            return CONTINUE
+        transferor_tag, _, refer_id = str(mark).partition("|")
+        by_transferor = (_get("$ft") or "") == transferor_tag
+        event = Event.BYE_TRANSFEROR if by_transferor else Event.BYE_TRANSFEREE
+        self._apply(call_id, refer_id or None, event)
+        return CONTINUE
+
+
+def mod_init() -> Referee:
+    """app_python3 calls this in the main process, before forking the workers."""
+    from kemi.proxy import Proxy  # the cfgengine-python routing, which wraps Referee
+
+    return Proxy()

@@ -1,0 +1,95 @@
+"""A complete small proxy in KEMI Python (kamailio.cfg with cfgengine "python").
+
+Registrar with in-memory location, record-route, loose-route, no NAT handling: the
+smallest proxy that carries a transfer between registered phones.  It reads like the
+request_route of Kamailio's default kamailio.cfg, with referee's handlers where REFER,
+NOTIFY, the transferee's INVITE and BYE pass.
+"""
+
+from __future__ import annotations
+
+import KSR
+
+from kemi.kamailio import CONTINUE, HANDLED, Referee, route
+
+TRANSFER_METHODS = {"REFER": "on_refer", "NOTIFY": "on_notify", "INVITE": "on_invite", "BYE": "on_bye"}
+
+
+class Proxy(Referee):
+    @route("request")
+    def ksr_request_route(self, msg) -> int:
+        if self.reqinit() == HANDLED:
+            return HANDLED
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                self.relay()
+            return HANDLED
+        if KSR.siputils.has_totag() > 0:
+            return self.withindlg()
+        # Retransmissions of initial requests are absorbed by tm.
+        if KSR.tm.t_check_trans() == 0:
+            return HANDLED
+        if KSR.is_REGISTER():
+            return self.registrar()
+        if KSR.is_method_in("IS"):  # INVITE, SUBSCRIBE
+            KSR.rr.record_route()
+        elif KSR.is_REFER():
+            KSR.rr.record_route()  # an out-of-dialog REFER creates a dialog too
+        if self.transfer_hook() == HANDLED:
+            return HANDLED
+        return self.location()
+
+    def reqinit(self) -> int:
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.send_reply(483, "Too Many Hops")
+            return HANDLED
+        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0:
+            KSR.sl.send_reply(200, "Keepalive")
+            return HANDLED
+        if KSR.sanity.sanity_check(17895, 7) < 0:
+            return HANDLED
+        return CONTINUE
+
+    def withindlg(self) -> int:
+        if KSR.rr.loose_route() > 0:
+            if self.transfer_hook() == HANDLED:
+                return HANDLED
+            self.relay()
+            return HANDLED
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                self.relay()
+            return HANDLED
+        KSR.sl.send_reply(404, "Not here")
+        return HANDLED
+
+    def transfer_hook(self) -> int:
+        handler = TRANSFER_METHODS.get(KSR.pv.get("$rm"))
+        if handler is None:
+            return CONTINUE
+        return getattr(self, handler)()
+
+    def registrar(self) -> int:
+        if KSR.registrar.save("location", 0) < 0:
+            KSR.sl.sl_reply_error()
+        return HANDLED
+
+    def location(self) -> int:
+        if KSR.corex.has_ruri_user() < 0:
+            KSR.sl.send_reply(484, "Address Incomplete")
+            return HANDLED
+        if KSR.is_myself_ruri():
+            rc = KSR.registrar.lookup("location")
+            if rc < 0:
+                KSR.tm.t_newtran()
+                if rc in (-1, -3):
+                    KSR.tm.t_reply(404, "Not Found")
+                elif rc == -2:
+                    KSR.tm.t_reply(405, "Method Not Allowed")
+                return HANDLED
+        self.relay()
+        return HANDLED
+
+    def relay(self) -> None:
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()

@@ -1,0 +1,309 @@
+"""What referee decides about each message of a transfer, without any I/O.
+
+The Kamailio glue (kemi/kamailio.py) reads a message into one of the dataclasses below,
+calls the matching function, and performs what comes back: a `Reply` to send, or a plan
+to record and relay.  Nothing here touches KSR, Redis or a socket, so every rule is
+tested as plain Python and the same logic serves the CLI's dry runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kemi.policy.evaluate import decide
+from kemi.policy.model import Decision, Policy, ReferFacts
+from kemi.sip.errors import SipParseError
+from kemi.sip.headers import (
+    parse_event,
+    parse_name_addr,
+    parse_refer_to,
+    parse_referred_by,
+    parse_subscription_state,
+    split_values,
+)
+from kemi.sip.uri import Uri, parse_uri
+from kemi.sip.sipfrag import StatusLine, is_sipfrag, parse_sipfrag
+from kemi.state import Event, notify_event
+
+# Reason phrases referee writes; the Warning header says the specifics (RFC 3261 20.43).
+BAD_REQUEST = "Bad Request"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A final answer referee sends itself instead of relaying."""
+
+    code: int
+    reason: str
+    warning: str = ""
+    retry_after: int | None = None
+
+    def headers(self, agent: str = "referee") -> str:
+        """Extra header block for the reply, CRLF-terminated (may be empty)."""
+        out = ""
+        if self.warning:
+            text = self.warning.replace("\\", "").replace('"', "'")
+            out += f'Warning: 399 {agent} "{text}"\r\n'
+        if self.retry_after is not None:
+            out += f"Retry-After: {self.retry_after}\r\n"
+        return out
+
+
+@dataclass(frozen=True)
+class ReferMessage:
+    """The parts of a REFER referee reads (header values as received, one per instance)."""
+
+    call_id: str
+    cseq: int
+    from_uri: str
+    from_tag: str
+    to_uri: str
+    to_tag: str
+    request_uri: str
+    source_ip: str
+    refer_to: list[str]
+    referred_by: list[str] = field(default_factory=list)
+    contact: str | None = None
+    refer_sub: str | None = None
+    auth_user: str | None = None
+
+
+@dataclass(frozen=True)
+class ReferPlan:
+    """An approved REFER: what to record before relaying it."""
+
+    call_id: str
+    refer_id: str
+    decision: Decision
+    transferor: str
+    transferee: str
+    target: str
+    target_uri: str
+    nosub_requested: bool
+    expiry_s: int
+    fields: dict[str, str]
+
+
+def _warning_reply(code: int, reason: str, warning: str) -> Reply:
+    return Reply(code, reason, warning)
+
+
+def check_refer(msg: ReferMessage, policy: Policy) -> Reply | ReferPlan:
+    """Validate a REFER (RFC 3515, 3892, 8217) and ask the policy; early exits in RFC order."""
+    values = [v for raw in msg.refer_to for v in split_values(raw)]
+    if not values:
+        return _warning_reply(400, "Missing Refer-To", "REFER without a Refer-To header")
+    if len(values) > 1:
+        return _warning_reply(400, "Multiple Refer-To", f"REFER with {len(values)} Refer-To values")
+    try:
+        refer_to = parse_refer_to(values[0])
+    except SipParseError as exc:
+        return _warning_reply(400, "Bad Refer-To", str(exc))
+    if refer_to.uri.scheme not in ("sip", "sips", "tel"):
+        return _warning_reply(400, "Bad Refer-To", f"cannot act on a {refer_to.uri.scheme}: target")
+    referred = [v for raw in msg.referred_by for v in split_values(raw)]
+    if len(referred) > 1:
+        return _warning_reply(400, "Multiple Referred-By", "more than one Referred-By")
+    if referred:
+        try:
+            parse_referred_by(referred[0])
+        except SipParseError as exc:
+            return _warning_reply(400, "Bad Referred-By", str(exc))
+    in_dialog = bool(msg.to_tag)
+    if not in_dialog and not msg.contact:
+        return _warning_reply(400, "Missing Contact", "out-of-dialog REFER without Contact")
+    try:
+        transferor = parse_name_addr(msg.from_uri, "From").uri
+        transferee = parse_name_addr(msg.to_uri, "To").uri
+    except SipParseError as exc:
+        return _warning_reply(400, BAD_REQUEST, str(exc))
+    facts = ReferFacts(
+        source_ip=msg.source_ip,
+        from_domain=transferor.host,
+        auth_user=msg.auth_user,
+        transferor=transferor.aor,
+        in_dialog=in_dialog,
+        target=refer_to.uri,
+        has_replaces=refer_to.replaces is not None,
+    )
+    decision = decide(policy, facts)
+    if not decision.allowed:
+        phrase = _safe_phrase(decision.reason) or _denial_phrase(decision.code)
+        return _warning_reply(decision.code, phrase, f"denied by {decision.rule}")
+    nosub = (msg.refer_sub or "").strip().lower() == "false"
+    target = refer_to.uri
+    fields = {
+        "call_id": msg.call_id,
+        "refer_id": str(msg.cseq),
+        "transferor": transferor.aor,
+        "transferee": transferee.aor,
+        "target": target_key(target),
+        "target_uri": str(target),
+        "rule": decision.rule,
+        "tenant": decision.tenant.name,
+        "source": msg.source_ip,
+        "in_dialog": "1" if in_dialog else "0",
+        "from_tag": msg.from_tag,
+        "refer_sub": "false" if nosub else "true",
+    }
+    if referred:
+        fields["referred_by"] = referred[0]
+    if refer_to.replaces is not None:
+        fields["replaces"] = refer_to.replaces.call_id
+    return ReferPlan(
+        call_id=msg.call_id,
+        refer_id=str(msg.cseq),
+        decision=decision,
+        transferor=transferor.aor,
+        transferee=transferee.aor,
+        target=target_key(target),
+        target_uri=str(target),
+        nosub_requested=nosub,
+        expiry_s=decision.subscription_expiry_s,
+        fields=fields,
+    )
+
+
+def _safe_phrase(text: str) -> str:
+    """An operator's reason text made fit for a Status-Line (no control characters)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())[:120]
+
+
+def _denial_phrase(code: int) -> str:
+    return {403: "Forbidden", 603: "Decline", 486: "Busy Here"}.get(code, "Transfer Not Allowed")
+
+
+def target_key(uri) -> str:
+    """How a target is compared: its E.164 form when it is a number, else user@host."""
+    number = uri.e164()
+    return number if number else uri.aor
+
+
+def limit_reply(reason: str, decision: Decision) -> Reply:
+    """The answer to a REFER the store refused because a counter is spent."""
+    if reason == "per-call-limit":
+        return Reply(
+            403,
+            "Forbidden",
+            f"at most {decision.max_transfers_per_call} transfers per call "
+            f"(tenant {decision.tenant.name})",
+        )
+    return Reply(
+        403,
+        "Forbidden",
+        f"more than {decision.refers_per_minute} REFERs per minute from this transferor "
+        f"(tenant {decision.tenant.name})",
+    )
+
+
+def refer_response_event(code: int, nosub_requested: bool, refer_sub_in_reply: str | None) -> Event | None:
+    """The transfer event a final response to the REFER stands for (None for 1xx).
+
+    RFC 4488: there is no subscription only if it was asked for *and* the 2xx echoes it.
+    """
+    if code < 200:
+        return None
+    if code >= 300:
+        return Event.REFER_REJECTED
+    echoed = (refer_sub_in_reply or "").strip().lower() == "false"
+    if nosub_requested and echoed:
+        return Event.REFER_ACCEPTED_NOSUB
+    return Event.REFER_ACCEPTED
+
+
+@dataclass(frozen=True)
+class NotifyMessage:
+    event: str | None
+    subscription_state: str | None
+    content_type: str | None
+    body: str
+
+
+@dataclass(frozen=True)
+class NotifyFacts:
+    """A NOTIFY of a refer subscription, read."""
+
+    refer_id: str | None
+    event: Event
+    status: StatusLine | None
+    expires: int | None
+    terminated: bool
+
+
+def is_refer_notify(event_header: str | None, content_type: str | None) -> bool:
+    """Whether a NOTIFY belongs to a refer subscription.
+
+    Some phones send neither Event nor Subscription-State (ua-quirks.md); a sipfrag body
+    is then the tell.
+    """
+    if event_header:
+        head = event_header.split(";", 1)[0].strip().lower()
+        return head == "refer"
+    return is_sipfrag(content_type)
+
+
+def read_notify(msg: NotifyMessage) -> NotifyFacts | Reply:
+    """Read a refer NOTIFY tolerantly; a body nobody can use gets 400 with the reason."""
+    refer_id = None
+    if msg.event:
+        try:
+            refer_id = parse_event(msg.event).id
+        except SipParseError as exc:
+            return Reply(400, "Bad Event", str(exc))
+    terminated = False
+    expires = None
+    if msg.subscription_state:
+        try:
+            sub = parse_subscription_state(msg.subscription_state)
+        except SipParseError as exc:
+            return Reply(400, "Bad Subscription-State", str(exc))
+        terminated = sub.terminated
+        expires = sub.expires
+    if not msg.body.strip():
+        if terminated:
+            # A terminating NOTIFY without a body ends the subscription, outcome unknown.
+            return NotifyFacts(refer_id, Event.NOTIFY_FAILURE, None, expires, True)
+        return Reply(400, "Missing sipfrag", "refer NOTIFY without a message/sipfrag body")
+    if msg.content_type and not is_sipfrag(msg.content_type):
+        return Reply(
+            415, "Unsupported Media Type", f"refer NOTIFY body is {msg.content_type}, not message/sipfrag"
+        )
+    try:
+        status = parse_sipfrag(msg.body)
+    except SipParseError as exc:
+        return Reply(400, "Bad sipfrag", str(exc))
+    if not msg.subscription_state and status.code >= 200:
+        # No Subscription-State at all (jambonz-style): a final status ends it.
+        terminated = True
+    return NotifyFacts(refer_id, notify_event(status.code, terminated), status, expires, terminated)
+
+
+def parse_uri_lenient(text: str) -> Uri:
+    """A Request-URI, with any headers a phone pasted into it (ua-quirks.md) set aside."""
+    return parse_uri(text).without_headers()
+
+
+def tie_invite(
+    open_transfers: list[tuple[str, str, str]], request_uri: Uri
+) -> Reply | tuple[str, str] | None:
+    """Tie the transferee's referred INVITE to its transfer.
+
+    `open_transfers` are (call_id, refer_id, target) of transfers whose transferee is the
+    INVITE's caller.  None: no open transfer names this caller, so the INVITE is an
+    ordinary call (a Referred-By alone authorises nothing, RFC 3892).  A caller with open
+    transfers may reach only an approved target through a referred INVITE.
+    """
+    if not open_transfers:
+        return None
+    wanted = target_key(request_uri)
+    for call_id, refer_id, target in open_transfers:
+        if target == wanted:
+            return call_id, refer_id
+    approved = ", ".join(sorted({t for _, _, t in open_transfers}))
+    return Reply(403, "Forbidden", f"referred INVITE to {wanted}; the approved target is {approved}")
+
+
+def invite_response_event(code: int) -> Event | None:
+    if code < 200:
+        return None
+    return Event.INVITE_2XX if code < 300 else Event.INVITE_FAILED
