@@ -1,0 +1,462 @@
+"""The transfer store: each REFER and each later event applied atomically in one round trip.
+
+Why Lua: the events of one transfer are handled by different Kamailio workers (and nodes)
+at the same time, so read-state / decide / write must be one atomic step.  The apply
+script carries kemi.state's table as its JSON text (`table_as_json`) and looks each cell
+up with a plain string find, so the Lua and the Python agree by construction.
+
+Keys (p = prefix; tag = the dialog's Call-ID, or sha1[:16] of it when it contains a brace,
+so every key of a dialog is hash-tagged to one Redis Cluster slot):
+
+    p:{tag}:xfer:<refer_id>      hash   one transfer (refer_id = the REFER's CSeq number)
+    p:{tag}:xfer:<refer_id>:log  list   "ts|event|old|new|outcome|detail", for the ladder
+    p:{tag}:xfers                hash   refer_id -> current state (all of the dialog's REFERs)
+    p:deadlines                  zset   "<call_id>\\x1f<refer_id>" scored by deadline (epoch s)
+    p:rate:<transferor>:<minute> string REFERs per transferor per epoch minute
+    p:tie:<transferee>           hash   "<call_id>\\x1f<refer_id>" -> target (for its INVITE)
+    p:finished                   stream every transfer when it turns final (XADD MAXLEN ~)
+
+Members end in "\\x1f<digits>", so rsplit gives back any Call-ID unchanged.  Every key has
+a TTL: an open transfer lives until its deadline + `ttl_margin_s`, a final one
+`done_ttl_s`; shared keys (index, deadlines, tie, stream) only ever have their TTL
+extended.  The stream therefore vanishes after `done_ttl_s` without a finished transfer:
+its reader must create its consumer group with MKSTREAM and expect that.
+
+Deployment: one script per event is atomic only on a single Redis (or a Sentinel-managed
+primary).  The deadlines, rate, tie and stream keys live outside the call's slot, and
+two keys are derived inside the script rather than passed in KEYS: the transfer hash of
+a NOTIFY without `;id=` (found through the dialog index, same slot) and, on a final
+transition, the tie hash (named in the transfer hash).  A Cluster deployment would need
+the script to touch only the call's slot (the per-dialog keys) and the cross-slot work
+(deadline, rate, tie, stream) moved to a second, non-atomic step or to per-slot keys
+swept separately.  Left for later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from kemi.state import FINAL, Event, State, table_as_json
+
+SEP = "\x1f"
+
+# Hash fields the store maintains; callers' `fields` may never set them.
+STORE_OWNED = frozenset({
+    "state", "created_at", "updated_at", "final_at", "deadline", "events", "anomalies",
+    "last_event", "tie_key", "tie_field", "key",
+})
+# The REFER's identity: written by create from its arguments; `fields` may repeat them
+# at create (same value) but never change them.
+IDENTITY = frozenset({"call_id", "refer_id", "transferor", "transferee", "target"})
+
+ApplyOutcome = Literal["applied", "ignored", "illegal", "unknown", "ambiguous"]
+CreateReason = Literal["created", "duplicate", "per-call-limit", "rate-limit"]
+
+
+@dataclass
+class CreateResult:
+    created: bool
+    reason: CreateReason
+    transfers_in_call: int  # REFERs recorded in the dialog, this one included if created
+    refers_this_minute: int  # the transferor's count this minute (0 if not counted)
+
+
+@dataclass
+class ApplyResult:
+    refer_id: str | None
+    old: State | None
+    new: State | None
+    outcome: ApplyOutcome
+    final: bool
+
+
+_FINAL_LUA = "{" + ", ".join(f'["{s.value}"]=true' for s in sorted(FINAL)) + "}"
+
+_COMMON = """
+local FINAL = @FINAL@
+local function extend(k, s)
+  local t = redis.call('TTL', k)
+  if t ~= -2 and t < s then redis.call('EXPIRE', k, s) end
+end
+""".replace("@FINAL@", _FINAL_LUA)
+
+# KEYS: 1 index, 2 xfer, 3 log, 4 deadlines, then the rate and tie keys when used.
+# ARGV: 1 refer_id, 2 call_id, 3 now, 4 deadline, 5 ttl, 6 max_per_call, 7 rate_limit,
+#       8 rate key position, 9 tie key position, 10 target, 11 detail, 12.. field pairs
+CREATE_LUA = _COMMON + """
+local idx, xk, lk, dls = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local rid, cid, now, dl, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local rk, tk = KEYS[tonumber(ARGV[8])], KEYS[tonumber(ARGV[9])]
+local n = redis.call('HLEN', idx)
+if redis.call('EXISTS', xk) == 1 then
+  return {0, 'duplicate', n, rk and tonumber(redis.call('GET', rk) or '0') or 0}
+end
+local c = 0
+if rk then
+  c = redis.call('INCR', rk)
+  redis.call('EXPIRE', rk, 120)
+end
+if ARGV[6] ~= '' and n >= tonumber(ARGV[6]) then return {0, 'per-call-limit', n, c} end
+if ARGV[7] ~= '' and c > tonumber(ARGV[7]) then return {0, 'rate-limit', n, c} end
+local member = cid .. '\\31' .. rid
+local h = {'state', 'refer-seen', 'call_id', cid, 'refer_id', rid, 'created_at', now,
+  'updated_at', now, 'deadline', dl, 'events', 1, 'last_event', 'refer'}
+if tk then
+  h[#h + 1] = 'tie_key'; h[#h + 1] = tk; h[#h + 1] = 'tie_field'; h[#h + 1] = member
+  redis.call('HSET', tk, member, ARGV[10])
+  extend(tk, ttl)
+end
+for i = 12, #ARGV do h[#h + 1] = ARGV[i] end
+redis.call('HSET', xk, unpack(h))
+redis.call('HSET', idx, rid, 'refer-seen')
+redis.call('ZADD', dls, dl, member)
+redis.call('DEL', lk)
+redis.call('RPUSH', lk, now .. '|refer|new|refer-seen|applied|' .. ARGV[11])
+redis.call('EXPIRE', xk, ttl)
+redis.call('EXPIRE', lk, ttl)
+extend(idx, ttl)
+extend(dls, ttl)
+return {1, 'created', n + 1, c}
+"""
+
+# KEYS: 1 index, 2 deadlines, 3 stream, [4 xfer, 5 log when the refer_id is known]
+# ARGV: 1 event, 2 refer_id or '', 3 call_id, 4 now, 5 deadline or '', 6 detail,
+#       7 done ttl, 8 stream maxlen, 9 ttl margin, 10 log maxlen, 11 xfer key base,
+#       12.. field pairs
+APPLY_LUA = _COMMON + """
+local T = [==[@TABLE@]==]
+local idx, dls, stream = KEYS[1], KEYS[2], KEYS[3]
+local ev, rid, cid, now, dl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local done_ttl, margin, logmax = tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10])
+if rid == '' then
+  local all, n = redis.call('HGETALL', idx), 0
+  for i = 1, #all, 2 do
+    if not FINAL[all[i + 1]] then n = n + 1; rid = all[i] end
+  end
+  if n == 0 then return {'', '', '', 'unknown', 0} end
+  if n > 1 then return {'', '', '', 'ambiguous', 0} end
+end
+local xk = KEYS[4] or (ARGV[11] .. rid)
+local lk = KEYS[5] or (xk .. ':log')
+local member = cid .. '\\31' .. rid
+local old = redis.call('HGET', xk, 'state')
+if not old then
+  redis.call('ZREM', dls, member)
+  return {rid, '', '', 'unknown', 0}
+end
+local _, e = string.find(T, '"' .. old .. '|' .. ev .. '":"', 1, true)
+if not e then return redis.error_reply('ERR referee: no cell for ' .. old .. '|' .. ev) end
+local cell = string.match(T, '^[^"]+', e + 1)
+local new, outcome = old, 'applied'
+if cell == 'ignore' then outcome = 'ignored'
+elseif cell == 'illegal' then outcome = 'illegal'
+else new = cell end
+local final = outcome == 'applied' and FINAL[new] and not FINAL[old]
+redis.call('RPUSH', lk, table.concat({now, ev, old, new, outcome, ARGV[6]}, '|'))
+if logmax > 0 then redis.call('LTRIM', lk, -logmax, -1) end
+if redis.call('TTL', lk) == -1 then redis.call('PEXPIRE', lk, redis.call('PTTL', xk)) end
+redis.call('HINCRBY', xk, 'events', 1)
+if outcome == 'illegal' then
+  redis.call('HINCRBY', xk, 'anomalies', 1)
+else
+  local h = {'last_event', ev, 'updated_at', now}
+  if outcome == 'applied' then
+    h[#h + 1] = 'state'; h[#h + 1] = new
+    redis.call('HSET', idx, rid, new)
+  end
+  for i = 12, #ARGV do h[#h + 1] = ARGV[i] end
+  redis.call('HSET', xk, unpack(h))
+end
+if final then
+  redis.call('HSET', xk, 'final_at', now)
+  redis.call('ZREM', dls, member)
+  local tie = redis.call('HMGET', xk, 'tie_key', 'tie_field')
+  if tie[1] then redis.call('HDEL', tie[1], tie[2]) end
+  local all = redis.call('HGETALL', xk)
+  all[#all + 1] = 'key'; all[#all + 1] = xk
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[8], '*', unpack(all))
+  redis.call('EXPIRE', xk, done_ttl)
+  redis.call('EXPIRE', lk, done_ttl)
+  extend(idx, done_ttl)
+  extend(stream, done_ttl)
+elseif outcome ~= 'illegal' and dl ~= '' and not FINAL[new] then
+  local ttl = math.max(math.ceil(tonumber(dl) - tonumber(now)), 0) + margin
+  redis.call('ZADD', dls, dl, member)
+  redis.call('HSET', xk, 'deadline', dl)
+  redis.call('EXPIRE', xk, ttl)
+  redis.call('EXPIRE', lk, ttl)
+  extend(idx, ttl)
+  extend(dls, ttl)
+end
+return {rid, old, new, outcome, final and 1 or 0}
+""".replace("@TABLE@", table_as_json())
+
+
+def _s(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return str(value)
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """A hash reply as a dict, whether the client gave a flat list or a dict (redis-py)."""
+    if isinstance(reply, dict):
+        return {_s(k): _s(v) for k, v in reply.items()}
+    it = iter(reply or ())
+    return {_s(k): _s(v) for k, v in zip(it, it, strict=True)}
+
+
+def _is_noscript(exc: Exception) -> bool:
+    text = str(getattr(exc, "message", "") or exc)
+    return (
+        type(exc).__name__ == "NoScriptError"
+        or text.startswith("NOSCRIPT")
+        or "No matching script" in text
+    )
+
+
+def call_tag(call_id: str) -> str:
+    """The hash tag of a dialog: its Call-ID, unless a brace would break the tag."""
+    if not call_id:
+        raise ValueError("empty Call-ID")
+    if "{" in call_id or "}" in call_id:
+        return hashlib.sha1(call_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return call_id
+
+
+def normalise_refer_id(refer_id: str | int) -> str:
+    """A REFER's CSeq number as canonical text ("007" and 7 are the same REFER)."""
+    text = str(refer_id).strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise ValueError(f"refer id {refer_id!r} is not a CSeq number")
+    return str(int(text))
+
+
+class _Script:
+    def __init__(self, text: str):
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+_CREATE = _Script(CREATE_LUA)
+_APPLY = _Script(APPLY_LUA)
+
+
+class TransferStore:
+    """Transfers in Redis, one round trip per create/apply (EVALSHA; EVAL on NOSCRIPT).
+
+    `client` is anything with `.call(*args)` (kemi.resp.RespClient) or redis-py's
+    `execute_command`.  Transport errors propagate: the caller picks fail-open/closed.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "referee",
+        done_ttl_s: int = 3600,
+        stream_maxlen: int = 100000,
+        ttl_margin_s: int = 300,
+        log_maxlen: int = 500,
+    ):
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix {prefix!r} must be non-empty and brace-free")
+        self._call = getattr(client, "call", None) or client.execute_command
+        self.prefix = prefix
+        self.done_ttl_s = int(done_ttl_s)
+        self.stream_maxlen = int(stream_maxlen)
+        self.ttl_margin_s = int(ttl_margin_s)
+        self.log_maxlen = int(log_maxlen)
+        self.noscript_fallbacks = 0  # EVALs after a NOSCRIPT (a restarted/flushed Redis)
+
+    # -- keys
+
+    def _base(self, call_id: str) -> str:
+        return f"{self.prefix}:{{{call_tag(call_id)}}}"
+
+    def xfer_key(self, call_id: str, refer_id: str | int) -> str:
+        return f"{self._base(call_id)}:xfer:{normalise_refer_id(refer_id)}"
+
+    def index_key(self, call_id: str) -> str:
+        return f"{self._base(call_id)}:xfers"
+
+    @property
+    def deadlines_key(self) -> str:
+        return f"{self.prefix}:deadlines"
+
+    @property
+    def stream_key(self) -> str:
+        return f"{self.prefix}:finished"
+
+    def rate_key(self, transferor: str, now: float) -> str:
+        return f"{self.prefix}:rate:{transferor}:{int(now // 60)}"
+
+    def tie_key(self, transferee: str) -> str:
+        return f"{self.prefix}:tie:{transferee}"
+
+    # -- scripts
+
+    def _eval(self, script: _Script, keys: list[str], args: list[str]):
+        try:
+            return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+        self.noscript_fallbacks += 1
+        return self._call("EVAL", script.text, len(keys), *keys, *args)
+
+    @staticmethod
+    def _field_args(
+        fields: dict[str, str] | None, identity: dict[str, str | None] | None = None
+    ) -> list[str]:
+        out: list[str] = []
+        for k, v in (fields or {}).items():
+            if k in STORE_OWNED:
+                raise ValueError(f"field {k!r} is the store's own")
+            if k in IDENTITY:
+                given = (identity or {}).get(k)
+                if identity is None or (given is not None and given != str(v)):
+                    raise ValueError(f"field {k!r} may not differ from the REFER's {k}")
+                if given is not None:
+                    continue  # written from the argument already
+            out += [k, str(v)]
+        return out
+
+    def _ttl(self, now: float, deadline: float) -> int:
+        return max(math.ceil(deadline - now), 0) + self.ttl_margin_s
+
+    # -- API
+
+    def create(
+        self,
+        call_id: str,
+        refer_id: str | int,
+        fields: dict[str, str],
+        now: float,
+        deadline: float,
+        max_per_call: int | None = None,
+        transferor: str | None = None,
+        rate_limit: int | None = None,
+        transferee: str | None = None,
+        target: str | None = None,
+        detail: str = "",
+    ) -> CreateResult:
+        """Record a REFER (state refer-seen) unless a duplicate or over a limit.
+
+        Every non-duplicate REFER counts toward the transferor's rate, even one refused
+        by a limit; a refused one creates nothing else.
+        """
+        rid = normalise_refer_id(refer_id)
+        xk = self.xfer_key(call_id, rid)
+        keys = [self.index_key(call_id), xk, xk + ":log", self.deadlines_key]
+        rate_pos = tie_pos = 0
+        if transferor:
+            keys.append(self.rate_key(transferor, now))
+            rate_pos = len(keys)
+        if transferee:
+            keys.append(self.tie_key(transferee))
+            tie_pos = len(keys)
+        identity = {"call_id": call_id, "refer_id": rid, "transferor": transferor,
+                    "transferee": transferee, "target": target}
+        extra = self._field_args(
+            {**fields, "refer_id": normalise_refer_id(fields["refer_id"])}
+            if "refer_id" in fields else fields,
+            identity,
+        )
+        for name in ("transferor", "transferee", "target"):
+            if identity[name] is not None:
+                extra += [name, identity[name]]
+        args = [
+            rid, call_id, f"{now:.3f}", f"{deadline:.3f}", str(self._ttl(now, deadline)),
+            "" if max_per_call is None else str(max_per_call),
+            "" if rate_limit is None else str(rate_limit),
+            str(rate_pos), str(tie_pos), target or "", detail, *extra,
+        ]
+        created, reason, n, count = self._eval(_CREATE, keys, args)
+        return CreateResult(bool(int(created)), _s(reason), int(n), int(count))  # type: ignore[arg-type]
+
+    def apply(
+        self,
+        call_id: str,
+        refer_id: str | int | None,
+        event: Event,
+        now: float,
+        fields: dict[str, str] | None = None,
+        deadline: float | None = None,
+        detail: str = "",
+    ) -> ApplyResult:
+        """Apply one event to a transfer through kemi.state's table, atomically.
+
+        refer_id None (a NOTIFY without ;id=) means the dialog's only open transfer.
+        A refer_id that is not a CSeq number cannot name a transfer: "unknown", no trip.
+        """
+        event = Event(event)
+        keys = [self.index_key(call_id), self.deadlines_key, self.stream_key]
+        rid = ""
+        if refer_id is not None:
+            try:
+                rid = normalise_refer_id(refer_id)
+            except ValueError:
+                return ApplyResult(str(refer_id), None, None, "unknown", False)
+            xk = self.xfer_key(call_id, rid)
+            keys += [xk, xk + ":log"]
+        args = [
+            event.value, rid, call_id, f"{now:.3f}",
+            "" if deadline is None else f"{deadline:.3f}", detail,
+            str(self.done_ttl_s), str(self.stream_maxlen), str(self.ttl_margin_s),
+            str(self.log_maxlen), f"{self._base(call_id)}:xfer:", *self._field_args(fields),
+        ]
+        rid_out, old, new, outcome, final = self._eval(_APPLY, keys, args)
+        rid_text, old_text, new_text = _s(rid_out), _s(old), _s(new)
+        return ApplyResult(
+            refer_id=rid_text or None,
+            old=State(old_text) if old_text else None,
+            new=State(new_text) if new_text else None,
+            outcome=_s(outcome),  # type: ignore[arg-type]
+            final=bool(int(final)),
+        )
+
+    def reject(
+        self, call_id: str, refer_id: str | int, now: float, fields: dict[str, str] | None = None,
+        detail: str = "",
+    ) -> ApplyResult:
+        """Close a transfer referee itself refused after create (its own 4xx/5xx/6xx)."""
+        return self.apply(call_id, refer_id, Event.REFER_REJECTED, now, fields, detail=detail)
+
+    def find_for_invite(self, transferee_aor: str) -> list[tuple[str, str, str]]:
+        """Open transfers whose transferee is this AOR: (call_id, refer_id, target)."""
+        out = []
+        for member, target in _pairs(self._call("HGETALL", self.tie_key(transferee_aor))).items():
+            call_id, _, rid = member.rpartition(SEP)
+            out.append((call_id, rid, target))
+        return sorted(out)
+
+    def due(self, now: float, limit: int = 100) -> list[tuple[str, str]]:
+        """Transfers past their deadline, oldest first, for the expiry sweep (apply EXPIRY)."""
+        members = self._call(
+            "ZRANGEBYSCORE", self.deadlines_key, "-inf", f"{now:.3f}", "LIMIT", 0, limit
+        )
+        out = []
+        for m in members or ():
+            call_id, _, rid = _s(m).rpartition(SEP)
+            out.append((call_id, rid))
+        return out
+
+    def get(self, call_id: str, refer_id: str | int) -> dict[str, str] | None:
+        return _pairs(self._call("HGETALL", self.xfer_key(call_id, refer_id))) or None
+
+    def log(self, call_id: str, refer_id: str | int) -> list[str]:
+        key = self.xfer_key(call_id, refer_id) + ":log"
+        return [_s(x) for x in self._call("LRANGE", key, 0, -1)]
+
+    def finished(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest finished transfers, newest first; each dict has "stream_id" too."""
+        out = []
+        for entry in self._call("XREVRANGE", self.stream_key, "+", "-", "COUNT", count) or ():
+            stream_id, body = entry
+            record = _pairs(body)
+            record["stream_id"] = _s(stream_id)
+            out.append(record)
+        return out
