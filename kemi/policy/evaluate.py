@@ -1,0 +1,112 @@
+"""decide(): what the policy says about one REFER.  Pure, no I/O, runs on every REFER.
+
+Order (each step can end it, and the Decision names what did):
+1. tenant: the first by priority whose non-null matchers all match; 'default' last;
+2. out-of-dialog REFER and Replaces: tenant switches (RFC 3515 s2.4.7 wants approval for the
+   former, RFC 3891 s6 the latter);
+3. the target as a telephone number: its classes, and the tenant's PSTN switch, which
+   comes before any rule because toll fraud through transfer is the case carriers gate;
+4. the tenant's and the global rules by priority, first match wins;
+5. nothing matched: the tenant's default, allow.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from kemi.policy.model import Decision, Policy, ReferFacts, RuleMatcher, Tenant
+
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _address(text: str) -> tuple[int, int] | None:
+    """(ip version, address as int), IPv4-mapped IPv6 as IPv4; None if not an address.
+    inet_pton rather than ipaddress: ~10x cheaper, and this runs on every REFER."""
+    text = text.strip("[]")
+    try:
+        return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except OSError:
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except OSError:
+        return None
+    if packed[:12] == _MAPPED:
+        return 4, int.from_bytes(packed[12:], "big")
+    return 6, int.from_bytes(packed, "big")
+
+
+def select_tenant(policy: Policy, facts: ReferFacts) -> Tenant:
+    """The first tenant whose set matchers all match; 'default' (always last) matches all."""
+    version, value = (_address(facts.source_ip) or (0, 0)) if policy.uses_source else (0, 0)
+    domain = (facts.from_domain or "").lower().rstrip(".")
+    for m in policy.matchers:
+        if m.networks:
+            for v, net, mask in m.networks:
+                if v == version and value & mask == net:
+                    break
+            else:
+                continue
+        if m.domain is not None and (not domain or not m.domain.matches(domain)):
+            continue
+        if m.user is not None and facts.auth_user != m.user:
+            continue
+        return m.tenant
+    return policy.matchers[-1].tenant  # pragma: no cover - default has no matchers
+
+
+def classify(policy: Policy, number: str, home_cc: str | None) -> frozenset[str]:
+    """Classes of an E.164 number: 'pstn', 'international' unless it is in home_cc (every
+    number when the tenant has no home_cc: fail closed), and every class with a prefix of it."""
+    out = {"pstn"}
+    if home_cc is None or not number.startswith("+" + home_cc):
+        out.add("international")
+    prefixes = policy.prefixes
+    for end in range(2, len(number) + 1):
+        names = prefixes.get(number[:end])
+        if names:
+            out.update(names)
+    return frozenset(out)
+
+
+def _matches(m: RuleMatcher, host: str | None, user: str | None, number: str | None,
+             classes: frozenset[str]) -> bool:
+    kind = m.rule.target_kind
+    if kind == "any":
+        return True
+    if kind == "class":
+        return m.value in classes
+    if kind == "e164-prefix":
+        return number is not None and number.startswith(m.value)
+    if kind == "domain":
+        return host is not None and m.value.matches(host)
+    return user is not None and m.value.match(user) is not None  # 'user' glob
+
+
+def decide(policy: Policy, facts: ReferFacts) -> Decision:
+    tenant = select_tenant(policy, facts)
+    name = tenant.name
+    if not facts.in_dialog and not tenant.allow_out_of_dialog:
+        return Decision(False, 403, "out-of-dialog REFER not allowed",
+                        f"tenant {name}: allow_out_of_dialog off", tenant)
+    if facts.has_replaces and not tenant.allow_replaces:
+        return Decision(False, 403, "Replaces not allowed",
+                        f"tenant {name}: allow_replaces off", tenant)
+    target = facts.target
+    number = target.e164(tenant.home_cc)
+    classes = classify(policy, number, tenant.home_cc) if number else frozenset()
+    if number and not tenant.allow_pstn:
+        return Decision(False, 403, f"PSTN targets not allowed for tenant {name}",
+                        f"tenant {name}: allow_pstn off", tenant, None, number, classes)
+    host = target.host.lower() if target.host else None
+    for m in policy.chains[name]:
+        if _matches(m, host, target.user, number, classes):
+            rule = m.rule
+            if rule.action == "allow":
+                return Decision(True, 0, rule.reason or "allowed", rule.label, tenant,
+                                rule.id, number, classes)
+            return Decision(False, rule.reply_code or 403,
+                            rule.reason or "transfer target not allowed", rule.label, tenant,
+                            rule.id, number, classes)
+    return Decision(True, 0, "no rule matched", f"tenant {name} default allow", tenant,
+                    None, number, classes)

@@ -1,0 +1,1 @@
+"""Tests for kemi.policy: the decision procedure, the database and the reload cache."""
