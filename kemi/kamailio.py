@@ -47,7 +47,7 @@ def route(kind: str):
         @functools.wraps(fn)
         def inner(self, msg, *args):
             try:
-                rc = fn(self, msg, *args)
+                rc = fn(self, msg)  # rtimer and event routes pass extra arguments
                 return CONTINUE if rc is None else int(rc)
             except Exception as exc:  # noqa: BLE001 - the last line of defence
                 _log(KSR.err, f"{kind} {fn.__name__} failed: {exc!r}\n{traceback.format_exc()}")

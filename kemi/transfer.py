@@ -304,6 +304,8 @@ def tie_invite(
 
 
 def invite_response_event(code: int) -> Event | None:
-    if code < 200:
+    """A final response to the transferee's INVITE; 401/407 are challenges the transferee
+    answers with a new INVITE, not a failure of the transfer."""
+    if code < 200 or code in (401, 407):
         return None
     return Event.INVITE_2XX if code < 300 else Event.INVITE_FAILED

@@ -75,13 +75,13 @@ class Kamailio:
 
     def command(self) -> list[str]:
         cmd = [
-            "kamailio", "-f", str(CONFIGS / self.cfg), "-DD", "-E", "-e",
+            "kamailio", "-f", str(CONFIGS / self.cfg), "-DD", "-E",
             "-P", str(self.workdir / "kamailio.pid"),
             "-w", str(self.workdir), "-Y", str(self.workdir),
             "-A", f"LISTEN=udp:127.0.0.1:{self.port}",
             "-A", f'REFEREE_SCRIPT="{CONFIGS / "referee_kemi.py"}"',
             "-A", f'CTL_SOCKET="{self.ctl}"',
-            "-A", f"SWEEP_INTERVAL={self.sweep_interval}",
+            "-A", f'SWEEP_TIMER="name=referee;interval={self.sweep_interval};mode=1;"',
             "-A", f"WORKERS={self.workers}",
             "-m", "64", "-M", "16",
         ]

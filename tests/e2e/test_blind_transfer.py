@@ -1,0 +1,36 @@
+"""Blind transfer through a real Kamailio: Andrew transfers McKenzie to Marsha."""
+
+from __future__ import annotations
+
+from tests.support import scenarios
+from tests.support.kamailio import free_udp_port
+
+
+def run_transfer(lab, andrew, mckenzie, marsha=None):
+    """Register the called parties, start them, let Andrew play; return the three SIPps."""
+    mk_port = free_udp_port()
+    lab.register("mckenzie", mk_port)
+    parties = []
+    if marsha is not None:
+        ma_port = free_udp_port()
+        lab.register("marsha", ma_port)
+        parties.append(lab.party("marsha", marsha.xml(), port=ma_port).start())
+    mk = lab.party("mckenzie", mckenzie.xml(), port=mk_port).start()
+    parties.append(mk)
+    an = lab.party("andrew", andrew.xml())
+    rc = an.run()
+    others = [(p, p.wait()) for p in parties]
+    assert rc == 0, an.report() + lab.kamailio.log()[-5000:]
+    for p, prc in others:
+        assert prc == 0, p.report()
+    return an, mk
+
+
+def test_success_reports_100_180_200_and_records_succeeded(lab):
+    an, _ = run_transfer(lab, scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+    notifies = [ln for ln in an.messages().splitlines() if ln.startswith("SIP/2.0 ")]
+    assert "SIP/2.0 100 Trying" in notifies and "SIP/2.0 180 Ringing" in notifies
+    assert "SIP/2.0 200 OK" in notifies
+    [record] = lab.finished()
+    assert record["state"] == "succeeded"
+    assert record["target"] == "marsha@127.0.0.1"
