@@ -213,6 +213,8 @@ class McKenzie:
             '  <recv request="INVITE" rrs="true">\n    <action>\n'
             '      <ereg regexp=";tag=([^;> \\r\\n]+)" search_in="hdr" header="From:" assign_to="x,atag"/>\n'
             "    </action>\n  </recv>\n"
+            # SIPp refuses a variable used once: the whole-match slot is "used" here.
+            '  <nop><action><log message="andrew tag [$x]"/></action></nop>\n'
         )
         out += _reply("180 Ringing")
         out += _send(_reply_sdp("200 OK", to_tag=True), retrans=True)
