@@ -69,6 +69,42 @@ def classify(policy: Policy, number: str, home_cc: str | None) -> frozenset[str]
     return frozenset(out)
 
 
+_VISUAL = str.maketrans("", "", "-.() ")
+# A dial string this long is a telephone number, not an extension or a short code.
+MIN_DIALED_DIGITS = 7
+
+
+def dialed_number(user: str | None, home_cc: str | None) -> tuple[str | None, bool]:
+    """Read a SIP user part that is a dial string (`sip:01909...@gw`, `sip:19005551234@gw`):
+    (its E.164 form or None, whether it is a telephone number at all).
+
+    Gateways route such users to the PSTN although the URI says nothing of it, so toll
+    fraud hides there.  Digit strings of MIN_DIALED_DIGITS or more count as numbers:
+    00 (and 011 in NANP) is the international prefix; in NANP 1+10 or 10 digits are
+    national; elsewhere a single leading 0 is the trunk prefix.  A number that cannot be
+    placed (no home_cc) is still a number: PSTN and international, failing closed.
+    Shorter strings are extensions or short codes: use `user` rules for those.
+    """
+    if not user:
+        return None, False
+    digits = user.translate(_VISUAL)
+    if not (digits.isdigit() and digits.isascii()) or len(digits) < MIN_DIALED_DIGITS:
+        return None, False
+    if digits.startswith("00"):
+        return "+" + digits[2:], True
+    if home_cc == "1":
+        if digits.startswith("011"):
+            return "+" + digits[3:], True
+        if len(digits) == 11 and digits[0] == "1":
+            return "+" + digits, True
+        if len(digits) == 10:
+            return "+1" + digits, True
+        return None, True
+    if home_cc and digits[0] == "0" and digits[1] != "0":
+        return "+" + home_cc + digits[1:], True
+    return None, True
+
+
 def _matches(m: RuleMatcher, host: str | None, user: str | None, number: str | None,
              classes: frozenset[str]) -> bool:
     kind = m.rule.target_kind
@@ -94,8 +130,14 @@ def decide(policy: Policy, facts: ReferFacts) -> Decision:
                         f"tenant {name}: allow_replaces off", tenant)
     target = facts.target
     number = target.e164(tenant.home_cc)
-    classes = classify(policy, number, tenant.home_cc) if number else frozenset()
-    if number and not tenant.allow_pstn:
+    is_number = number is not None
+    if not is_number:
+        number, is_number = dialed_number(target.user, tenant.home_cc)
+    if number:
+        classes = classify(policy, number, tenant.home_cc)
+    else:
+        classes = frozenset({"pstn", "international"}) if is_number else frozenset()
+    if is_number and not tenant.allow_pstn:
         return Decision(False, 403, f"PSTN targets not allowed for tenant {name}",
                         f"tenant {name}: allow_pstn off", tenant, None, number, classes)
     host = target.host.lower() if target.host else None

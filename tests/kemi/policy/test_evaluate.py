@@ -299,3 +299,46 @@ def test_sqlite_integers_become_booleans_and_bad_flags_are_errors():
                                                                      allow_pstn=2)], [], [])
     assert pol.tenants[-1].allow_pstn is True
     assert "allow_pstn must be true or false" in str(pol.errors[0])
+
+
+# Dial strings: a gateway sends `sip:<digits>@gw` to the PSTN, so they are numbers too.
+@pytest.mark.parametrize(
+    "user, home_cc, expected",
+    [
+        ("19005551234", "1", ("+19005551234", True)),  # NANP 1 + 10 digits
+        ("9005551234", "1", ("+19005551234", True)),  # NANP 10 digits
+        ("011442079460000", "1", ("+442079460000", True)),  # NANP international prefix
+        ("00442079460000", "44", ("+442079460000", True)),  # ITU international prefix
+        ("09098790000", "44", ("+449098790000", True)),  # national with trunk 0
+        ("0909-879-0000", "44", ("+449098790000", True)),  # visual separators
+        ("9098790000", None, (None, True)),  # a number nobody can place: still a number
+        ("2000", "1", (None, False)),  # an extension
+        ("911", "1", (None, False)),  # a short code: user rules decide
+        ("marsha", "1", (None, False)),
+        (None, "1", (None, False)),
+    ],
+)
+def test_dial_strings_are_read_as_numbers(user, home_cc, expected):
+    from kemi.policy.evaluate import dialed_number
+
+    assert dialed_number(user, home_cc) == expected
+
+
+def test_pstn_switch_catches_a_premium_dial_string_without_user_phone():
+    t = Tenant(name="acme", priority=10, match_domain="acme.example", home_cc="1")
+    d = decide(policy(t), facts("sip:19005551234@gw.example", domain="acme.example"))
+    assert not d.allowed and d.code == 403
+    assert d.rule == "tenant acme: allow_pstn off"
+
+
+def test_premium_class_rule_applies_to_dial_strings_once_pstn_is_on():
+    t = Tenant(name="acme", priority=10, match_domain="acme.example", home_cc="1", allow_pstn=True)
+    no_premium = (Rule("no-premium", "deny", "class", "premium", reply_code=403, id=3),)
+    d = decide(policy(t, rules=no_premium), facts("sip:19005551234@gw.example",
+                                                           domain="acme.example"))
+    assert not d.allowed and "premium" in (d.reason + d.rule)
+
+
+def test_extensions_are_not_numbers():
+    d = decide(policy(), facts("sip:2000@pbx.example"))
+    assert d.allowed
