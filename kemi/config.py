@@ -31,6 +31,8 @@ class KamailioSettings:
     # "open" relays the REFER untracked (logged loudly).
     redis_fail_mode: str = "closed"
     retry_after_s: int = 30
+    # Where events Redis could not take are spooled until the sweep replays them.
+    journal_dir: str = "/var/spool/referee"
     # Accepting 2xx code the transferee is allowed to use is not ours to choose; this is
     # the code referee uses when *it* must invent a reply on the transferee's behalf.
     log_prefix: str = "referee"

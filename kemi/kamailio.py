@@ -22,6 +22,7 @@ import traceback
 import KSR  # provided by app_python3
 
 from kemi import config, transfer
+from kemi.journal import Journal
 from kemi.policy.cache import PolicyCache, PolicyUnavailable
 from kemi.resp import CircuitBreaker, RedisError, RespClient
 from kemi.state import Event
@@ -101,6 +102,7 @@ class Referee:
             self.settings.policy_db, check_interval_s=self.settings.policy_check_interval_s
         )
         self._store: TransferStore | None = None
+        self.journal = Journal(self.settings.kamailio.journal_dir)
 
     # -- process lifecycle -------------------------------------------------------------
     def child_init(self, rank: int) -> int:
@@ -150,20 +152,23 @@ class Referee:
 
     @route("timer")
     def referee_sweep(self, msg) -> int:
-        """rtimer: close transfers whose final NOTIFY never came."""
+        """rtimer: replay spooled events, then close transfers whose final NOTIFY never came."""
         now = time.time()
+        if self.journal.pending():
+            report = self.journal.replay(self.store, lambda text: _log(KSR.err, text))
+            if report.applied or report.kept:
+                _log(KSR.notice, f"journal replay: {report.applied} events stored, "
+                                 f"{report.kept} still waiting for Redis")
+            if report.kept:
+                return CONTINUE  # Redis still away: expiring now would race the replay
         try:
             due = self.store.due(now, limit=200)
         except RedisError as exc:
             _log(KSR.warn, f"expiry sweep skipped: {exc}")
             return CONTINUE
         for call_id, refer_id in due:
-            try:
-                res = self.store.apply(call_id, refer_id, Event.EXPIRY, now, detail="sweep")
-            except RedisError as exc:
-                _log(KSR.warn, f"expiry of {call_id}/{refer_id} not recorded: {exc}")
-                return CONTINUE
-            if res.final:
+            res = self._apply(call_id, refer_id, Event.EXPIRY, detail="sweep")
+            if res is not None and res.final:
                 _log(KSR.notice, f"transfer {call_id}/{refer_id} expired without a final NOTIFY")
         return CONTINUE
 
@@ -219,12 +224,7 @@ class Referee:
             reply = transfer.limit_reply(res.reason, d)
             _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered 403: {reply.warning}")
             return _send(reply)
-        KSR.pv.sets("$avp(rf_cid)", plan.call_id)
-        KSR.pv.sets("$avp(rf_id)", plan.refer_id)
-        KSR.pv.sets("$avp(rf_nosub)", "1" if plan.nosub_requested else "0")
-        self._mark_dialog(plan.call_id, _get("$ft") or "", plan.refer_id)
-        KSR.tm.t_on_reply(REPLY_ROUTE)
-        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
         _log(
             KSR.info,
             f"REFER {plan.call_id}/{plan.refer_id} {plan.transferor} -> {plan.target_uri} "
@@ -235,7 +235,15 @@ class Referee:
     def _redis_down_refer(self, plan: transfer.ReferPlan, exc: Exception) -> int:
         k = self.settings.kamailio
         if k.redis_fail_mode == "open":
-            _log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} relayed UNTRACKED (Redis: {exc})")
+            now = time.time()
+            spooled = self._spool(
+                "create", call_id=plan.call_id, refer_id=plan.refer_id, fields=plan.fields,
+                now=now, deadline=now + min(plan.expiry_s, self.settings.transfer.max_open_s),
+                transferor=plan.transferor, transferee=plan.transferee, target=plan.target,
+            )
+            _log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} relayed while Redis is away "
+                          f"({exc}); {'spooled' if spooled else 'NOT RECORDED'}")
+            self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
             return CONTINUE
         _log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} refused 503 (Redis: {exc})")
         return _send(
@@ -243,6 +251,23 @@ class Referee:
                 503, "Service Unavailable", "transfer state store unreachable", k.retry_after_s
             )
         )
+
+    def _follow(self, call_id: str, refer_id: str, nosub: bool) -> None:
+        """Arm the REFER's reply and failure routes and mark its dialog for BYEs."""
+        KSR.pv.sets("$avp(rf_cid)", call_id)
+        KSR.pv.sets("$avp(rf_id)", refer_id)
+        KSR.pv.sets("$avp(rf_nosub)", "1" if nosub else "0")
+        self._mark_dialog(call_id, _get("$ft") or "", refer_id)
+        KSR.tm.t_on_reply(REPLY_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+
+    def _spool(self, op: str, **entry) -> bool:
+        try:
+            self.journal.append(op, **entry)
+            return True
+        except OSError as exc:
+            _log(KSR.crit, f"journal {self.journal.dir} unwritable ({exc}): {op} {entry!r:.200}")
+            return False
 
     def _mark_dialog(self, call_id: str, from_tag: str, refer_id: str) -> None:
         """Remember on this node that the dialog carries a transfer, so BYEs are cheap to
@@ -277,12 +302,18 @@ class Referee:
         return CONTINUE
 
     def _apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None):
+        now = time.time()
         try:
             res = self.store.apply(
-                call_id, refer_id, event, time.time(), fields=fields, deadline=deadline, detail=detail
+                call_id, refer_id, event, now, fields=fields, deadline=deadline, detail=detail
             )
         except RedisError as exc:
-            _log(KSR.err, f"{event} for {call_id}/{refer_id} NOT recorded (Redis: {exc})")
+            spooled = self._spool(
+                "apply", call_id=call_id, refer_id=refer_id, event=str(event), now=now,
+                fields=fields, deadline=deadline, detail=detail,
+            )
+            _log(KSR.err, f"{event} for {call_id}/{refer_id} {'spooled' if spooled else 'LOST'}"
+                          f" (Redis: {exc})")
             return None
         if res.outcome in ("illegal", "ambiguous", "unknown"):
             _log(KSR.notice, f"{event} for {call_id}/{refer_id}: {res.outcome} in state {res.old}")

@@ -144,6 +144,8 @@ class Kamailio:
 
 def write_referee_config(path: Path, *, redis_url: str, policy_db: Path, **extra: str) -> Path:
     kam = extra.pop("kamailio", "")
+    if "journal_dir" not in kam:
+        kam += f'\njournal_dir = "{path.parent / "journal"}"\n'
     red = extra.pop("redis", "")
     text = (
         f'policy_db = "{policy_db}"\npolicy_check_interval_s = 0.2\n'
