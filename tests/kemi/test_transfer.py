@@ -1,0 +1,192 @@
+"""kemi.transfer: what referee decides about each message of a transfer (no I/O)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kemi import transfer
+from kemi.policy.model import Policy, Rule, Tenant
+from kemi.sip.uri import parse_uri
+from kemi.state import Event
+
+DEFAULT = Tenant("default", priority=2147483647, id=1)
+
+
+def policy(*rules: Rule, tenant: Tenant = DEFAULT) -> Policy:
+    tenants = (tenant,) if tenant.name == "default" else (tenant, DEFAULT)
+    return Policy.build(tenants, rules, (), version=1)
+
+
+def refer(**kw) -> transfer.ReferMessage:
+    base = dict(
+        call_id="abc@host", cseq=2, from_uri="<sip:andrew@example.com>;tag=a1",
+        from_tag="a1", to_uri="<sip:mckenzie@example.com>;tag=m1", to_tag="m1",
+        request_uri="sip:mckenzie@192.0.2.5", source_ip="192.0.2.1",
+        refer_to=["<sip:marsha@example.com>"], referred_by=["<sip:andrew@example.com>"],
+        contact="<sip:andrew@192.0.2.1>",
+    )
+    base.update(kw)
+    return transfer.ReferMessage(**base)
+
+
+# -- REFER -------------------------------------------------------------------------------
+def test_no_refer_to_is_400():
+    r = transfer.check_refer(refer(refer_to=[]), policy())
+    assert (r.code, r.reason) == (400, "Missing Refer-To")
+
+
+@pytest.mark.parametrize("values", [["<sip:a@x>", "<sip:b@x>"], ["<sip:a@x>, <sip:b@x>"]])
+def test_two_refer_to_values_in_two_headers_or_one_line_are_400(values):
+    r = transfer.check_refer(refer(refer_to=values), policy())
+    assert (r.code, r.reason) == (400, "Multiple Refer-To")
+    assert "2 Refer-To" in r.warning
+
+
+def test_replaces_without_tags_is_400_saying_what_is_missing():
+    r = transfer.check_refer(refer(refer_to=["<sip:marsha@x?Replaces=abc%40host>"]), policy())
+    assert r.code == 400 and "lacks" in r.warning and "to-tag" in r.warning
+
+
+def test_unparsable_refer_to_is_400_with_the_parser_reason():
+    r = transfer.check_refer(refer(refer_to=["<mailto:x@y>"]), policy())
+    assert r.code == 400 and r.reason == "Bad Refer-To" and r.warning
+
+
+def test_two_referred_by_is_400():
+    r = transfer.check_refer(refer(referred_by=["<sip:a@x>", "<sip:b@x>"]), policy())
+    assert (r.code, r.reason) == (400, "Multiple Referred-By")
+
+
+def test_out_of_dialog_without_contact_is_400():
+    r = transfer.check_refer(refer(to_tag="", to_uri="<sip:mckenzie@example.com>", contact=None),
+                             policy())
+    assert (r.code, r.reason) == (400, "Missing Contact")
+
+
+def test_out_of_dialog_is_denied_by_default_policy_naming_the_switch():
+    r = transfer.check_refer(refer(to_tag="", to_uri="<sip:mckenzie@example.com>"), policy())
+    assert r.code == 403 and "allow_out_of_dialog" in r.warning
+
+
+def test_policy_denial_uses_the_rule_code_reason_and_names_the_rule():
+    deny = Rule("no-marsha", "deny", "user", "marsha", reply_code=603, reason="not her", id=4)
+    r = transfer.check_refer(refer(), policy(deny))
+    assert (r.code, r.reason) == (603, "not her")
+    assert r.warning == "denied by rule 4 'no-marsha'"
+    assert r.headers() == "Warning: 399 referee \"denied by rule 4 'no-marsha'\"\r\n"
+
+
+def test_reason_with_control_characters_is_made_safe_for_a_status_line():
+    deny = Rule("r", "deny", "any", reply_code=403, reason="bad\r\nInjected: 1", id=2)
+    r = transfer.check_refer(refer(), policy(deny))
+    assert "\r" not in r.reason and "\n" not in r.reason
+
+
+def test_an_allowed_refer_becomes_a_plan_with_what_the_store_needs():
+    plan = transfer.check_refer(refer(refer_sub="false"), policy())
+    assert isinstance(plan, transfer.ReferPlan)
+    assert (plan.call_id, plan.refer_id) == ("abc@host", "2")
+    assert (plan.transferor, plan.transferee, plan.target) == (
+        "andrew@example.com", "mckenzie@example.com", "marsha@example.com")
+    assert plan.nosub_requested and plan.fields["refer_sub"] == "false"
+    assert plan.fields["rule"] == "tenant default default allow"
+
+
+def test_a_numeric_target_is_keyed_by_its_e164_form():
+    assert transfer.target_key(parse_uri("sip:+1-555-0100@gw;user=phone")) == "+15550100"
+    assert transfer.target_key(parse_uri("sip:marsha@Example.COM:5070")) == "marsha@example.com"
+
+
+# -- the REFER's response ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "code, asked, echoed, event",
+    [
+        (100, False, None, None),
+        (202, False, None, Event.REFER_ACCEPTED),
+        (200, True, "false", Event.REFER_ACCEPTED_NOSUB),
+        (202, True, None, Event.REFER_ACCEPTED),  # asked but not echoed: NOTIFYs will come
+        (202, False, "false", Event.REFER_ACCEPTED),  # echoed without asking: ignored
+        (603, False, None, Event.REFER_REJECTED),
+    ],
+)
+def test_refer_response_event_follows_rfc_4488(code, asked, echoed, event):
+    assert transfer.refer_response_event(code, asked, echoed) == event
+
+
+# -- NOTIFY --------------------------------------------------------------------------------
+def notify(body="SIP/2.0 180 Ringing\r\n", state="active;expires=60", event="refer",
+           ctype="message/sipfrag;version=2.0") -> transfer.NotifyMessage:
+    return transfer.NotifyMessage(event, state, ctype, body)
+
+
+def test_is_refer_notify_by_event_or_by_a_sipfrag_body_when_event_is_missing():
+    assert transfer.is_refer_notify("refer;id=7", None)
+    assert not transfer.is_refer_notify("presence", "message/sipfrag")
+    assert transfer.is_refer_notify(None, "message/sipfrag")
+    assert not transfer.is_refer_notify(None, "application/sdp")
+
+
+def test_progress_notify():
+    f = transfer.read_notify(notify(event="refer;id=93"))
+    assert (f.refer_id, f.event, f.status.code, f.expires, f.terminated) == (
+        "93", Event.NOTIFY_RINGING, 180, 60, False)
+
+
+def test_final_failure_notify():
+    f = transfer.read_notify(notify("SIP/2.0 486 Busy Here", "terminated;reason=noresource"))
+    assert f.event == Event.NOTIFY_FAILURE and f.terminated
+
+
+def test_failure_with_subscription_still_active_is_not_final():
+    f = transfer.read_notify(notify("SIP/2.0 486 Busy Here", "active"))
+    assert f.event == Event.NOTIFY_FAILURE_NONFINAL
+
+
+def test_notify_without_subscription_state_and_a_final_status_ends_it():
+    f = transfer.read_notify(notify("SIP/2.0 200 OK", state=None, event=None))
+    assert f.event == Event.NOTIFY_SUCCESS and f.terminated
+
+
+def test_broken_sipfrag_is_400_with_the_reason():
+    r = transfer.read_notify(notify("garbage"))
+    assert isinstance(r, transfer.Reply) and (r.code, r.reason) == (400, "Bad sipfrag")
+    assert r.warning.startswith("sipfrag:")
+
+
+def test_missing_body_on_a_progress_notify_is_400_but_a_terminating_one_closes():
+    r = transfer.read_notify(notify(""))
+    assert (r.code, r.reason) == (400, "Missing sipfrag")
+    f = transfer.read_notify(notify("", "terminated;reason=timeout"))
+    assert f.event == Event.NOTIFY_FAILURE and f.status is None
+
+
+def test_other_body_type_is_415():
+    r = transfer.read_notify(notify(ctype="application/sdp"))
+    assert r.code == 415
+
+
+def test_bad_subscription_state_is_400():
+    r = transfer.read_notify(notify(state="active;expires=soon"))
+    assert (r.code, r.reason) == (400, "Bad Subscription-State")
+
+
+# -- the transferee's INVITE ----------------------------------------------------------------
+def test_referred_invite_is_tied_to_the_transfer_naming_its_target():
+    opened = [("c1", "2", "bob@x"), ("c1", "3", "marsha@example.com")]
+    assert transfer.tie_invite(opened, parse_uri("sip:marsha@example.com:5060")) == ("c1", "3")
+
+
+def test_referred_invite_to_another_target_is_403():
+    r = transfer.tie_invite([("c1", "2", "marsha@example.com")], parse_uri("sip:+1900555@gw"))
+    assert r.code == 403 and "marsha@example.com" in r.warning
+
+
+def test_referred_invite_with_no_open_transfer_is_an_ordinary_call():
+    assert transfer.tie_invite([], parse_uri("sip:marsha@example.com")) is None
+
+
+@pytest.mark.parametrize("code, event", [(180, None), (200, Event.INVITE_2XX),
+                                          (407, None), (401, None), (486, Event.INVITE_FAILED),
+                                          (408, Event.INVITE_FAILED)])
+def test_invite_response_events_ignore_auth_challenges(code, event):
+    assert transfer.invite_response_event(code) == event
