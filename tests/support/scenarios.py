@@ -89,11 +89,13 @@ class Andrew:
     bye_right_after_202: bool = False
     reinvite_after: bool = False  # re-INVITE the original call once the transfer is over
     answer_notify_481_after_bye: bool = False
+    hold_ms: int = 0  # stay in the call this long after the REFER's answer, then go on
+    refers: int = 1  # REFERs sent one after another, each expecting expect_refer (>= 300)
 
     def xml(self) -> str:
         me = "andrew"
         out = HEAD + '<scenario name="andrew transferor">\n'
-        out += f'  <Global variables="me"/>\n  <nop><action><assignstr assign_to="me" value="{me}"/></action></nop>\n'
+        out += _me(me)
         out += _send(
             _with_sdp(
                 f"""
@@ -109,7 +111,8 @@ Max-Forwards: 70
             ),
             retrans=True,
         )
-        out += '  <recv response="100" optional="true"/>\n  <recv response="180" optional="true"/>\n'
+        out += '  <recv response="100" optional="true"/>\n'
+        out += '  <recv response="180" optional="true"/>\n'
         out += '  <recv response="200" rrs="true"/>\n'
         out += self._ack(1)
         out += '  <pause milliseconds="100"/>\n'
@@ -117,23 +120,30 @@ Max-Forwards: 70
         if self.referred_by:
             refer_lines.append(f"Referred-By: {self.referred_by}")
         refer_lines += self.extra_refer_headers
-        out += _send(
-            self._in_dialog("REFER", 2, "\n".join(refer_lines)) + "\nContent-Length: 0",
-            retrans=True,
-        )
-        out += '  <recv response="100" optional="true"/>\n'
-        out += f'  <recv response="{self.expect_refer}"/>\n'
+        if self.refers != 1 and self.expect_refer < 300:
+            raise ValueError("several REFERs only when each is refused")
+        cseq = 2
+        for _ in range(self.refers):
+            out += _send(
+                self._in_dialog("REFER", cseq, "\n".join(refer_lines)) + "\nContent-Length: 0",
+                retrans=True,
+            )
+            out += '  <recv response="100" optional="true"/>\n'
+            out += f'  <recv response="{self.expect_refer}"/>\n'
+            cseq += 1
         if self.expect_refer >= 300:
             out += self._ack_negative_refer_is_not_needed()
-            out += self._bye(3)
+            out += self._bye(cseq)
             return out + "</scenario>\n"
         if self.bye_right_after_202:
-            out += self._bye(3, tolerate_notify=True)
+            out += self._bye(3, tolerate_notify=self.answer_notify_481_after_bye)
             if self.answer_notify_481_after_bye:
                 out += self._late_notify_481()
             return out + "</scenario>\n"
         if self.follow_notifies:
             out += self._notify_loop()
+        if self.hold_ms:
+            out += f'  <pause milliseconds="{self.hold_ms}"/>\n'
         cseq = 3
         if self.reinvite_after:
             out += _send(_with_sdp(self._in_dialog("INVITE", cseq, "")), retrans=True)
@@ -185,8 +195,12 @@ Max-Forwards: 70
         return out
 
     def _late_notify_481(self) -> str:
+        """One NOTIFY for the dialog he left, before or after the BYE's 200: 481 (RFC 6665:
+        the subscription ended with the dialog)."""
         return (
-            '  <nop next="end"/>\n  <label id="late_notify"/>\n'
+            '  <recv request="NOTIFY"/>\n'
+            + _reply("481 Call/Transaction Does Not Exist", to_tag=False)
+            + '  <nop next="end"/>\n  <label id="late_notify"/>\n'
             + _reply("481 Call/Transaction Does Not Exist", to_tag=False)
             + '  <recv response="200"/>\n  <label id="end"/>\n'
         )
@@ -205,16 +219,26 @@ class McKenzie:
     refer_reply: int = 202
     expect_reinvite: bool = False
     expect_refer: bool = True
+    # Andrew hangs up right after her 2xx: take his BYE before anything else, then NOTIFY
+    # once (he answers 481, which ends the subscription, RFC 6665) and call the target.
+    bye_after_2xx: bool = False
+    # A broken transferee: its first NOTIFY carries this body as its message/sipfrag; the
+    # proxy answers it `bad_notify_reply` and the transfer goes on with proper NOTIFYs.
+    bad_notify_body: str | None = None
+    bad_notify_reply: int = 400
 
     def xml(self) -> str:
         out = HEAD + '<scenario name="mckenzie transferee">\n'
-        out += '  <Global variables="me"/>\n  <nop><action><assignstr assign_to="me" value="mckenzie"/></action></nop>\n'
+        out += _me("mckenzie")
         out += (
             '  <recv request="INVITE" rrs="true">\n    <action>\n'
-            '      <ereg regexp=";tag=([^;> \\r\\n]+)" search_in="hdr" header="From:" assign_to="x,atag"/>\n'
+            '      <ereg regexp=";tag=([^;> \\r\\n]+)" search_in="hdr" header="From:"'
+            ' assign_to="x,atag"/>\n'
             "    </action>\n  </recv>\n"
             # SIPp refuses a variable used once: the whole-match slot is "used" here.
             '  <nop><action><log message="andrew tag [$x]"/></action></nop>\n'
+            # Variants without NOTIFYs never use it: declared referenced for SIPp.
+            '  <Reference variables="atag"/>\n'
         )
         out += _reply("180 Ringing")
         out += _send(_reply_sdp("200 OK", to_tag=True), retrans=True)
@@ -224,19 +248,34 @@ class McKenzie:
             return out + "</scenario>\n"
         out += (
             '  <recv request="REFER">\n    <action>\n'
-            '      <ereg regexp=".*" search_in="hdr" header="Referred-By:" check_it="false" assign_to="rby"/>\n'
+            '      <ereg regexp=".*" search_in="hdr" header="Referred-By:" check_it="false"'
+            ' assign_to="rby"/>\n'
             "    </action>\n  </recv>\n"
+            '  <Reference variables="rby"/>\n'  # unused when she does not call the target
         )
         nosub = "Refer-Sub: false" if self.echo_nosub else ""
-        reason = {202: "Accepted", 200: "OK", 603: "Decline", 403: "Forbidden"}.get(self.refer_reply, "X")
+        reason = {202: "Accepted", 200: "OK", 603: "Decline", 403: "Forbidden"}.get(
+            self.refer_reply, "X"
+        )
         out += _reply(f"{self.refer_reply} {reason}", nosub, to_tag=False)
         if self.refer_reply >= 300:
             out += '  <recv request="BYE"/>\n' + _reply("200 OK", to_tag=False)
             return out + "</scenario>\n"
+        if self.bye_after_2xx:
+            out += '  <recv request="BYE"/>\n' + _reply("200 OK", to_tag=False)
         cseq = 1
-        if self.notify:
-            out += self._notify(cseq, "100 Trying", "active;expires=60")
+        if self.bad_notify_body is not None:
+            out += self._notify(
+                cseq, "", "active;expires=60", body=self.bad_notify_body,
+                expect=self.bad_notify_reply,
+            )
             cseq += 1
+        if self.notify:
+            out += self._notify(
+                cseq, "100 Trying", "active;expires=60", expect=481 if self.bye_after_2xx else 200
+            )
+            cseq += 1
+        keep_notifying = self.notify and not self.bye_after_2xx
         if self.call_target:
             out += _send(
                 _with_sdp(
@@ -255,14 +294,16 @@ Max-Forwards: 70
                 retrans=True,
             )
             out += '  <recv response="100" optional="true"/>\n  <recv response="180"/>\n'
-            if self.notify:
+            if keep_notifying:
                 out += self._notify(cseq, "180 Ringing", "active;expires=60")
                 cseq += 1
             if self.target_final < 300:
                 out += (
                     f'  <recv response="{self.target_final}">\n    <action>\n'
-                    '      <ereg regexp="&lt;([^&gt;]+)&gt;" search_in="hdr" header="Contact:" assign_to="x,mcontact"/>\n'
-                    '      <ereg regexp=".*" search_in="hdr" header="Record-Route:" check_it="false" assign_to="mrr"/>\n'
+                    '      <ereg regexp="&lt;([^&gt;]+)&gt;" search_in="hdr" header="Contact:"'
+                    ' assign_to="x,mcontact"/>\n'
+                    '      <ereg regexp=".*" search_in="hdr" header="Record-Route:"'
+                    ' check_it="false" assign_to="mrr"/>\n'
                     '      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="mto"/>\n'
                     "    </action>\n  </recv>\n"
                 )
@@ -281,7 +322,7 @@ Max-Forwards: 70
 Content-Length: 0
 """.replace("{target}", self.target)
                 )
-            if self.notify:
+            if keep_notifying:
                 out += self._notify(
                     cseq, f"{self.target_final} {_phrase(self.target_final)}",
                     "terminated;reason=noresource",
@@ -291,14 +332,17 @@ Content-Length: 0
             out += '  <recv request="INVITE"/>\n'
             out += _send(_reply_sdp("200 OK", to_tag=False), retrans=True)
             out += '  <recv request="ACK"/>\n'
-        out += '  <recv request="BYE"/>\n' + _reply("200 OK", to_tag=False)
+        if not self.bye_after_2xx:
+            out += '  <recv request="BYE"/>\n' + _reply("200 OK", to_tag=False)
         if self.call_target and self.target_final < 300:
             out += _send(self._xfer_request("BYE", 2), retrans=True)
             out += '  <recv response="200"/>\n'
         return out + "</scenario>\n"
 
-    def _notify(self, cseq: int, sipfrag: str, state: str) -> str:
-        body = f"SIP/2.0 {sipfrag}"
+    def _notify(
+        self, cseq: int, sipfrag: str, state: str, body: str | None = None, expect: int = 200
+    ) -> str:
+        body = f"SIP/2.0 {sipfrag}" if body is None else body
         return _send(
             f"""
 NOTIFY [next_url] SIP/2.0
@@ -318,7 +362,7 @@ Content-Length: [len]
 {body}
 """,
             retrans=True,
-        ) + '  <recv response="200"/>\n'
+        ) + f'  <recv response="{expect}"/>\n'
 
     def _xfer_request(self, method: str, cseq: int) -> str:
         return f"""
@@ -343,7 +387,7 @@ class Marsha:
 
     def xml(self) -> str:
         out = HEAD + '<scenario name="marsha target">\n'
-        out += '  <Global variables="me"/>\n  <nop><action><assignstr assign_to="me" value="marsha"/></action></nop>\n'
+        out += _me("marsha")
         out += '  <recv request="INVITE"/>\n'
         out += _reply("180 Ringing")
         # Ring a while, as a person would (and so the transferee's NOTIFY for the 180 is
@@ -357,6 +401,14 @@ class Marsha:
             out += _reply(f"{self.final} {_phrase(self.final)}")
             out += '  <recv request="ACK"/>\n'
         return out + "</scenario>\n"
+
+
+def _me(name: str) -> str:
+    """The scenario's global $me (the user part of its Contact)."""
+    return (
+        '  <Global variables="me"/>\n'
+        f'  <nop><action><assignstr assign_to="me" value="{name}"/></action></nop>\n'
+    )
 
 
 def _phrase(code: int) -> str:

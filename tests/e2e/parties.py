@@ -1,0 +1,167 @@
+"""Helpers the end-to-end tests share: run the three SIPp parties through the lab's proxy,
+read what each party sent and received (SIPp's -trace_msg log), and a silent phone."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from tests.support.kamailio import free_udp_port
+from tests.support.sipp import Sipp
+
+_ENTRY = re.compile(
+    r"^-{20,} (\d{4}-\d\d-\d\d)\s+(\d\d:\d\d:\d\d\.\d+)\n"
+    r"\w+ message (sent|received)[^\n]*\n\n",
+    re.M,
+)
+
+
+@dataclass
+class SipMessage:
+    """One message as a SIPp party logged it."""
+
+    at: datetime
+    direction: str  # "sent" or "received"
+    start_line: str
+    headers: list[tuple[str, str]]
+    body: str
+
+    @property
+    def is_request(self) -> bool:
+        return not self.start_line.startswith("SIP/2.0 ")
+
+    @property
+    def method(self) -> str:
+        """The request's method, or the CSeq method of a response."""
+        if self.is_request:
+            return self.start_line.split(" ", 1)[0]
+        return (self.header("CSeq") or " ").split()[-1]
+
+    @property
+    def status(self) -> int | None:
+        return None if self.is_request else int(self.start_line.split()[1])
+
+    @property
+    def cseq(self) -> int:
+        return int((self.header("CSeq") or "0").split()[0])
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+    def header(self, name: str) -> str | None:
+        found = self.all(name)
+        return found[0] if found else None
+
+
+def sip_messages(log: str) -> list[SipMessage]:
+    """Parse a SIPp message log into messages, in order."""
+    out = []
+    marks = list(_ENTRY.finditer(log))
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(log)
+        text = log[m.end():end].replace("\r\n", "\n")
+        head, _, body = text.partition("\n\n")
+        lines = head.strip("\n").split("\n")
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+        out.append(SipMessage(
+            at=datetime.fromisoformat(f"{m.group(1)} {m.group(2)}"),
+            direction=m.group(3),
+            start_line=lines[0].strip(),
+            headers=headers,
+            body=body.strip("\n"),
+        ))
+    return out
+
+
+def received(party: Sipp, method: str | None = None, status: int | None = None) -> list[SipMessage]:
+    """What `party` received: requests of `method`, or responses with `status`
+    (and, if given, to `method`); a retransmission counts once."""
+    out = []
+    seen = set()
+    for msg in sip_messages(party.messages()):
+        if msg.direction != "received":
+            continue
+        key = (msg.start_line, msg.header("Call-ID"), msg.header("CSeq"), msg.header("Via"))
+        if key in seen:
+            continue
+        seen.add(key)
+        if status is None and (not msg.is_request or msg.method != method):
+            continue
+        if status is not None and (msg.status != status or (method and msg.method != method)):
+            continue
+        out.append(msg)
+    return out
+
+
+@dataclass
+class Parties:
+    """The phones of one lab: McKenzie and Marsha keep their ports (and registrations)
+    across transfers, so several transfers can run through one proxy."""
+
+    lab: object
+    mckenzie_port: int = field(default_factory=free_udp_port)
+    marsha_port: int = field(default_factory=free_udp_port)
+
+    def start(self, andrew, mckenzie, marsha=None) -> tuple[Sipp, Sipp, Sipp | None]:
+        """Register the called parties and start all three; nobody is waited for."""
+        lab = self.lab
+        lab.register("mckenzie", self.mckenzie_port)
+        ma = None
+        if marsha is not None:
+            lab.register("marsha", self.marsha_port)
+            ma = lab.party("marsha", marsha.xml(), port=self.marsha_port).start()
+        mk = lab.party("mckenzie", mckenzie.xml(), port=self.mckenzie_port).start()
+        an = lab.party("andrew", andrew.xml()).start()
+        return an, mk, ma
+
+    def run(self, andrew, mckenzie, marsha=None) -> tuple[Sipp, Sipp, Sipp | None]:
+        """A whole transfer; every party's scenario must complete."""
+        an, mk, ma = self.start(andrew, mckenzie, marsha)
+        finish(self.lab, an, mk, ma)
+        return an, mk, ma
+
+
+def finish(lab, *parties: Sipp | None) -> None:
+    """Wait for every party; fail with its report (and the proxy's log) if one failed."""
+    results = [(p, p.wait()) for p in parties if p is not None]
+    for p, rc in results:
+        assert rc == 0, p.report() + "\n--- kamailio:\n" + lab.kamailio.log()[-4000:]
+
+
+class SilentPhone:
+    """A registered contact that only listens: proves nothing was sent to it."""
+
+    def __init__(self, lab, user: str):
+        self.port = free_udp_port()
+        lab.register(user, self.port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.setblocking(False)
+
+    def heard(self, linger_s: float = 0.2) -> list[bytes]:
+        time.sleep(linger_s)
+        out = []
+        while True:
+            try:
+                out.append(self.sock.recv(65535))
+            except BlockingIOError:
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for(predicate, timeout_s: float, step_s: float = 0.05):
+    """Poll until predicate() is truthy; return its value (or the last falsy one)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step_s)

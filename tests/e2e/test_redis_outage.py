@@ -1,0 +1,140 @@
+"""Redis goes away in the middle of service, through a real Kamailio with both example
+configs: fail-closed REFERs are refused 503 with Retry-After without stalling other
+traffic, a hung Redis costs a REFER at most the budget and then nothing (circuit
+breaker), fail-open REFERs are relayed, and transfers are tracked again once Redis is
+back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.e2e.conftest import make_lab
+from tests.e2e.parties import Parties, finish, received, sip_messages, wait_for
+from tests.support import scenarios
+from tests.support.kamailio import sip_options
+
+BUDGET_S = 0.1  # [redis] timeout_ms = 100, as tests.support.kamailio writes it
+FAILURES = 3
+OPEN_S = 1.0
+RETRY_AFTER_S = 30  # [kamailio] retry_after_s default
+OPTIONS_FAST_S = 0.5
+
+
+@pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
+def start_lab(request, tmp_path, redis_server):
+    """Start a proxy whose breakers open after FAILURES failures for OPEN_S seconds (or
+    open_s), with any [kamailio] settings given; stopped, and checked for Python errors,
+    at the end."""
+    labs = []
+
+    def start(kamailio: str = "", open_s: float = OPEN_S):
+        lab = make_lab(
+            tmp_path, redis_server, request.param, kamailio=kamailio,
+            redis=f"breaker_failures = {FAILURES}\nbreaker_open_s = {open_s}",
+        )
+        labs.append(lab)
+        lab.kamailio.start()
+        return lab
+
+    yield start
+    for lab in labs:
+        lab.kamailio.stop()
+        assert not lab.kamailio.python_errors(), "\n".join(lab.kamailio.python_errors())
+
+
+def probe_while_running(lab, party) -> list[tuple[str | None, float]]:
+    """OPTIONS keepalives to the proxy, one after another, for as long as `party` runs."""
+    probes = []
+    while party.proc.poll() is None:
+        probes.append(sip_options(lab.kamailio.port, timeout=2.0))
+        time.sleep(0.01)
+    return probes
+
+
+def refer_latencies(andrew) -> list[float]:
+    """Seconds from each REFER Andrew sent to its final answer, in order."""
+    sent = {}
+    out = []
+    for msg in sip_messages(andrew.messages()):
+        if msg.method != "REFER":
+            continue
+        if msg.direction == "sent":
+            sent.setdefault(msg.cseq, msg.at)
+        elif msg.status and msg.status >= 200:
+            out.append((msg.at - sent[msg.cseq]).total_seconds())
+    return out
+
+
+def assert_keepalives_fast(probes):
+    assert len(probes) >= 3, probes
+    assert all(status == "SIP/2.0 200 Keepalive" for status, _ in probes), probes
+    assert max(took for _, took in probes) < OPTIONS_FAST_S, probes
+
+
+def test_redis_down_refer_gets_503_retry_after_and_options_stay_fast(start_lab):
+    lab = start_lab()
+    parties = Parties(lab)
+    lab.redis.stop()
+    an, mk, _ = parties.start(
+        scenarios.Andrew(expect_refer=503, refers=4), scenarios.McKenzie(expect_refer=False)
+    )
+    probes = probe_while_running(lab, an)
+    finish(lab, an, mk)
+    refused = received(an, "REFER", status=503)
+    assert len(refused) == 4
+    for reply in refused:
+        assert reply.header("Retry-After") == str(RETRY_AFTER_S)
+        assert "transfer state store unreachable" in reply.header("Warning")
+    assert received(mk, "REFER") == []
+    assert_keepalives_fast(probes)
+
+    # Redis is back (empty): once the breaker lets a trial through, transfers are tracked.
+    lab.redis.start()
+    time.sleep(OPEN_S)
+    parties.run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+    [record] = lab.finished()
+    assert record["state"] == "succeeded"
+
+
+def test_hung_redis_costs_a_refer_at_most_the_budget_then_the_breaker_answers_at_once(start_lab):
+    lab = start_lab(open_s=10.0)  # no breaker lets a trial through during the test
+    # Each SIP worker has its own breaker: at most FAILURES REFERs wait in each.
+    slow_at_most = lab.kamailio.workers * FAILURES
+    lab.redis.pause()
+    an, mk, _ = Parties(lab).start(
+        scenarios.Andrew(expect_refer=503, refers=slow_at_most + 3),
+        scenarios.McKenzie(expect_refer=False),
+    )
+    probes = probe_while_running(lab, an)
+    finish(lab, an, mk)
+    took = refer_latencies(an)
+    assert len(took) == slow_at_most + 3
+    assert took[0] >= BUDGET_S * 0.9, took  # it did wait for the hung Redis ...
+    # ... and never much longer than the budget (the rest is Python and SIPp's logging).
+    assert max(took) < 2 * BUDGET_S, took
+    answered_at_once = [t for t in took if t < BUDGET_S / 2]  # a breaker was open
+    assert len(answered_at_once) >= len(took) - slow_at_most, took
+    assert took[-1] < BUDGET_S / 2, took  # by then every breaker is open
+    assert_keepalives_fast(probes)
+
+
+def test_fail_open_relays_the_refer_and_the_phones_complete_the_transfer(start_lab):
+    lab = start_lab(kamailio='redis_fail_mode = "open"')
+    parties = Parties(lab)
+    lab.redis.stop()
+    an, _, ma = parties.run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+    assert len(received(an, "REFER", status=202)) == 1
+    assert received(an, "NOTIFY")[-1].body == "SIP/2.0 200 OK"
+    assert len(received(ma, "INVITE")) == 1
+    assert "relayed while Redis is away" in lab.kamailio.log()
+    assert lab.kamailio.python_errors() == []
+
+    # Redis is back (empty): a new transfer is tracked again.
+    lab.redis.start()
+    time.sleep(OPEN_S)
+    an2, _, _ = parties.run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+    new_call = received(an2, "REFER", status=202)[0].header("Call-ID")
+    records = wait_for(lambda: [r for r in lab.finished() if r["call_id"] == new_call], 3)
+    assert [r["state"] for r in records] == ["succeeded"]

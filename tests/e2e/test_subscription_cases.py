@@ -1,0 +1,117 @@
+"""The refer subscription's edge cases through a real Kamailio with both example configs:
+no subscription (Refer-Sub: false), a transferee that never NOTIFYs, a transferor that
+hangs up right after the 202."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import make_lab
+from tests.e2e.parties import Parties, finish, received, wait_for
+from tests.support import scenarios
+
+
+def events(lab, record) -> list[tuple[str, str, str, str]]:
+    """(event, old, new, outcome) of each line of a transfer's log, in order."""
+    out = []
+    for line in lab.store.log(record["call_id"], record["refer_id"]):
+        _ts, event, old, new, outcome, _detail = line.split("|", 5)
+        out.append((event, old, new, outcome))
+    return out
+
+
+def test_refer_sub_false_means_no_notify_and_the_invite_2xx_closes_it_succeeded(lab):
+    an, _, ma = Parties(lab).run(
+        scenarios.Andrew(extra_refer_headers=["Refer-Sub: false"], follow_notifies=False),
+        scenarios.McKenzie(echo_nosub=True, notify=False, bye_after_2xx=True),
+        scenarios.Marsha(),
+    )
+    [accepted] = received(an, "REFER", status=202)
+    assert accepted.header("Refer-Sub") == "false"
+    assert received(an, "NOTIFY") == []
+    [invite] = received(ma, "INVITE")
+    assert invite.header("Referred-By") == "<sip:andrew@127.0.0.1>"
+    [record] = lab.finished()
+    assert record["state"] == "succeeded"
+    assert record["refer_sub"] == "false"
+    assert record["invite_reply"] == "200"
+    assert events(lab, record) == [
+        ("refer", "new", "refer-seen", "applied"),
+        ("refer-accepted-nosub", "refer-seen", "accepted-nosub", "applied"),
+        ("bye-transferor", "accepted-nosub", "accepted-nosub", "ignored"),
+        ("invite", "accepted-nosub", "calling-nosub", "applied"),
+        ("invite-2xx", "calling-nosub", "succeeded", "applied"),
+    ]
+
+
+MAX_OPEN_S = 2
+SWEEP_S = 1  # tests.support.kamailio.Kamailio.sweep_interval
+
+
+@pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
+def short_lived_lab(request, tmp_path, redis_server):
+    """A proxy whose transfers may stay open only MAX_OPEN_S seconds.
+
+    The tenant's subscription expiry cannot go below 10 s (`referee tenant set default
+    --expiry` refuses less), so the operator's cap in referee.toml makes it short.
+    """
+    lab = make_lab(tmp_path, redis_server, request.param)
+    conf = lab.kamailio.referee_config
+    conf.write_text(conf.read_text() + f"[transfer]\nmax_open_s = {MAX_OPEN_S}\n")
+    lab.kamailio.start()
+    yield lab
+    lab.kamailio.stop()
+    assert not lab.kamailio.python_errors(), "\n".join(lab.kamailio.python_errors())
+
+
+def test_transferee_that_never_notifies_is_closed_expired_by_the_sweep(short_lived_lab):
+    lab = short_lived_lab
+    # Andrew stays on the call past the expiry, waiting for NOTIFYs that never come.
+    an, mk, _ = Parties(lab).start(
+        scenarios.Andrew(follow_notifies=False, hold_ms=(MAX_OPEN_S + SWEEP_S + 1) * 1000),
+        scenarios.McKenzie(notify=False, call_target=False),
+    )
+    finished = wait_for(lab.finished, MAX_OPEN_S + 2 * SWEEP_S + 2)
+    assert an.proc.poll() is None, "Andrew left before the expiry"
+    finish(lab, an, mk)
+    assert received(an, "NOTIFY") == []
+    [record] = finished
+    assert record["state"] == "expired"
+    assert record["last_event"] == "expiry"
+    open_for = float(record["final_at"]) - float(record["created_at"])
+    assert MAX_OPEN_S <= open_for <= MAX_OPEN_S + 2 * SWEEP_S + 0.5
+    assert events(lab, record) == [
+        ("refer", "new", "refer-seen", "applied"),
+        ("refer-accepted", "refer-seen", "accepted", "applied"),
+        ("expiry", "accepted", "expired", "applied"),
+        ("bye-transferor", "expired", "expired", "ignored"),  # Andrew gave up afterwards
+    ]
+    [stored] = lab.records()
+    assert stored["state"] == "expired"
+
+
+def test_transferor_bye_right_after_202_still_records_the_outcome(lab):
+    an, mk, ma = Parties(lab).run(
+        scenarios.Andrew(
+            bye_right_after_202=True, answer_notify_481_after_bye=True, follow_notifies=False
+        ),
+        scenarios.McKenzie(bye_after_2xx=True),
+        scenarios.Marsha(),
+    )
+    # McKenzie's NOTIFY still went through the proxy to Andrew, whose 481 came back.
+    [notify] = received(an, "NOTIFY")
+    assert notify.body == "SIP/2.0 100 Trying"
+    assert len(received(mk, "NOTIFY", status=481)) == 1
+    assert len(received(ma, "INVITE")) == 1
+    [record] = lab.finished()
+    assert record["state"] == "succeeded"
+    assert record["invite_reply"] == "200"
+    assert events(lab, record) == [
+        ("refer", "new", "refer-seen", "applied"),
+        ("refer-accepted", "refer-seen", "accepted", "applied"),
+        ("bye-transferor", "accepted", "transferor-gone", "applied"),
+        ("notify-trying", "transferor-gone", "transferor-gone", "ignored"),
+        ("notify-481", "transferor-gone", "transferor-gone", "ignored"),
+        ("invite", "transferor-gone", "transferor-gone", "ignored"),
+        ("invite-2xx", "transferor-gone", "succeeded", "applied"),
+    ]
