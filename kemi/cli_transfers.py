@@ -83,6 +83,8 @@ def cmd_show(ctx, args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if not record:
-        raise Failed(f"no transfer {args.call_id} / {args.refer_id} in Redis (expired or never seen)")
+        raise Failed(
+            f"no transfer {args.call_id} / {args.refer_id} in Redis (expired or never seen)"
+        )
     print(format_record(record, log))
     return 0

@@ -104,7 +104,8 @@ def parse(text: str, where: str = "<config>") -> Settings:
 
 
 def load(path: str | None = None) -> Settings:
-    """Read the settings file; a missing default file means defaults, a missing named one is an error."""
+    """Read the settings file: a missing default file means defaults, a missing named one
+    is an error."""
     explicit = path or os.environ.get("REFEREE_CONFIG")
     target = explicit or DEFAULT_PATH
     try:
@@ -112,5 +113,7 @@ def load(path: str | None = None) -> Settings:
             return parse(fh.read(), target)
     except FileNotFoundError:
         if explicit:
-            raise ConfigError(f"{target}: no such file (named by --config or REFEREE_CONFIG)")
+            raise ConfigError(
+                f"{target}: no such file (named by --config or REFEREE_CONFIG)"
+            ) from None
         return Settings()

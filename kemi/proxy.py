@@ -12,7 +12,9 @@ import KSR
 
 from kemi.kamailio import CONTINUE, HANDLED, Referee, route
 
-TRANSFER_METHODS = {"REFER": "on_refer", "NOTIFY": "on_notify", "INVITE": "on_invite", "BYE": "on_bye"}
+TRANSFER_METHODS = {
+    "REFER": "on_refer", "NOTIFY": "on_notify", "INVITE": "on_invite", "BYE": "on_bye",
+}
 
 
 class Proxy(Referee):
@@ -56,12 +58,34 @@ class Proxy(Referee):
                 return HANDLED
             self.relay()
             return HANDLED
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                self.relay()
+        if KSR.is_ACK() and KSR.tm.t_check_trans() > 0:
+            self.relay()
             return HANDLED
-        KSR.sl.send_reply(404, "Not here")
+        if KSR.is_myself_ruri() and KSR.corex.has_ruri_user() > 0:
+            return self.routeless_in_dialog()
+        if not KSR.is_ACK():
+            KSR.sl.send_reply(404, "Not here")
         return HANDLED
+
+    def routeless_in_dialog(self) -> int:
+        """An in-dialog request without Route, for a user of this proxy.
+
+        Some UAs ignore Record-Route and send every request of a dialog to the proxy
+        with the peer's address-of-record as Request-URI (SIPp scenarios written for a
+        B2BUA do).  RFC 3261 16.5 routes a request for this domain by the location
+        service whether or not it has a to-tag, so it is routed as an initial request
+        would be, with referee's hook first.  Requests for any other address still
+        need a Route (no open relay).  Such UAs also build a request's Via by copying one
+        they received, so the reply goes back where the request came from (RFC 3581).
+        """
+        KSR.force_rport()
+        if self.transfer_hook() == HANDLED:
+            return HANDLED
+        if KSR.is_ACK():
+            if KSR.registrar.lookup("location") > 0:
+                self.relay()  # t_relay forwards an ACK statelessly
+            return HANDLED  # an ACK is never answered
+        return self.location()
 
     def transfer_hook(self) -> int:
         handler = TRANSFER_METHODS.get(KSR.pv.get("$rm"))

@@ -46,7 +46,7 @@ def play(tmp: Path, target_final: int = 200, out: Callable[[str], None] = print)
                        capture_output=True, text=True)
         conf = write_referee_config(tmp / "referee.toml", redis_url=redis.url, policy_db=db)
         kam = Kamailio(tmp / "kamailio", conf, cfg="kamailio.cfg")
-        out(f"starting Kamailio 5.6 with config-examples/kamailio/kamailio.cfg on {kam.address} ...")
+        out(f"starting Kamailio 5.6 (config-examples/kamailio/kamailio.cfg) on {kam.address}")
         kam.start()
         ports = {name: free_udp_port() for name in ("andrew", "mckenzie", "marsha")}
         for user in ("mckenzie", "marsha"):

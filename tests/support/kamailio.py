@@ -112,7 +112,9 @@ class Kamailio:
             if status:
                 return self
         self.stop()
-        raise RuntimeError(f"kamailio did not answer OPTIONS within {timeout}s:\n{self.log()[-4000:]}")
+        raise RuntimeError(
+            f"kamailio did not answer OPTIONS within {timeout}s:\n{self.log()[-4000:]}"
+        )
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -95,7 +95,10 @@ class Sipp:
 
     def report(self) -> str:
         """What to show when a scenario fails: its errors and the last messages."""
-        return f"--- {self.name} errors:\n{self.errors()[-3000:]}\n--- messages:\n{self.messages()[-6000:]}"
+        return (
+            f"--- {self.name} errors:\n{self.errors()[-3000:]}\n"
+            f"--- messages:\n{self.messages()[-6000:]}"
+        )
 
     def run(self, timeout: float | None = None) -> int:
         return self.start().wait(timeout)
