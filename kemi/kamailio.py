@@ -194,10 +194,13 @@ class Referee:
             policy = self.policy.current()
         except PolicyUnavailable as exc:
             _log(KSR.err, f"REFER {msg.call_id}: policy unavailable: {exc}")
-            return _send(transfer.Reply(500, "Server Internal Error", "transfer policy unavailable"))
+            return _send(
+                transfer.Reply(500, "Server Internal Error", "transfer policy unavailable")
+            )
         verdict = transfer.check_refer(msg, policy)
         if isinstance(verdict, transfer.Reply):
-            _log(KSR.notice, f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
+            _log(KSR.notice,
+                 f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
             return _send(verdict)
         return self._track_refer(verdict)
 
@@ -327,10 +330,11 @@ class Referee:
         ctype = _get("$hdr(Content-Type)")
         if not transfer.is_refer_notify(event_hdr, ctype):
             return CONTINUE
+        sub_state = _get("$hdr(Subscription-State)")
         facts = transfer.read_notify(
             transfer.NotifyMessage(
                 event=event_hdr,
-                subscription_state=_get("$hdr(Subscription-State)"),
+                subscription_state=sub_state,
                 content_type=ctype,
                 body=_get("$rb") or "",
             )
@@ -339,6 +343,13 @@ class Referee:
         if isinstance(facts, transfer.Reply):
             _log(KSR.notice, f"NOTIFY {call_id} answered {facts.code}: {facts.warning}")
             return _send(facts)
+        repaired = transfer.repaired_subscription_state(sub_state)
+        if repaired is not None:
+            # Read tolerantly, write strictly: a strict transferor drops the malformed one.
+            KSR.hdr.remove("Subscription-State")
+            KSR.hdr.append(f"Subscription-State: {repaired}\r\n")
+            _log(KSR.notice, f"NOTIFY {call_id}: Subscription-State {sub_state!r} "
+                             f"relayed as {repaired!r}")
         status = facts.status
         fields = {"last_notify": str(status.code) if status else "none"}
         if facts.terminated and status is not None:
@@ -372,7 +383,8 @@ class Referee:
             return CONTINUE
         tie = transfer.tie_invite(open_transfers, target)
         if isinstance(tie, transfer.Reply):
-            _log(KSR.notice, f"referred INVITE from {caller.aor} answered {tie.code}: {tie.warning}")
+            _log(KSR.notice,
+                 f"referred INVITE from {caller.aor} answered {tie.code}: {tie.warning}")
             return _send(tie)
         if tie is None:
             _log(KSR.info, f"referred INVITE from {caller.aor} matches no open transfer")

@@ -8,6 +8,7 @@ tested as plain Python and the same logic serves the CLI's dry runs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from kemi.policy.evaluate import decide
@@ -21,8 +22,8 @@ from kemi.sip.headers import (
     parse_subscription_state,
     split_values,
 )
-from kemi.sip.uri import Uri, parse_uri
 from kemi.sip.sipfrag import StatusLine, is_sipfrag, parse_sipfrag
+from kemi.sip.uri import Uri, parse_uri
 from kemi.state import Event, notify_event
 
 # Reason phrases referee writes; the Warning header says the specifics (RFC 3261 20.43).
@@ -196,7 +197,9 @@ def limit_reply(reason: str, decision: Decision) -> Reply:
     )
 
 
-def refer_response_event(code: int, nosub_requested: bool, refer_sub_in_reply: str | None) -> Event | None:
+def refer_response_event(
+    code: int, nosub_requested: bool, refer_sub_in_reply: str | None
+) -> Event | None:
     """The transfer event a final response to the REFER stands for (None for 1xx).
 
     RFC 4488: there is no subscription only if it was asked for *and* the 2xx echoes it.
@@ -266,7 +269,9 @@ def read_notify(msg: NotifyMessage) -> NotifyFacts | Reply:
         return Reply(400, "Missing sipfrag", "refer NOTIFY without a message/sipfrag body")
     if msg.content_type and not is_sipfrag(msg.content_type):
         return Reply(
-            415, "Unsupported Media Type", f"refer NOTIFY body is {msg.content_type}, not message/sipfrag"
+            415,
+            "Unsupported Media Type",
+            f"refer NOTIFY body is {msg.content_type}, not message/sipfrag",
         )
     try:
         status = parse_sipfrag(msg.body)
@@ -276,6 +281,36 @@ def read_notify(msg: NotifyMessage) -> NotifyFacts | Reply:
         # No Subscription-State at all (jambonz-style): a final status ends it.
         terminated = True
     return NotifyFacts(refer_id, notify_event(status.code, terminated), status, expires, terminated)
+
+
+# A reason parameter whose value repeats its own name (linphone 5.1's final NOTIFY:
+# "terminated;reason=reason=noresource"): group 2 is the repetition to drop.
+_REPEATED_REASON = re.compile(r"(;\s*reason\s*=\s*)((?:reason\s*=\s*)+)", re.IGNORECASE)
+
+
+def repaired_subscription_state(value: str | None) -> str | None:
+    """The Subscription-State to relay in place of `value`, or None to relay it as it is.
+
+    Read tolerantly, write strictly: referee understands linphone's
+    ``terminated;reason=reason=noresource`` (parse_subscription_state), but a strict
+    transferor (pjsip) drops that NOTIFY as a syntax error and never learns the outcome.
+    Only that malformation is repaired -- the repeated ``reason=`` is dropped, the rest
+    of the value is kept as sent -- and only when the repaired value reads exactly as
+    the original did.  Anything else, well-formed or not, is left alone.
+    """
+    if not value:
+        return None
+    m = _REPEATED_REASON.search(value)
+    if m is None:
+        return None
+    fixed = (value[: m.start(2)] + value[m.end(2) :]).strip()
+    try:
+        meant = parse_subscription_state(value)
+        if meant.reason is None or parse_subscription_state(fixed) != meant:
+            return None
+    except SipParseError:
+        return None
+    return None if _REPEATED_REASON.search(fixed) else fixed
 
 
 def parse_uri_lenient(text: str) -> Uri:
@@ -300,7 +335,9 @@ def tie_invite(
         if target == wanted:
             return call_id, refer_id
     approved = ", ".join(sorted({t for _, _, t in open_transfers}))
-    return Reply(403, "Forbidden", f"referred INVITE to {wanted}; the approved target is {approved}")
+    return Reply(
+        403, "Forbidden", f"referred INVITE to {wanted}; the approved target is {approved}"
+    )
 
 
 def invite_response_event(code: int) -> Event | None:

@@ -6,6 +6,7 @@ import pytest
 
 from kemi import transfer
 from kemi.policy.model import Policy, Rule, Tenant
+from kemi.sip.headers import parse_subscription_state
 from kemi.sip.uri import parse_uri
 from kemi.state import Event
 
@@ -168,6 +169,39 @@ def test_other_body_type_is_415():
 def test_bad_subscription_state_is_400():
     r = transfer.read_notify(notify(state="active;expires=soon"))
     assert (r.code, r.reason) == (400, "Bad Subscription-State")
+
+
+@pytest.mark.parametrize(
+    "value, relayed",
+    [
+        # linphone 5.1's final NOTIFY, which pjsip refuses as a syntax error
+        ("terminated;reason=reason=noresource", "terminated;reason=noresource"),
+        ("terminated;reason=reason=reason=timeout", "terminated;reason=timeout"),
+        # the rest of the value is kept as sent
+        ("Terminated ; Reason = REASON=noresource;retry-after=5",
+         "Terminated ; Reason = noresource;retry-after=5"),
+    ],
+)
+def test_a_repeated_reason_is_repaired_to_what_it_was_read_as(value, relayed):
+    assert transfer.repaired_subscription_state(value) == relayed
+    assert parse_subscription_state(relayed) == parse_subscription_state(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "terminated;reason=noresource",  # well-formed: relayed untouched
+        "active;expires=60",
+        'terminated;reason="noresource"',
+        "terminated;reason=reason=",  # nothing left to say: not guessed at
+        "terminated;reason=reason=no(resource",  # unreadable: not referee's to rewrite
+        "terminated;x=reason=reason=y",  # another parameter's value
+    ],
+)
+def test_anything_else_is_relayed_as_it_came(value):
+    assert transfer.repaired_subscription_state(value) is None
 
 
 # -- the transferee's INVITE ----------------------------------------------------------------
