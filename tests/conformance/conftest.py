@@ -1,0 +1,113 @@
+"""The conformance set-up: the e2e lab (real Kamailio + referee, real Redis, a policy DB made
+with the `referee` command), third-party SIPp scenarios read from ../shared/conformance,
+and our counterparts (tests/conformance/counterparts.py) behind the proxy.
+
+`lab` runs the python-engine config (kamailio.cfg); a test that is cheap enough also runs
+the native drop-in with `@pytest.mark.parametrize("lab", BOTH_CONFIGS, indirect=True)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conformance.counterparts import Party, Target, received
+from tests.e2e.conftest import Lab, make_lab
+from tests.support.kamailio import REPO, free_udp_port
+from tests.support.sipp import Sipp
+
+# The third-party scenarios are test data outside the project (licences differ): read in
+# place, never copied in.
+SHARED = REPO.parent / "shared" / "conformance"
+ASTERISK = SHARED / "asterisk-testsuite"
+BLIND = ASTERISK / "tests/channels/pjsip/transfers/blind_transfer"
+BOTH_CONFIGS = ["kamailio.cfg", "kamailio-native.cfg"]
+
+
+@pytest.fixture
+def lab(request, tmp_path, redis_server):
+    """A running proxy with referee (kamailio.cfg unless parametrized indirectly)."""
+    cfg = getattr(request, "param", "kamailio.cfg")
+    lab = make_lab(tmp_path, redis_server, cfg)
+    lab.kamailio.start()
+    yield lab
+    lab.kamailio.stop()
+    errors = lab.kamailio.python_errors()
+    assert not errors, "a referee route raised:\n" + "\n".join(errors)
+
+
+@dataclass
+class Run:
+    """The SIPp parties of one conformance case, all talking to the lab's proxy."""
+
+    lab: Lab
+    parties: list[Sipp] = field(default_factory=list)
+
+    def third_party(self, path: Path, *, register: str | None = None, service: str | None = None,
+                    keys: dict[str, str] | None = None, extra: tuple[str, ...] = (),
+                    timeout_s: int = 15) -> Sipp:
+        """A third-party scenario, unmodified, from ../shared/conformance; `register`: the
+        user it is reachable as at the proxy (a scenario that answers a call)."""
+        assert path.is_file(), f"third-party scenario missing: {path}"
+        args = extra + (("-s", service) if service else ())
+        sipp = Sipp(path, self.lab.tmp / "sipp", remote=self.lab.kamailio.address,
+                    keys=dict(keys or {}), extra=args, timeout_s=timeout_s)
+        if register:
+            self.lab.register(register, sipp.port)
+        self.parties.append(sipp)
+        return sipp
+
+    def ours(self, name: str, party: Party | Target, *, register: tuple[str, ...] = (),
+             timeout_s: int = 15) -> Sipp:
+        port = free_udp_port()
+        for user in register:
+            self.lab.register(user, port)
+        sipp = self.lab.party(name, party.xml(), port=port, timeout_s=timeout_s)
+        self.parties.append(sipp)
+        return sipp
+
+    def play(self, *listeners: Sipp, caller: Sipp) -> dict[str, int]:
+        """Start the listeners, run the caller, wait for everyone: exit code per party."""
+        for sipp in listeners:
+            sipp.start()
+        codes = {caller.name: caller.run()}
+        for sipp in listeners:
+            codes[sipp.name] = sipp.wait()
+        return codes
+
+    def report(self) -> str:
+        return "\n".join(p.report() for p in self.parties) + (
+            "\n--- kamailio:\n" + self.lab.kamailio.log()[-4000:]
+        )
+
+    def ladder(self, record: dict[str, str]) -> list[tuple[str, str, str]]:
+        """(event, state after it, outcome) for each event referee recorded."""
+        entries = self.lab.store.log(record["call_id"], record["refer_id"])
+        out = []
+        for entry in entries:
+            _at, event, _old, new, outcome, *_detail = entry.split("|")
+            out.append((event, new, outcome))
+        return out
+
+    def audio(self) -> None:
+        """The RTP file some asterisk scenarios stream (`lib/python/asterisk/audio.ulaw`,
+        relative to SIPp's directory): one second of mu-law silence, made here."""
+        path = self.lab.tmp / "sipp" / "lib" / "python" / "asterisk" / "audio.ulaw"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\xff" * 8000)
+
+    def transfer(self) -> dict[str, str]:
+        """The one transfer record referee keeps for the case."""
+        records = self.lab.records()
+        assert len(records) == 1, records
+        return records[0]
+
+
+@pytest.fixture
+def run(lab) -> Run:
+    return Run(lab)
+
+
+__all__ = ["ASTERISK", "BLIND", "BOTH_CONFIGS", "SHARED", "Run", "received"]
