@@ -1,0 +1,178 @@
+"""Replaces checks for attended transfer (RFC 3891), as pure functions over what the dialog
+index found (kemi.dialogs.find) and the facts of the message.
+
+Why here, before the target sees the INVITE: the dialog's identifiers travel in clear in
+every REFER and NOTIFY of the transfer, so holding them proves nothing.  Only a party to
+the dialog, or the transferee of a REFER that referee approved for it, may replace it.
+
+The identities compared (`transferor_aor`, `sender_aor`, the parties of a dialog) are
+AORs (kemi.sip.uri.Uri.aor).  The checks are exactly as strong as the glue's identity:
+it should pass the authenticated user where there is one; a bare From header is as
+forgeable as the Replaces itself.
+
+Policy (a tenant's allow_replaces) is decided by kemi.policy before these run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from kemi.dialogs import Dialog, DialogState
+from kemi.sip.errors import SipParseError
+from kemi.sip.headers import Replaces, parse_replaces
+from kemi.transfer import Reply
+
+NO_DIALOG = "Call/Transaction Does Not Exist"
+NO_AUTHORITY = "a Replaces taken from the wire is no authority"
+
+
+def _matching(replaces: Replaces, dialogs_found: Sequence[Dialog]) -> list[Dialog]:
+    # The index already matched; matching again keeps the check true to its inputs.
+    return [d for d in dialogs_found
+            if d.matches(replaces.call_id, replaces.to_tag, replaces.from_tag)]
+
+
+# -- REFER ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferReplacesOk:
+    """A REFER's Replaces that may go on; `dialog` is the named one when referee knows it."""
+
+    replaces: Replaces
+    dialog: Dialog | None
+    matches: int  # 0: unknown to referee, 1: known, more: ambiguous
+
+    @property
+    def known(self) -> Literal["known", "unknown", "ambiguous"]:
+        return "unknown" if not self.matches else "known" if self.matches == 1 else "ambiguous"
+
+    def fields(self) -> dict[str, str]:
+        """What the transfer record keeps of the replaced dialog (kemi.store fields)."""
+        out = {
+            "replaces": self.replaces.call_id,
+            "replaces_to_tag": self.replaces.to_tag,
+            "replaces_from_tag": self.replaces.from_tag,
+            "replaces_dialog": self.known,
+        }
+        if self.replaces.early_only:
+            out["replaces_early_only"] = "1"
+        if self.dialog is not None:
+            out["replaces_state"] = self.dialog.state.value
+        return out
+
+
+def check_refer_replaces(
+    replaces: Replaces, dialogs_found: Sequence[Dialog], transferor_aor: str
+) -> Reply | ReferReplacesOk:
+    """Judge the dialog a REFER's Refer-To asks to replace, when referee knows it.
+
+    Unknown (set up elsewhere, or expired from the index): it passes, marked unknown;
+    the INVITE with Replaces is checked again, and there an unknown dialog is 481.
+    Authority comes first, so a non-party learns nothing of the dialog's state.  With
+    several matches (glare or forgery) the transferor must be a party to one of them;
+    the REFER then passes as ambiguous and its INVITE will get 481.
+    """
+    matched = _matching(replaces, dialogs_found)
+    if not matched:
+        return ReferReplacesOk(replaces, None, 0)
+    if not any(d.has_party(transferor_aor) for d in matched):
+        return Reply(
+            403, "Forbidden",
+            f"{transferor_aor or 'the transferor'} is not a party to the dialog named in "
+            f"Replaces; {NO_AUTHORITY}",
+        )
+    if len(matched) > 1:
+        return ReferReplacesOk(replaces, None, len(matched))
+    (dialog,) = matched
+    if dialog.state is DialogState.TERMINATED:
+        return Reply(603, "Decline", f"the dialog named in Replaces has ended ({dialog.ended_by})")
+    return ReferReplacesOk(replaces, dialog, 1)
+
+
+# -- INVITE with Replaces ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovedRefer:
+    """An open transfer whose approved REFER named a dialog to replace."""
+
+    transferee: str  # AOR
+    replaces_call_id: str  # the ReferPlan's "replaces" field
+    call_id: str = ""  # the transfer itself (kemi.store), to tie the INVITE to it
+    refer_id: str = ""
+
+
+@dataclass(frozen=True)
+class InviteReplacesOk:
+    """An INVITE with Replaces to relay: the dialog it replaces, and by what authority."""
+
+    dialog: Dialog
+    transfer: ApprovedRefer | None  # the one approved REFER naming it (None: none or several)
+    by_party: bool  # the sender is a party to the dialog itself
+
+
+def read_invite_replaces(replaces_values: Sequence[str], method: str) -> Reply | Replaces | None:
+    """The one Replaces of a request, or the 400 it deserves; None if it has none.
+
+    Each element is one header line; a comma cannot occur in a Call-ID or a tag, so it
+    separates values.
+    """
+    values = [v for raw in replaces_values for v in raw.split(",") if v.strip()]
+    if not values:
+        return None
+    if method.strip().upper() != "INVITE":
+        return Reply(400, "Bad Request", f"Replaces in a {method}: only an INVITE may carry one")
+    if len(values) > 1:
+        return Reply(400, "Multiple Replaces", f"{len(values)} Replaces values; at most one")
+    try:
+        return parse_replaces(values[0])
+    except SipParseError as exc:
+        return Reply(400, "Bad Replaces", str(exc))
+
+
+def check_invite_replaces(
+    replaces_values: Sequence[str],
+    method: str,
+    dialogs_found: Sequence[Dialog],
+    sender_aor: str,
+    approved_refers: Sequence[ApprovedRefer] = (),
+) -> Reply | InviteReplacesOk | None:
+    """RFC 3891 section 3, answered by the proxy in the RFC's order; None: no Replaces.
+
+    `dialogs_found` is DialogStore.find for the Replaces' Call-ID and tags.  The
+    recipient's tag (to-tag) may be either side's, since a proxy sees both ends; an early
+    dialog can be replaced only at the UA that originated it (its caller).
+    """
+    replaces = read_invite_replaces(replaces_values, method)
+    if not isinstance(replaces, Replaces):
+        return replaces
+    matched = _matching(replaces, dialogs_found)
+    if not matched:
+        return Reply(481, NO_DIALOG, "no dialog matches Replaces")
+    if len(matched) > 1:
+        return Reply(
+            481, NO_DIALOG, f"{len(matched)} dialogs match Replaces; treated as none (RFC 3891)"
+        )
+    (dialog,) = matched
+    if dialog.state is DialogState.TERMINATED:
+        return Reply(603, "Decline", f"the dialog named in Replaces has ended ({dialog.ended_by})")
+    if replaces.early_only and dialog.state is DialogState.CONFIRMED:
+        return Reply(486, "Busy Here", "Replaces says early-only and the dialog is confirmed")
+    if dialog.state is DialogState.EARLY and replaces.to_tag != dialog.caller_tag:
+        return Reply(
+            481, NO_DIALOG, "Replaces names an early dialog its recipient did not originate"
+        )
+    by_party = dialog.has_party(sender_aor)
+    refers = [a for a in approved_refers
+              if sender_aor and a.transferee == sender_aor
+              and a.replaces_call_id == dialog.call_id]
+    if not by_party and not refers:
+        return Reply(
+            403, "Forbidden",
+            f"{sender_aor or 'the sender'} is neither a party to the dialog named in Replaces "
+            f"nor the transferee of an approved REFER naming it; {NO_AUTHORITY}",
+        )
+    return InviteReplacesOk(dialog, refers[0] if len(refers) == 1 else None, by_party)
