@@ -36,6 +36,12 @@ class KamailioSettings:
     # Accepting 2xx code the transferee is allowed to use is not ours to choose; this is
     # the code referee uses when *it* must invent a reply on the transferee's behalf.
     log_prefix: str = "referee"
+    # Index every INVITE dialog in Redis (kemi.dialogs) so a Replaces is checked here,
+    # against dialogs set up through any node (RFC 3891).  Costs one Redis write per
+    # initial INVITE, per tagged response to it and per BYE, on every call.  Off: only
+    # transfers touch Redis.  A native kamailio-native.cfg must be started with the
+    # define WITH_DIALOG_INDEX too, or those messages never reach Python.
+    dialog_index: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ def parse(text: str, where: str = "<config>") -> Settings:
     )
     if settings.kamailio.redis_fail_mode not in ("open", "closed"):
         raise ConfigError(f"{where} [kamailio] redis_fail_mode must be 'open' or 'closed'")
+    if not isinstance(settings.kamailio.dialog_index, bool):
+        raise ConfigError(f"{where} [kamailio] dialog_index must be true or false")
     if settings.redis.timeout_ms <= 0:
         raise ConfigError(f"{where} [redis] timeout_ms must be > 0")
     return settings

@@ -10,7 +10,10 @@ Two ways in, one logic:
 
 Rules kept everywhere (notes/kamailio-kemi.md): every route returns an int, no exception
 escapes (an escaped one means no SIP reply at all), Redis waits are bounded by the
-client's budget and its circuit breaker, and non-transfer traffic never reaches Redis.
+client's budget and its circuit breaker, and non-transfer traffic never reaches Redis --
+unless [kamailio] dialog_index is on: then every initial INVITE, its responses and every
+BYE are recorded in the dialog index (kemi.dialogs), and a Replaces, in a REFER's
+Refer-To or an INVITE, is checked against it (kemi.replaces) before it is relayed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi import config, transfer
+from kemi import config, replaces, transfer
+from kemi.dialogs import DialogEvent, DialogStore, response_event
 from kemi.journal import Journal
 from kemi.policy.cache import PolicyCache, PolicyUnavailable
 from kemi.resp import CircuitBreaker, RedisError, RespClient
@@ -102,25 +106,43 @@ class Referee:
             self.settings.policy_db, check_interval_s=self.settings.policy_check_interval_s
         )
         self._store: TransferStore | None = None
+        self._dialogs: DialogStore | None = None
+        self._client: RespClient | None = None
+        self.dialog_index = self.settings.kamailio.dialog_index
         self.journal = Journal(self.settings.kamailio.journal_dir)
 
     # -- process lifecycle -------------------------------------------------------------
     def child_init(self, rank: int) -> int:
         # Sockets are opened lazily in each process (never before the fork).
         self._store = None
+        self._dialogs = None
+        self._client = None
         return 0
+
+    @property
+    def client(self) -> RespClient:
+        """One Redis connection per process, shared by the transfer store and the index."""
+        if self._client is None:
+            r = self.settings.redis
+            self._client = RespClient(
+                r.url,
+                timeout_s=r.timeout_ms / 1000.0,
+                breaker=CircuitBreaker(r.breaker_failures, r.breaker_open_s),
+            )
+        return self._client
+
+    @property
+    def dialogs(self) -> DialogStore:
+        if self._dialogs is None:
+            self._dialogs = DialogStore(self.client, prefix=self.settings.redis.prefix)
+        return self._dialogs
 
     @property
     def store(self) -> TransferStore:
         if self._store is None:
             r = self.settings.redis
-            client = RespClient(
-                r.url,
-                timeout_s=r.timeout_ms / 1000.0,
-                breaker=CircuitBreaker(r.breaker_failures, r.breaker_open_s),
-            )
             self._store = TransferStore(
-                client,
+                self.client,
                 prefix=r.prefix,
                 done_ttl_s=self.settings.transfer.done_ttl_s,
                 stream_maxlen=self.settings.transfer.stream_maxlen,
@@ -202,7 +224,27 @@ class Referee:
             _log(KSR.notice,
                  f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
             return _send(verdict)
+        if self.dialog_index and verdict.replaces is not None:
+            judged = self._check_refer_replaces(verdict)
+            if judged is not None:
+                return judged
         return self._track_refer(verdict)
+
+    def _check_refer_replaces(self, plan: transfer.ReferPlan) -> int | None:
+        """The dialog an attended transfer names, judged against the index: an int when
+        the REFER was answered (or Redis is away), None to go on and record it."""
+        rp = plan.replaces
+        try:
+            found = self.dialogs.find(rp.call_id, rp.to_tag, rp.from_tag)
+        except RedisError as exc:
+            return self._redis_down_refer(plan, exc)
+        ok = replaces.check_refer_replaces(rp, found, plan.transferor)
+        if isinstance(ok, transfer.Reply):
+            _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {ok.code}: "
+                             f"{ok.warning}")
+            return _send(ok)
+        plan.fields.update(ok.fields())
+        return None
 
     def _track_refer(self, plan: transfer.ReferPlan) -> int:
         now = time.time()
@@ -282,6 +324,8 @@ class Referee:
 
     # -- replies ---------------------------------------------------------------------------
     def on_reply(self, code: int) -> int:
+        if _get("$avp(rf_dlg)") == "1" and _get("$rm") == "INVITE":
+            self._record_response(code)
         call_id = _get("$avp(rf_cid)")
         if not call_id or code < 200:
             return CONTINUE
@@ -303,6 +347,33 @@ class Referee:
             return CONTINUE
         self._apply(call_id, refer_id, event, {f"{method.lower()}_reply": str(code)}, str(code))
         return CONTINUE
+
+    def _record_response(self, code: int) -> None:
+        """A response to an indexed initial INVITE (or, in the failure route, its final
+        failure: the message there is the request, which carries no callee tag)."""
+        to_tag = _get("$tt") or ""
+        event = response_event(code, to_tag)
+        if event is None:
+            return
+        self._record(event, callee_tag=to_tag)
+
+    def _record(self, event: DialogEvent, callee_tag: str | None = None) -> None:
+        """Apply one event of the current message's dialog to the index; never blocks the
+        call: a Redis failure is logged and the message goes on."""
+        call_id = _get("$ci") or ""
+        try:
+            caller = callee = None
+            if event not in (DialogEvent.BYE, DialogEvent.REFRESH):
+                caller = transfer.parse_name_addr(_get("$hdr(From)") or "", "From").uri.aor
+                callee = transfer.parse_name_addr(_get("$hdr(To)") or "", "To").uri.aor
+            self.dialogs.record(
+                event, call_id, _get("$ft") or "", time.time(), callee_tag=callee_tag,
+                caller=caller, callee=callee, node=f"{_get('$Ri') or ''}:{_get('$Rp') or ''}",
+            )
+        except transfer.SipParseError as exc:
+            _log(KSR.notice, f"dialog {call_id} {event} not indexed: {exc}")
+        except RedisError as exc:
+            _log(KSR.warn, f"dialog {call_id} {event} not indexed (Redis: {exc})")
 
     def _apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None):
         now = time.time()
@@ -369,8 +440,70 @@ class Referee:
     def on_invite(self) -> int:
         if _get("$tt"):
             return CONTINUE  # re-INVITE: not a triggered request
+        if self.dialog_index:
+            rc = self._check_invite_replaces()
+            if rc is not None:
+                return rc
+            self._record(DialogEvent.INVITE)
+            KSR.pv.sets("$avp(rf_dlg)", "1")
+            KSR.tm.t_on_reply(REPLY_ROUTE)
+            KSR.tm.t_on_failure(FAILURE_ROUTE)
         if not KSR.hdr.is_present("Referred-By") > 0:
             return CONTINUE  # an ordinary call pays nothing
+        return self._tie_referred_invite()
+
+    def _check_invite_replaces(self) -> int | None:
+        """RFC 3891 for an INVITE carrying Replaces, answered here before the target sees
+        it; None: no Replaces, or a Replaces to relay (tied to its transfer if any)."""
+        values = _headers("Replaces")
+        if not values:
+            return None
+        call_id = _get("$ci") or ""
+        rp = replaces.read_invite_replaces(values, "INVITE")
+        if isinstance(rp, transfer.Reply):
+            _log(KSR.notice, f"INVITE {call_id} with Replaces answered {rp.code}: {rp.warning}")
+            return _send(rp)
+        try:
+            sender = transfer.parse_name_addr(_get("$hdr(From)") or "", "From").uri.aor
+        except transfer.SipParseError as exc:
+            return _send(transfer.Reply(400, "Bad Request", str(exc)))
+        try:
+            found = self.dialogs.find(rp.call_id, rp.to_tag, rp.from_tag)
+            approved = []
+            for xcid, rid, _target in self.store.find_for_invite(sender):
+                record = self.store.get(xcid, rid) or {}
+                if record.get("replaces"):
+                    approved.append(replaces.ApprovedRefer(sender, record["replaces"], xcid, rid))
+        except RedisError as exc:
+            k = self.settings.kamailio
+            if k.redis_fail_mode == "open":
+                _log(KSR.err, f"INVITE {call_id} with Replaces relayed unchecked (Redis: {exc})")
+                return None
+            _log(KSR.err, f"INVITE {call_id} with Replaces refused 503 (Redis: {exc})")
+            return _send(transfer.Reply(
+                503, "Service Unavailable", "dialog index unreachable", k.retry_after_s
+            ))
+        ok = replaces.check_invite_replaces(values, "INVITE", found, sender, approved)
+        if isinstance(ok, transfer.Reply):
+            _log(KSR.notice, f"INVITE {call_id} with Replaces from {sender} answered "
+                             f"{ok.code}: {ok.warning}")
+            return _send(ok)
+        if ok is None or ok.transfer is None:
+            return None
+        # Tied to the attended transfer that named the dialog: its final NOTIFY closes it.
+        t = ok.transfer
+        self._record(DialogEvent.INVITE)
+        self._apply(t.call_id, t.refer_id, Event.INVITE, {"invite_call_id": call_id})
+        KSR.pv.sets("$avp(rf_cid)", t.call_id)
+        KSR.pv.sets("$avp(rf_id)", t.refer_id)
+        KSR.pv.sets("$avp(rf_dlg)", "1")
+        KSR.tm.t_on_reply(REPLY_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        _log(KSR.info, f"INVITE {call_id} with Replaces from {sender} tied to transfer "
+                       f"{t.call_id}/{t.refer_id}")
+        return CONTINUE
+
+    def _tie_referred_invite(self) -> int:
         try:
             caller = transfer.parse_name_addr(_get("$hdr(From)") or "", "From").uri
             target = transfer.parse_uri_lenient(_get("$ru") or "")
@@ -400,6 +533,8 @@ class Referee:
     # -- BYE ---------------------------------------------------------------------------------
     def on_bye(self) -> int:
         call_id = _get("$ci") or ""
+        if self.dialog_index:
+            self._record(DialogEvent.BYE, callee_tag=_get("$tt") or "")
         try:
             mark = KSR.htable.sht_get(HTABLE, call_id)
         except Exception:  # noqa: BLE001 - htable not loaded

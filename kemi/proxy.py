@@ -4,6 +4,10 @@ Registrar with in-memory location, record-route, loose-route, no NAT handling: t
 smallest proxy that carries a transfer between registered phones.  It reads like the
 request_route of Kamailio's default kamailio.cfg, with referee's handlers where REFER,
 NOTIFY, the transferee's INVITE and BYE pass.
+
+Every INVITE and BYE is handed to its handler; the handlers consult [kamailio]
+dialog_index themselves (kemi.kamailio), so with it off an ordinary call returns at once
+without touching Redis, and with it on each dialog is indexed (no cfg define needed here).
 """
 
 from __future__ import annotations

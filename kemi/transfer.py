@@ -15,6 +15,7 @@ from kemi.policy.evaluate import decide
 from kemi.policy.model import Decision, Policy, ReferFacts
 from kemi.sip.errors import SipParseError
 from kemi.sip.headers import (
+    Replaces,
     parse_event,
     parse_name_addr,
     parse_refer_to,
@@ -83,6 +84,7 @@ class ReferPlan:
     nosub_requested: bool
     expiry_s: int
     fields: dict[str, str]
+    replaces: Replaces | None = None  # the dialog an attended transfer's Refer-To names
 
 
 def _warning_reply(code: int, reason: str, warning: str) -> Reply:
@@ -162,6 +164,7 @@ def check_refer(msg: ReferMessage, policy: Policy) -> Reply | ReferPlan:
         nosub_requested=nosub,
         expiry_s=decision.subscription_expiry_s,
         fields=fields,
+        replaces=refer_to.replaces,
     )
 
 

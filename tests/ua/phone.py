@@ -376,6 +376,20 @@ class Phone:
         """Blind transfer: send REFER with Refer-To target_uri on the call."""
         self._do_transfer(call, target_uri, refer_sub, headers)
 
+    def transfer_replaces(self, call: Call, dest: Call):
+        """Attended transfer: REFER `call`'s peer to `dest`'s peer, Replaces naming `dest`."""
+        self._do_transfer_replaces(call, dest)
+
+    def _do_transfer_replaces(self, call, dest):
+        raise PhoneError(f"{self.name}: attended transfer is driven for pjsua2 phones only")
+
+    def replacing(self, call: Call, timeout: float = 5.0) -> Call:
+        """The call that took `call` over by an INVITE with Replaces."""
+        return self.wait_call(
+            lambda c: c.origin == "replacing" and c.parent == call.id, timeout,
+            f"a call replacing {call}",
+        )
+
     def transfer_events(self, call: Call) -> list[int]:
         """Status codes of the message/sipfrag bodies of the refer NOTIFYs received."""
         with self._cv:
@@ -621,6 +635,9 @@ class PjsuaPhone(Phone):
 
     def _do_hangup(self, call):
         self._cmd("hangup", call=call.id)
+
+    def _do_transfer_replaces(self, call, dest):
+        self._cmd("xfer_replaces", call=call.id, dest=dest.id)
 
     def set_options(self, **opts):
         """accept_refer=<code>, auto_ringing=bool, auto_answer=<code>|None."""

@@ -187,6 +187,13 @@ class Agent:
         call.xfer(c["target"], prm)
         return None
 
+    def do_xfer_replaces(self, c):
+        """Attended transfer: REFER `call` to the remote party of `dest`, with Replaces."""
+        call = self.call(c["call"])
+        dest = self.call(c["dest"])
+        call.xferReplaces(dest, pj.CallOpParam(True))
+        return None
+
     def do_set(self, c):
         if "accept_refer" in c:
             self.accept_refer = int(c["accept_refer"])
@@ -360,6 +367,20 @@ class AgentCall(pj.Call):
         if info.remoteUri:
             self.remote = info.remoteUri
         emit({"event": "call_state", **self.snapshot()})
+
+    @_guard
+    def onCallReplaced(self, prm):
+        """An INVITE with Replaces took this call over: follow the new call."""
+        new = AgentCall(self.agent, self.acc_ref(), prm.newCallId)
+        new.parent = self.key
+        new.state = "incoming"
+        try:
+            new.remote = new.getInfo().remoteUri
+        except pj.Error:
+            pass
+        key = self.agent.add_call(new, "replacing")
+        prm.newCall = new
+        emit({"event": "replaced", "call": self.key, "new_call": key})
 
     @_guard
     def onCallMediaState(self, prm):
