@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from kemi.store import _is_noscript, _pairs, _s, _Script, call_tag
+from kemi.store import ScriptStore, _pairs, _s, _Script, call_tag
 
 
 class DialogState(StrEnum):
@@ -222,7 +222,7 @@ _RECORD = _Script(RECORD_LUA)
 _FIND = _Script(FIND_LUA)
 
 
-class DialogStore:
+class DialogStore(ScriptStore):
     """The dialog index in Redis: one round trip per event, find and get.
 
     `client` is anything with `.call(*args)` (kemi.resp.RespClient) or redis-py's
@@ -237,29 +237,16 @@ class DialogStore:
         open_ttl_s: int = 86400,
         ended_ttl_s: int = 300,
     ):
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix {prefix!r} must be non-empty and brace-free")
         for name, ttl in (("setup", setup_ttl_s), ("open", open_ttl_s), ("ended", ended_ttl_s)):
             if int(ttl) < 1:
                 raise ValueError(f"{name}_ttl_s must be at least 1 s")
-        self._call = getattr(client, "call", None) or client.execute_command
-        self.prefix = prefix
+        super().__init__(client, prefix)
         self.setup_ttl_s = int(setup_ttl_s)
         self.open_ttl_s = int(open_ttl_s)
         self.ended_ttl_s = int(ended_ttl_s)
-        self.noscript_fallbacks = 0  # EVALs after a NOSCRIPT (a restarted/flushed Redis)
 
     def dialog_key(self, call_id: str, caller_tag: str) -> str:
         return f"{self.prefix}:{{{call_tag(call_id)}}}:dlg:{caller_tag}"
-
-    def _eval(self, script: _Script, keys: list[str], args: list[str]):
-        try:
-            return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        self.noscript_fallbacks += 1
-        return self._call("EVAL", script.text, len(keys), *keys, *args)
 
     def record(
         self,

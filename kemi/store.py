@@ -245,7 +245,32 @@ _CREATE = _Script(CREATE_LUA)
 _APPLY = _Script(APPLY_LUA)
 
 
-class TransferStore:
+class ScriptStore:
+    """What every referee store shares: a client, a brace-free key prefix, and scripts run
+    by EVALSHA with EVAL as the fallback after a NOSCRIPT (a restarted or flushed Redis).
+
+    `client` is anything with `.call(*args)` (kemi.resp.RespClient) or redis-py's
+    `execute_command`.  Transport errors propagate: the caller picks fail-open/closed.
+    """
+
+    def __init__(self, client: Any, prefix: str):
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError(f"prefix {prefix!r} must be non-empty and brace-free")
+        self._call = getattr(client, "call", None) or client.execute_command
+        self.prefix = prefix
+        self.noscript_fallbacks = 0
+
+    def _eval(self, script: _Script, keys: list[str], args: list[str]):
+        try:
+            return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+        self.noscript_fallbacks += 1
+        return self._call("EVAL", script.text, len(keys), *keys, *args)
+
+
+class TransferStore(ScriptStore):
     """Transfers in Redis, one round trip per create/apply (EVALSHA; EVAL on NOSCRIPT).
 
     `client` is anything with `.call(*args)` (kemi.resp.RespClient) or redis-py's
@@ -261,15 +286,11 @@ class TransferStore:
         ttl_margin_s: int = 300,
         log_maxlen: int = 500,
     ):
-        if not prefix or "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix {prefix!r} must be non-empty and brace-free")
-        self._call = getattr(client, "call", None) or client.execute_command
-        self.prefix = prefix
+        super().__init__(client, prefix)
         self.done_ttl_s = int(done_ttl_s)
         self.stream_maxlen = int(stream_maxlen)
         self.ttl_margin_s = int(ttl_margin_s)
         self.log_maxlen = int(log_maxlen)
-        self.noscript_fallbacks = 0  # EVALs after a NOSCRIPT (a restarted/flushed Redis)
 
     # -- keys
 
@@ -297,15 +318,6 @@ class TransferStore:
         return f"{self.prefix}:tie:{transferee}"
 
     # -- scripts
-
-    def _eval(self, script: _Script, keys: list[str], args: list[str]):
-        try:
-            return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except Exception as exc:
-            if not _is_noscript(exc):
-                raise
-        self.noscript_fallbacks += 1
-        return self._call("EVAL", script.text, len(keys), *keys, *args)
 
     @staticmethod
     def _field_args(
