@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
+
+from tests.support.siplog import SipMessage, sip_messages
 
 HEAD = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
 PROXY_ROUTE = "Route: <sip:[remote_ip]:[remote_port];lr>"
@@ -400,65 +401,15 @@ class Target:
         return party.xml(f"target {self.me}")
 
 
-# -- reading a SIPp -trace_msg log -------------------------------------------------------
-_ENTRY = re.compile(
-    r"^-{20,} (\d{4}-\d\d-\d\d\s+\d\d:\d\d:\d\d\.\d+)\n\w+ message (sent|received)[^\n]*\n\n",
-    re.M,
-)
-
-
-@dataclass
-class Message:
-    at: datetime
-    direction: str
-    start_line: str
-    headers: list[tuple[str, str]]
-    body: str
-
-    @property
-    def is_request(self) -> bool:
-        return not self.start_line.startswith("SIP/2.0 ")
-
-    @property
-    def method(self) -> str:
-        if self.is_request:
-            return self.start_line.split(" ", 1)[0]
-        return self.header("CSeq").split()[-1]
-
-    @property
-    def status(self) -> int | None:
-        return None if self.is_request else int(self.start_line.split()[1])
-
-    def header(self, name: str) -> str:
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return ""
-
-
-def messages(log_path: Path) -> list[Message]:
+def messages(log_path: Path) -> list[SipMessage]:
     """Every message a SIPp party logged with -trace_msg, in order."""
     try:
-        text = log_path.read_text(errors="replace")
+        return sip_messages(log_path.read_text(errors="replace"))
     except FileNotFoundError:
         return []
-    out = []
-    marks = list(_ENTRY.finditer(text))
-    for i, m in enumerate(marks):
-        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        raw = text[m.end():end].replace("\r\n", "\n").strip("\n")
-        head, _, body = raw.partition("\n\n")
-        lines = head.split("\n")
-        headers = []
-        for line in lines[1:]:
-            key, _, value = line.partition(":")
-            headers.append((key.strip(), value.strip()))
-        stamp = datetime.strptime(" ".join(m.group(1).split()), "%Y-%m-%d %H:%M:%S.%f")
-        out.append(Message(stamp, m.group(2), lines[0], headers, body.strip()))
-    return out
 
 
-def received(log_path: Path, method: str, status: int | None = None) -> list[Message]:
+def received(log_path: Path, method: str, status: int | None = None) -> list[SipMessage]:
     """What a party received: requests of `method`, or (with status) responses to it."""
     return [
         m for m in messages(log_path)

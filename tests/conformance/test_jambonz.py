@@ -37,7 +37,7 @@ def test_uac_refer_with_notify_one_bare_notify_ends_the_transfer(run):
     [accepted] = received(andrew.messages_path, "REFER", status=202)
     assert accepted.header("Content-Type") == "application/sdp"
     [notify] = received(andrew.messages_path, "NOTIFY")
-    assert notify.header("Event") == "" and notify.header("Subscription-State") == ""
+    assert notify.header("Event") is None and notify.header("Subscription-State") is None
     record = run.transfer()
     assert record["state"] == "succeeded" and record["final_sipfrag"] == "200 OK"
     assert record["transferee"] == "mckenzie@127.0.0.1" and record["target"] == "marsha@127.0.0.1"
