@@ -54,12 +54,58 @@ class TransferSettings:
 
 
 @dataclass(frozen=True)
+class AnchoredSettings:
+    """Transfers of calls anchored in Asterisk (kemi.anchor): which REFERs referee accepts
+    itself instead of relaying, and what the Asterisk side does with them."""
+
+    # name -> "host:port" of each Asterisk whose dialogs are anchored.  An in-dialog REFER
+    # whose Request-URI (the Asterisk's Contact) is at one of these addresses is an
+    # anchored transfer.  Empty: no anchored mode, every REFER is relayed as before.
+    asterisk: dict[str, str] = field(default_factory=dict)
+    # "accept": referee answers 202 itself, sends truthful NOTIFYs, and has the AMI
+    # controller move the channels (the path with a real reconnect).  "relay": the REFER
+    # goes to Asterisk (res_pjsip_refer accepts it); referee checks and records only.
+    mode: str = "accept"
+    # What Asterisk dials for an approved Refer-To; {user}, {host}, {uri} are filled in.
+    dial: str = "PJSIP/{user}"
+    # This Kamailio node's name: progress for the transfers it accepted comes back on
+    # its own stream, read by its sweep timer (never by a SIP worker).
+    node: str = "kamailio"
+
+
+@dataclass(frozen=True)
+class AsteriskSettings:
+    """The Asterisk side (agi/): the AMI controller and the FastAGI server."""
+
+    # This Asterisk's name, as in [anchored] asterisk (its job stream is named by it).
+    name: str = "asterisk"
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "referee"
+    ami_secret: str = ""
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    # An AGI session is cut after this long whatever happens (seconds).
+    agi_session_limit_s: float = 600.0
+    # Dialplan locations the controller redirects to (config-examples/asterisk/).
+    transfer_context: str = "referee-transfer"
+    hold_context: str = "referee-hold"
+    hold_exten: str = "hold"
+    recall_context: str = "referee-recall"
+    # After the target answered, the transferor's leg is hung up after this long unless
+    # it hung up first (carriers use about 32 s), so no PBX trunk stays busy.
+    release_after_s: float = 32.0
+
+
+@dataclass(frozen=True)
 class Settings:
     policy_db: str = "/var/lib/referee/policy.db"
     policy_check_interval_s: float = 1.0
     redis: RedisSettings = field(default_factory=RedisSettings)
     kamailio: KamailioSettings = field(default_factory=KamailioSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    anchored: AnchoredSettings = field(default_factory=AnchoredSettings)
+    asterisk: AsteriskSettings = field(default_factory=AsteriskSettings)
 
 
 class ConfigError(ValueError):
@@ -89,6 +135,8 @@ def parse(text: str, where: str = "<config>") -> Settings:
         "redis": RedisSettings,
         "kamailio": KamailioSettings,
         "transfer": TransferSettings,
+        "anchored": AnchoredSettings,
+        "asterisk": AsteriskSettings,
     }
     built = {}
     for name, cls in sections.items():
@@ -106,6 +154,17 @@ def parse(text: str, where: str = "<config>") -> Settings:
         raise ConfigError(f"{where} [kamailio] redis_fail_mode must be 'open' or 'closed'")
     if not isinstance(settings.kamailio.dialog_index, bool):
         raise ConfigError(f"{where} [kamailio] dialog_index must be true or false")
+    anchored = settings.anchored
+    if anchored.mode not in ("accept", "relay"):
+        raise ConfigError(f"{where} [anchored] mode must be 'accept' or 'relay'")
+    if not isinstance(anchored.asterisk, dict):
+        raise ConfigError(f"{where} [anchored] asterisk must be a table of name = \"host:port\"")
+    for name, addr in anchored.asterisk.items():
+        host, _, port = str(addr).rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"{where} [anchored] asterisk.{name} = {addr!r}: expected \"host:port\""
+            )
     if settings.redis.timeout_ms <= 0:
         raise ConfigError(f"{where} [redis] timeout_ms must be > 0")
     return settings
