@@ -194,6 +194,23 @@ end
 return {rid, old, new, outcome, final and 1 or 0}
 """.replace("@TABLE@", table_as_json())
 
+# KEYS: 1 xfer, 2 log.  ARGV: 1 now, 2 detail, 3 log maxlen, 4.. field pairs
+# Facts about a transfer that are not events of the state machine (what the Asterisk side
+# did with the channels): written beside the state, logged, never changing it.
+ANNOTATE_LUA = """
+local xk, lk = KEYS[1], KEYS[2]
+local state = redis.call('HGET', xk, 'state')
+if not state then return 0 end
+local h = {'updated_at', ARGV[1]}
+for i = 4, #ARGV do h[#h + 1] = ARGV[i] end
+redis.call('HSET', xk, unpack(h))
+redis.call('RPUSH', lk, table.concat({ARGV[1], 'note', state, state, 'noted', ARGV[2]}, '|'))
+local logmax = tonumber(ARGV[3])
+if logmax > 0 then redis.call('LTRIM', lk, -logmax, -1) end
+if redis.call('TTL', lk) == -1 then redis.call('PEXPIRE', lk, redis.call('PTTL', xk)) end
+return 1
+"""
+
 
 def _s(value: Any) -> str:
     if isinstance(value, bytes):
@@ -243,6 +260,7 @@ class _Script:
 
 _CREATE = _Script(CREATE_LUA)
 _APPLY = _Script(APPLY_LUA)
+_ANNOTATE = _Script(ANNOTATE_LUA)
 
 
 class ScriptStore:
@@ -429,6 +447,16 @@ class TransferStore(ScriptStore):
             outcome=_s(outcome),  # type: ignore[arg-type]
             final=bool(int(final)),
         )
+
+    def annotate(
+        self, call_id: str, refer_id: str | int, now: float, fields: dict[str, str],
+        detail: str = "",
+    ) -> bool:
+        """Write facts beside a transfer's state (one round trip, the call's slot only) and
+        log them as a "note" line; the state is untouched.  False: no such transfer."""
+        xk = self.xfer_key(call_id, refer_id)
+        args = [f"{now:.3f}", detail, str(self.log_maxlen), *self._field_args(fields)]
+        return bool(int(self._eval(_ANNOTATE, [xk, xk + ":log"], args)))
 
     def reject(
         self, call_id: str, refer_id: str | int, now: float, fields: dict[str, str] | None = None,

@@ -438,3 +438,25 @@ def test_concurrent_events_lose_no_update(redis_server, store, raw):
                for o in outcomes[cut + 1:])
     assert len(store.finished(10)) == 1
     assert_every_key_has_ttl(raw)
+
+
+def test_annotate_writes_facts_beside_the_state_and_logs_them(store, raw):
+    _create(store)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, now=NOW + 1)
+    assert store.annotate(
+        CID, "1", NOW + 2, {"asterisk_result": "reconnected"}, detail="P back with A"
+    )
+    record = store.get(CID, "1")
+    assert record["state"] == "accepted"  # untouched
+    assert record["asterisk_result"] == "reconnected"
+    assert store.log(CID, "1")[-1].split("|") == [
+        f"{NOW + 2:.3f}", "note", "accepted", "accepted", "noted", "P back with A"
+    ]
+    assert_every_key_has_ttl(raw)
+
+
+def test_annotate_refuses_the_stores_own_fields_and_unknown_transfers(store):
+    with pytest.raises(ValueError):
+        store.annotate(CID, "1", NOW, {"state": "succeeded"})
+    assert store.annotate(CID, "99", NOW, {"asterisk_result": "x"}) is False
+    assert store.get(CID, "99") is None
