@@ -1,0 +1,66 @@
+"""Attended-transfer quirks real phones show (ua-quirks.md, issue 3 item 5), with the
+dialog index on, real Kamailio (both configs), Redis and pjsua2 phones.
+
+* A Refer-To that names the consultation call's address-of-record, not its Contact
+  (linphone does this): the transferee's INVITE with Replaces is routed like any call to
+  that AoR -- through the registrar's location lookup -- and is checked and tied as usual.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from tests.e2e.parties import wait_for
+from tests.e2e.test_attended import alab, pjsua_phones  # noqa: F401
+from tests.ua.phone import parse_sip
+
+
+def _tag(header_value: str) -> str:
+    return header_value.split(";tag=", 1)[1].split(";", 1)[0].strip()
+
+
+def test_a_refer_to_naming_the_consultation_aor_is_routed_by_the_registrar_and_succeeds(
+    alab, pjsua_phones  # noqa: F811
+):
+    andrew, mckenzie, marsha = pjsua_phones
+    a_call = andrew.call(mckenzie.aor)
+    m_call = mckenzie.wait_incoming(5)
+    mckenzie.answer(m_call, 200)
+    andrew.wait_state(a_call, "confirmed")
+    assert andrew.hold(a_call) == 200
+    consult = andrew.call(marsha.aor)
+    s_call = marsha.wait_incoming(5)
+    marsha.answer(s_call, 200)
+    andrew.wait_state(consult, "confirmed")
+    marsha.wait_state(s_call, "confirmed")
+
+    invite = parse_sip(s_call.messages[0])["headers"]
+    ok = next(
+        parse_sip(m)["headers"] for m in consult.messages
+        if m.startswith("SIP/2.0 200") and "INVITE" in parse_sip(m)["headers"].get("cseq", "")
+    )
+    consult_id = invite["call-id"]
+    replaces = f"{consult_id};to-tag={_tag(ok['to'])};from-tag={_tag(ok['from'])}"
+    # The AoR (what Andrew dialled), not Marsha's Contact: only the registrar knows where.
+    refer_to = f"<{marsha.aor}?Replaces={quote(replaces, safe='')}>"
+    assert marsha.aor.startswith("sip:marsha@127.0.0.1:")
+    andrew.transfer(a_call, refer_to)
+
+    assert andrew.wait_refer_response(a_call) == 202
+    sent = parse_sip(next(m for m in m_call.messages if m.startswith("REFER ")))["headers"]
+    assert sent["refer-to"].startswith(f"<{marsha.aor}?Replaces="), sent["refer-to"]
+    new = marsha.replacing(s_call, 10)  # McKenzie's INVITE with Replaces reached her
+    marsha.wait_state(new, "confirmed")
+    marsha.wait_state(s_call, "disconnected")  # the consultation call was replaced
+    andrew.wait_state(consult, "disconnected")
+    assert andrew.wait_transfer_final(a_call, 5) == 200
+
+    record = wait_for(lambda: (alab.finished() or [None])[0], 5)
+    assert record and record["state"] == "succeeded", (record, alab.records())
+    assert record["replaces"] == consult_id
+    assert record["replaces_dialog"] == "known"
+    assert record["invite_reply"] == "200"  # the routed INVITE with Replaces was tied
+    if andrew.call_state(a_call) != "disconnected":
+        andrew.hangup(a_call)
+    marsha.hangup(new)
+    marsha.wait_state(new, "disconnected")
