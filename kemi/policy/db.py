@@ -30,6 +30,11 @@ _TENANT_COLUMNS = ("id", "name", "priority", "match_source", "match_domain", "ma
                    "transferor_bye_wait_s", "caller_id")
 _RULE_COLUMNS = ("id", "tenant", "name", "priority", "action", "target_kind", "target_value",
                  "reply_code", "reason", "enabled")
+# Added by 002_transfer_plan: read when present, so a worker running this code against a
+# database not yet upgraded keeps working (every plan then takes the defaults).
+_TENANT_COLUMNS_002 = ("replaces_scope",)
+_RULE_COLUMNS_002 = ("announcement", "caller_id", "dial_timeout_s", "on_failure",
+                     "release_after_s")
 _CLASS_COLUMNS = ("name", "e164_prefix", "note")
 
 
@@ -110,7 +115,10 @@ class Connection:
 
 def _wrap(target: Target, exc: Exception) -> DbError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "no such table" in text or ("relation" in text and "does not exist" in text):
+    if "no column named" in text or "no such column" in text or (
+            text.startswith("column") and "does not exist" in text):
+        text += " (schema older than this referee? run `referee db init` to upgrade it)"
+    elif "no such table" in text or ("relation" in text and "does not exist" in text):
         text += " (not initialised? run `referee db init`)"
     return DbError(f"policy database {target.display}: {text}")
 
@@ -250,7 +258,18 @@ def load_policy(conn: Connection) -> Policy:
     version on the next check and is reloaded then, never missed.
     """
     version = read_version(conn)
-    tenants = conn.rows(f"SELECT {', '.join(_TENANT_COLUMNS)} FROM tenants")
-    rules = conn.rows(f"SELECT {', '.join(_RULE_COLUMNS)} FROM rules")
+    tenant_cols = _present(conn, "tenants", _TENANT_COLUMNS, _TENANT_COLUMNS_002)
+    rule_cols = _present(conn, "rules", _RULE_COLUMNS, _RULE_COLUMNS_002)
+    tenants = conn.rows(f"SELECT {', '.join(tenant_cols)} FROM tenants")
+    rules = conn.rows(f"SELECT {', '.join(rule_cols)} FROM rules")
     classes = conn.rows(f"SELECT {', '.join(_CLASS_COLUMNS)} FROM number_classes")
     return Policy.from_rows(version, tenants, rules, classes)
+
+
+def _present(conn: Connection, table: str, base: tuple[str, ...],
+             optional: tuple[str, ...]) -> tuple[str, ...]:
+    """base plus those of optional the table has (zero rows read: only the header)."""
+    cur = conn.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+    have = {d[0] for d in cur.description}
+    cur.fetchall()
+    return base + tuple(c for c in optional if c in have)

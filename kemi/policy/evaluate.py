@@ -8,6 +8,10 @@ Order (each step can end it, and the Decision names what did):
    comes before any rule because toll fraud through transfer is the case carriers gate;
 4. the tenant's and the global rules by priority, first match wins;
 5. nothing matched: the tenant's default, allow.
+
+An allow decision carries the anchored transfer plan (Decision.plan: the matching rule's
+plan fields over the tenant's and built-in defaults).  Cross-tenant Replaces
+(replaces_crossing) is judged apart, once the dialog a Replaces names is known.
 """
 
 from __future__ import annotations
@@ -38,8 +42,14 @@ def _address(text: str) -> tuple[int, int] | None:
 
 def select_tenant(policy: Policy, facts: ReferFacts) -> Tenant:
     """The first tenant whose set matchers all match; 'default' (always last) matches all."""
-    version, value = (_address(facts.source_ip) or (0, 0)) if policy.uses_source else (0, 0)
-    domain = (facts.from_domain or "").lower().rstrip(".")
+    return tenant_for(policy, facts.source_ip, facts.from_domain, facts.auth_user)
+
+
+def tenant_for(policy: Policy, source_ip: str, from_domain: str | None,
+               auth_user: str | None) -> Tenant:
+    """select_tenant for any request (an INVITE with Replaces too), from the same facts."""
+    version, value = (_address(source_ip) or (0, 0)) if policy.uses_source else (0, 0)
+    domain = (from_domain or "").lower().rstrip(".")
     for m in policy.matchers:
         if m.networks:
             for v, net, mask in m.networks:
@@ -49,7 +59,7 @@ def select_tenant(policy: Policy, facts: ReferFacts) -> Tenant:
                 continue
         if m.domain is not None and (not domain or not m.domain.matches(domain)):
             continue
-        if m.user is not None and facts.auth_user != m.user:
+        if m.user is not None and auth_user != m.user:
             continue
         return m.tenant
     return policy.matchers[-1].tenant  # pragma: no cover - default has no matchers
@@ -146,9 +156,52 @@ def decide(policy: Policy, facts: ReferFacts) -> Decision:
             rule = m.rule
             if rule.action == "allow":
                 return Decision(True, 0, rule.reason or "allowed", rule.label, tenant,
-                                rule.id, number, classes)
+                                rule.id, number, classes, rule)
             return Decision(False, rule.reply_code or 403,
                             rule.reason or "transfer target not allowed", rule.label, tenant,
                             rule.id, number, classes)
     return Decision(True, 0, "no rule matched", f"tenant {name} default allow", tenant,
                     None, number, classes)
+
+
+# -- Replaces across tenants ----------------------------------------------------------------
+
+def aor_host(aor: str) -> str:
+    """The host of an AOR ('user@host' or 'host'), lowercase; '' for a tel: number."""
+    if not aor:
+        return ""
+    host = aor.rpartition("@")[2] if "@" in aor else aor
+    if host.startswith("+") or host.isdigit():
+        return ""
+    return host.lower().rstrip(".")
+
+
+def party_tenant(policy: Policy, aor: str, prefer: Tenant | None = None) -> Tenant | None:
+    """The tenant that claims a dialog party by its address: `prefer` when its match_domain
+    matches the AOR's host, else the first tenant in matching order whose match_domain
+    does; None when no tenant's domain matches (an outside party, a number, or a tenant
+    known only by source address or authenticated user, which an address cannot show)."""
+    host = aor_host(aor)
+    if not host:
+        return None
+    first = None
+    for m in policy.matchers:
+        if m.domain is not None and m.domain.matches(host):
+            if prefer is not None and m.tenant.name == prefer.name:
+                return m.tenant
+            first = first or m.tenant
+    return first
+
+
+def replaces_crossing(policy: Policy, tenant: Tenant,
+                      parties: tuple[str, ...] | list[str]) -> tuple[str, Tenant] | None:
+    """With the tenant's replaces_scope 'tenant': the first party of the dialog a Replaces
+    names that another tenant claims (party_tenant), with that tenant; None when the
+    Replaces may go on (scope 'any', or every party is the tenant's own or nobody's)."""
+    if tenant.replaces_scope != "tenant":
+        return None
+    for aor in parties:
+        owner = party_tenant(policy, aor, prefer=tenant)
+        if owner is not None and owner.name != tenant.name:
+            return aor, owner
+    return None

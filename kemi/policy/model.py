@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from fnmatch import translate
+from functools import cached_property
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +29,30 @@ DENY_CODES = (403, 603)
 # 'international' (country code other than the tenant's home_cc).
 BUILTIN_CLASSES = ("pstn", "international")
 REASON_PHRASES = {403: "Forbidden", 603: "Decline"}
+# Which dialogs a tenant's REFER or INVITE may name in Replaces: any, or only dialogs with
+# no party that another tenant claims (see kemi.policy.evaluate.replaces_crossing).
+REPLACES_SCOPES = ("any", "tenant")
+
+# The anchored transfer plan (a rule's columns; NULL = the default below or the tenant's).
+PLAN_CALLER_IDS = ("keep", "transferor")  # or a literal number
+DEFAULT_DIAL_TIMEOUT_S = 30
+DEFAULT_ON_FAILURE = "reconnect"
+DIAL_TIMEOUT_RANGE = (1, 600)
+RELEASE_AFTER_RANGE = (0, 3600)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _PREFIX_RE = re.compile(r"\+[0-9]{1,15}")
 _CC_RE = re.compile(r"[1-9][0-9]{0,2}")
 _LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# An Asterisk sound name as Playback takes it: no spaces, no '&' or ',' (they would chain
+# files or split arguments), no extension (Asterisk picks the format).
+_SOUND_RE = re.compile(r"/?[A-Za-z0-9_][A-Za-z0-9_./-]{0,127}")
+_SOUND_EXTENSIONS = (".wav", ".wav16", ".gsm", ".ulaw", ".alaw", ".sln", ".sln16", ".g722",
+                     ".g729", ".mp3", ".ogg")
+_CALLER_NUMBER_RE = re.compile(r"\+?[0-9]{2,15}")
+_CONTEXT_RE = re.compile(r"[A-Za-z0-9_-]{1,79}")
+_EXTEN_RE = re.compile(r"[A-Za-z0-9+*#_-]{1,79}")
+_PRIORITY_RE = re.compile(r"[1-9][0-9]{0,8}|[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -70,6 +90,7 @@ class Tenant:
     subscription_expiry_s: int = 120
     transferor_bye_wait_s: int = 32
     caller_id: str = "transferee"
+    replaces_scope: str = "any"
     id: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +116,92 @@ class Tenant:
         _int(self.transferor_bye_wait_s, "transferor_bye_wait_s", low=0, high=3600)
         _need(self.caller_id in CALLER_IDS, f"caller_id {self.caller_id!r} must be one of "
               + ", ".join(CALLER_IDS))
+        _need(self.replaces_scope in REPLACES_SCOPES,
+              f"replaces_scope {self.replaces_scope!r} must be any or tenant")
+
+
+PLAN_FIELDS = ("announcement", "caller_id", "dial_timeout_s", "on_failure", "release_after_s")
+
+
+def parse_on_failure(text: str) -> tuple[str, str, str] | None:
+    """'reconnect' -> None; 'fallback:<context>,<exten>,<priority>' -> the three parts.
+    ValueError names the part that is wrong."""
+    form = ("must be 'reconnect' or 'fallback:<context>,<exten>,<priority>', "
+            "e.g. fallback:voicemail,s,1")
+    _need(isinstance(text, str), f"on_failure {text!r} {form}")
+    if text == "reconnect":
+        return None
+    kind, sep, rest = text.partition(":")
+    _need(kind == "fallback" and bool(sep), f"on_failure {text!r} {form}")
+    parts = rest.split(",")
+    _need(len(parts) == 3, f"on_failure {text!r} {form}")
+    context, exten, priority = parts
+    _need(bool(_CONTEXT_RE.fullmatch(context)),
+          f"on_failure {text!r}: context {context!r} must be 1-79 letters, digits, '_' or '-'")
+    _need(bool(_EXTEN_RE.fullmatch(exten)),
+          f"on_failure {text!r}: extension {exten!r} must be 1-79 of A-Z a-z 0-9 + * # _ -")
+    _need(bool(_PRIORITY_RE.fullmatch(priority)),
+          f"on_failure {text!r}: priority {priority!r} must be a number >= 1 or a label")
+    return context, exten, priority
+
+
+def check_plan(announcement: Any, caller_id: Any, dial_timeout_s: Any, on_failure: Any,
+               release_after_s: Any) -> None:
+    """ValueError, naming the field and what it accepts, for a plan value that makes no
+    sense; None means "not set" for every field."""
+    if announcement is not None:
+        _need(isinstance(announcement, str), "announcement must be text")
+        if announcement:
+            _need(bool(_SOUND_RE.fullmatch(announcement)) and not announcement.endswith("/")
+                  and ".." not in announcement.split("/"),
+                  f"announcement {announcement!r} must be an Asterisk sound name: letters, "
+                  "digits, '_', '-', '.', '/' (no spaces, no '..'), e.g. custom/please-hold")
+            _need(not announcement.lower().endswith(_SOUND_EXTENSIONS),
+                  f"announcement {announcement!r}: give the sound without its extension "
+                  "(Asterisk picks the format)")
+    if caller_id is not None:
+        _need(isinstance(caller_id, str) and (caller_id in PLAN_CALLER_IDS
+                                              or bool(_CALLER_NUMBER_RE.fullmatch(caller_id))),
+              f"caller_id {caller_id!r} must be keep, transferor, or a number "
+              "('+' optional, 2-15 digits, no spaces)")
+    if dial_timeout_s is not None:
+        _int(dial_timeout_s, "dial_timeout_s", low=DIAL_TIMEOUT_RANGE[0],
+             high=DIAL_TIMEOUT_RANGE[1])
+    if on_failure is not None:
+        parse_on_failure(on_failure)
+    if release_after_s is not None:
+        _int(release_after_s, "release_after_s", low=RELEASE_AFTER_RANGE[0],
+             high=RELEASE_AFTER_RANGE[1])
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    """What Asterisk does with an approved transfer anchored in it (issue 4): announcement
+    to P ('' none), caller-ID presented to the target ('keep' P's own, 'transferor' A's,
+    or a literal number), how long the target rings, what P gets when it fails
+    ('reconnect' to A or 'fallback:<context>,<exten>,<priority>'), and after how many
+    seconds A's leg is released."""
+
+    announcement: str = ""
+    caller_id: str = "keep"
+    dial_timeout_s: int = DEFAULT_DIAL_TIMEOUT_S
+    on_failure: str = DEFAULT_ON_FAILURE
+    release_after_s: int = 32
+
+    @classmethod
+    def resolve(cls, rule: Rule | None, tenant: Tenant) -> TransferPlan:
+        """The allow rule's fields where it sets them; otherwise the tenant's caller_id
+        ('transferee' is 'keep') and transferor_bye_wait_s (the release timer), and the
+        built-in defaults for the rest."""
+        own = rule.plan_fields if rule is not None else {}
+        base = cls(caller_id="transferor" if tenant.caller_id == "transferor" else "keep",
+                   release_after_s=tenant.transferor_bye_wait_s)
+        return cls(**{**{n: getattr(base, n) for n in PLAN_FIELDS}, **own})
+
+    def describe(self) -> str:
+        return (f"announcement {self.announcement or 'none'}, caller-ID {self.caller_id}, "
+                f"dial timeout {self.dial_timeout_s} s, on failure {self.on_failure}, "
+                f"release transferor after {self.release_after_s} s")
 
 
 @dataclass(frozen=True)
@@ -111,6 +218,13 @@ class Rule:
     reason: str = ""
     enabled: bool = True
     id: int = 0
+    # The plan for a transfer anchored in Asterisk that this (allow) rule approves; None:
+    # the default (see TransferPlan.resolve).
+    announcement: str | None = None
+    caller_id: str | None = None
+    dial_timeout_s: int | None = None
+    on_failure: str | None = None
+    release_after_s: int | None = None
 
     def __post_init__(self) -> None:
         _need(isinstance(self.name, str) and 1 <= len(self.name) <= 64,
@@ -134,6 +248,16 @@ class Rule:
             _need(self.reply_code is None, "an allow rule takes no reply_code")
         _need(isinstance(self.reason, str), "reason must be text")
         _flag(self.enabled, "enabled")
+        check_plan(self.announcement, self.caller_id, self.dial_timeout_s, self.on_failure,
+                   self.release_after_s)
+        if self.action == "deny":
+            given = [n for n in PLAN_FIELDS if getattr(self, n) is not None]
+            _need(not given, "a deny rule takes no transfer plan (" + ", ".join(given) + ")")
+
+    @property
+    def plan_fields(self) -> dict[str, Any]:
+        """The plan fields this rule sets (the others come from the defaults)."""
+        return {n: getattr(self, n) for n in PLAN_FIELDS if getattr(self, n) is not None}
 
     @property
     def label(self) -> str:
@@ -355,6 +479,8 @@ def _error_order(err: PolicyError) -> tuple[int, int, str]:
 
 
 _BOOL_FIELDS = {"allow_pstn", "allow_out_of_dialog", "allow_replaces", "enabled"}
+# Columns a newer migration added: NULL in a row means "not set", the field's default.
+_NULL_IS_DEFAULT = {"replaces_scope"}
 
 
 def _objects(cls: type, rows: Iterable[Mapping[str, Any]], table: str,
@@ -362,7 +488,8 @@ def _objects(cls: type, rows: Iterable[Mapping[str, Any]], table: str,
     names = {f.name for f in fields(cls)}
     out = []
     for row in rows:
-        values = {k: v for k, v in row.items() if k in names}
+        values = {k: v for k, v in row.items()
+                  if k in names and not (v is None and k in _NULL_IS_DEFAULT)}
         for key in _BOOL_FIELDS & values.keys():
             if values[key] in (0, 1):  # SQLite; PostgreSQL already gives bool
                 values[key] = bool(values[key])
@@ -405,6 +532,33 @@ class Decision:
     rule_id: int | None = None
     number: str | None = None  # the target as E.164, when it is a telephone number
     classes: frozenset[str] = frozenset()
+    matched_rule: Rule | None = field(default=None, repr=False)  # the allow rule, if any
+
+    @cached_property
+    def plan(self) -> TransferPlan:
+        """The anchored transfer plan; worked out only when something reads it."""
+        return TransferPlan.resolve(self.matched_rule, self.tenant)
+
+    @property
+    def announcement(self) -> str:
+        return self.plan.announcement
+
+    @property
+    def caller_id(self) -> str:
+        """'keep' (the transferee's own), 'transferor', or a literal number."""
+        return self.plan.caller_id
+
+    @property
+    def dial_timeout_s(self) -> int:
+        return self.plan.dial_timeout_s
+
+    @property
+    def on_failure(self) -> str:
+        return self.plan.on_failure
+
+    @property
+    def release_after_s(self) -> int:
+        return self.plan.release_after_s
 
     @property
     def max_transfers_per_call(self) -> int | None:
@@ -422,10 +576,6 @@ class Decision:
     def transferor_bye_wait_s(self) -> int:
         return self.tenant.transferor_bye_wait_s
 
-    @property
-    def caller_id(self) -> str:
-        return self.tenant.caller_id
-
     def describe(self) -> str:
         """One line for logs and the CLI, e.g.
         "DENY 403 Forbidden: premium-rate target (rule 3 'no-premium', tenant default)"."""
@@ -441,4 +591,4 @@ class Decision:
         per_min = t.refers_per_minute or "unlimited"
         return (f"max transfers/call {per_call}, REFERs/min {per_min}, "
                 f"subscription {t.subscription_expiry_s} s, "
-                f"transferor BYE wait {t.transferor_bye_wait_s} s, caller-ID {t.caller_id}")
+                f"transferor BYE wait {t.transferor_bye_wait_s} s")

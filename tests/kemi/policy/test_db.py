@@ -28,6 +28,9 @@ def sqlite_db(tmp_path: Path) -> str:
     return path
 
 
+ALL = ["001_policy", "002_transfer_plan"]
+
+
 def version(conn: db.Connection) -> int:
     return db.read_version(conn)
 
@@ -36,12 +39,78 @@ def version(conn: db.Connection) -> int:
 
 def test_migrate_is_idempotent_and_recorded(tmp_path):
     conn = db.connect(str(tmp_path / "p.db"), create=True)
-    assert db.migrate(conn) == ["001_policy"]
+    assert db.migrate(conn) == ALL
     before = version(conn)
     assert db.migrate(conn) == []
-    assert db.applied(conn) == ["001_policy"]
+    assert db.applied(conn) == ALL
     assert version(conn) == before
-    assert conn.rows("SELECT count(*) AS n FROM schema_migrations")[0]["n"] == 1
+    assert conn.rows("SELECT count(*) AS n FROM schema_migrations")[0]["n"] == len(ALL)
+
+
+def only_001(monkeypatch) -> None:
+    """Make migrate() ship 001 alone, as a referee release before 002 did."""
+    real = db.migrations
+    monkeypatch.setattr(db, "migrations", lambda dialect: real(dialect)[:1])
+
+
+def _populate_001(conn: db.Connection) -> None:
+    conn.execute("INSERT INTO tenants (name, match_domain, caller_id, transferor_bye_wait_s) "
+                 "VALUES ('acme', 'acme.example', 'transferor', 20)")
+    conn.execute("INSERT INTO rules (tenant, name, action, target_kind, target_value) "
+                 "VALUES ('acme', 'partner', 'allow', 'domain', 'partner.example')")
+
+
+def _check_upgraded(conn: db.Connection, before: int) -> None:
+    assert db.applied(conn) == ALL
+    assert version(conn) > before  # workers reload
+    policy = db.load_policy(conn)
+    assert policy.errors == ()
+    acme = policy.tenant("acme")
+    assert (acme.caller_id, acme.transferor_bye_wait_s, acme.replaces_scope) == (
+        "transferor", 20, "any")
+    [partner] = [r for r in policy.rules if r.name == "partner"]
+    assert partner.plan_fields == {} and partner.tenant == "acme"
+    assert len(policy.rules) == 5  # the seed's four survive too
+    conn.execute("UPDATE rules SET dial_timeout_s = 20, on_failure = 'fallback:vm,s,1' "
+                 "WHERE name = 'partner'")
+    conn.execute("UPDATE tenants SET replaces_scope = 'tenant' WHERE name = 'acme'")
+    policy = db.load_policy(conn)
+    [partner] = [r for r in policy.rules if r.name == "partner"]
+    assert partner.plan_fields == {"dial_timeout_s": 20, "on_failure": "fallback:vm,s,1"}
+    assert policy.tenant("acme").replaces_scope == "tenant"
+    for statement in ("UPDATE rules SET dial_timeout_s = -5 WHERE name = 'partner'",
+                      "UPDATE rules SET caller_id = '+44 20' WHERE name = 'partner'",
+                      "UPDATE rules SET on_failure = 'voicemail' WHERE name = 'partner'",
+                      "UPDATE rules SET release_after_s = -1 WHERE name = 'partner'",
+                      "UPDATE rules SET caller_id = 'keep' WHERE name = 'no-premium'",
+                      "UPDATE tenants SET replaces_scope = 'all' WHERE name = 'acme'"):
+        with pytest.raises(db.DbError):
+            conn.execute(statement)
+
+
+def test_a_001_database_upgrades_with_its_rows_kept(tmp_path, monkeypatch):
+    path = str(tmp_path / "old.db")
+    conn = db.connect(path, create=True)
+    with monkeypatch.context() as m:
+        only_001(m)
+        assert db.migrate(conn) == ["001_policy"]
+    _populate_001(conn)
+    before = version(conn)
+    # this code reads a database not yet upgraded: every plan takes the defaults
+    old = db.load_policy(conn)
+    assert old.errors == () and old.tenant("acme").replaces_scope == "any"
+    assert db.migrate(conn) == ["002_transfer_plan"]
+    _check_upgraded(conn, before)
+
+
+def test_writing_plan_columns_to_a_001_database_says_to_upgrade(tmp_path, monkeypatch):
+    conn = db.connect(str(tmp_path / "old.db"), create=True)
+    only_001(monkeypatch)
+    db.migrate(conn)
+    with pytest.raises(db.DbError, match=r"has no column named caller_id .*schema older .*"
+                                         r"referee db init"):
+        conn.execute("INSERT INTO rules (name, action, target_kind, caller_id) "
+                     "VALUES ('r', 'allow', 'any', 'keep')")
 
 
 def test_seed_default_tenant_classes_and_rules(sqlite_db):
@@ -62,7 +131,7 @@ def test_seed_default_tenant_classes_and_rules(sqlite_db):
 def test_sqlite_url_form_and_missing_file(tmp_path):
     path = tmp_path / "u.db"
     conn = db.connect(f"sqlite://{path}", create=True)
-    assert db.migrate(conn) == ["001_policy"]
+    assert db.migrate(conn) == ALL
     with pytest.raises(db.DbError, match="no such file .*referee db init"):
         db.connect(str(tmp_path / "absent.db"))
     assert not (tmp_path / "absent.db").exists()
@@ -287,7 +356,7 @@ def pg_dsn():
 
 def test_postgresql_migrate_triggers_checks_and_cache(pg_dsn):
     conn = db.connect(pg_dsn)
-    assert db.migrate(conn) == ["001_policy"]
+    assert db.migrate(conn) == ALL
     assert db.migrate(conn) == []
     policy = db.load_policy(conn)
     sqlite_conn = db.connect(":memory:")
@@ -320,6 +389,23 @@ def test_postgresql_migrate_triggers_checks_and_cache(pg_dsn):
     with pytest.raises(db.DbError, match="check constraint"), conn.transaction():
         conn.execute("UPDATE tenants SET caller_id = 'nobody' WHERE name = 't1'")
     assert db.load_policy(conn).tenant("t1").caller_id == "transferee"  # rolled back
+
+
+def test_postgresql_001_database_upgrades(pg_dsn, monkeypatch):
+    conn = db.connect(pg_dsn)
+    conn.execute("CREATE SCHEMA old")
+    conn.execute("SET search_path TO old")
+    with monkeypatch.context() as m:
+        only_001(m)
+        assert db.migrate(conn) == ["001_policy"]
+    _populate_001(conn)
+    before = version(conn)
+    assert db.load_policy(conn).tenant("acme").replaces_scope == "any"
+    with pytest.raises(db.DbError, match="schema older"):
+        conn.execute("INSERT INTO rules (name, action, target_kind, caller_id) "
+                     "VALUES ('r', 'allow', 'any', 'keep')")
+    assert db.migrate(conn) == ["002_transfer_plan"]
+    _check_upgraded(conn, before)
 
 
 def test_postgresql_password_is_not_shown():

@@ -228,7 +228,10 @@ def test_decision_names_rule_and_tenant_and_carries_limits():
     assert (ok.max_transfers_per_call, ok.refers_per_minute, ok.subscription_expiry_s,
             ok.transferor_bye_wait_s, ok.caller_id) == (3, 10, 300, 5, "transferor")
     assert ok.limits() == ("max transfers/call 3, REFERs/min 10, subscription 300 s, "
-                           "transferor BYE wait 5 s, caller-ID transferor")
+                           "transferor BYE wait 5 s")
+    assert ok.plan.describe() == (
+        "announcement none, caller-ID transferor, dial timeout 30 s, on failure reconnect, "
+        "release transferor after 5 s")
 
 
 # -- invalid rows ----------------------------------------------------------------------
