@@ -17,11 +17,13 @@ from typing import Any
 
 from kemi.cli import EXIT_FAILED, EXIT_OK, Context, Failed, UsageError
 from kemi.policy import db as policy_db
-from kemi.policy.evaluate import decide
+from kemi.policy.evaluate import decide, replaces_crossing
 from kemi.policy.model import (
     BUILTIN_CLASSES,
     CALLER_IDS,
     DEFAULT_TENANT,
+    PLAN_FIELDS,
+    REPLACES_SCOPES,
     Policy,
     ReferFacts,
     Rule,
@@ -47,6 +49,7 @@ _TENANT_OPTIONS = {
     "expiry": "subscription_expiry_s",
     "bye_wait": "transferor_bye_wait_s",
     "caller_id": "caller_id",
+    "replaces_scope": "replaces_scope",
 }
 _CLEAR = ""  # what "none" parses to: store NULL
 
@@ -79,6 +82,23 @@ def register(subparsers: Any) -> None:
     add.add_argument("--reason", help="text for the reply's Reason and for logs")
     add.add_argument("--name", help="short name shown in decisions (default from the target)")
     add.add_argument("--disabled", action="store_true", help="store it switched off")
+    plan = add.add_argument_group(
+        "transfer plan (allow rules; for transfers anchored in Asterisk)",
+        "Unset: caller-ID and release timer from the tenant (--caller-id, --bye-wait of "
+        "`tenant set`), no announcement, 30 s, reconnect.")
+    plan.add_argument("--announcement", metavar="SOUND",
+                      help="Asterisk sound played to the transferee first, e.g. custom/hold")
+    plan.add_argument("--caller-id", dest="plan_caller_id", metavar="keep|transferor|NUMBER",
+                      help="caller-ID presented to the target: the transferee's own (keep), "
+                           "the transferor's, or this number")
+    plan.add_argument("--dial-timeout", dest="dial_timeout_s", type=_natural, metavar="S",
+                      help="seconds the target rings (1-600, default 30)")
+    plan.add_argument("--on-failure", dest="on_failure",
+                      metavar="reconnect|fallback:CONTEXT,EXTEN,PRIORITY",
+                      help="when the target fails: back to the transferor (default), or "
+                           "this dialplan location")
+    plan.add_argument("--release-after", dest="release_after_s", type=_natural, metavar="S",
+                      help="seconds after which the transferor's leg is released (0-3600)")
     add.set_defaults(handler=cmd_policy_add)
     rm = pols.add_parser("remove", help="remove a rule by id")
     rm.add_argument("id", type=_natural, metavar="ID")
@@ -91,6 +111,10 @@ def register(subparsers: Any) -> None:
                       help="authenticated (digest) user")
     test.add_argument("--out-of-dialog", dest="out_of_dialog", action="store_true")
     test.add_argument("--replaces", action="store_true", help="Refer-To carries Replaces")
+    test.add_argument("--replaces-party", dest="replaces_parties", action="append",
+                      metavar="URI", default=[],
+                      help="a party of the dialog Replaces names (repeat for both; implies "
+                           "--replaces): checks the tenant's replaces_scope")
     test.set_defaults(handler=cmd_policy_test)
 
     ten = subparsers.add_parser("tenant", help="who sends REFERs: matchers, switches, limits")
@@ -128,7 +152,10 @@ def _tenant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expiry", type=_natural, metavar="S", help="subscription expiry, seconds")
     p.add_argument("--bye-wait", dest="bye_wait", type=_natural, metavar="S",
                    help="seconds to wait for the transferor's BYE")
-    p.add_argument("--caller-id", dest="caller_id", choices=CALLER_IDS)
+    p.add_argument("--caller-id", dest="caller_id", choices=CALLER_IDS,
+                   help="caller-ID on the new leg unless a rule's plan says otherwise")
+    p.add_argument("--replaces-scope", dest="replaces_scope", choices=REPLACES_SCOPES,
+                   help="tenant: Replaces may not name a dialog with another tenant's party")
 
 
 # argparse types: each error is the one line argparse prints after the option name.
@@ -215,11 +242,21 @@ def _tenant_table(tenants: Sequence[Tenant]) -> str:
                  f"user {t.match_user}" if t.match_user else ""]
         rows.append((t.name, "last" if t.name == DEFAULT_TENANT else t.priority,
                      " ".join(m for m in match if m) or "everything", t.home_cc, t.allow_pstn,
-                     t.allow_out_of_dialog, t.allow_replaces, t.max_transfers_per_call,
-                     t.refers_per_minute, t.subscription_expiry_s, t.transferor_bye_wait_s,
-                     t.caller_id))
+                     t.allow_out_of_dialog, t.allow_replaces, t.replaces_scope,
+                     t.max_transfers_per_call, t.refers_per_minute, t.subscription_expiry_s,
+                     t.transferor_bye_wait_s, t.caller_id))
     return _table(("NAME", "PRI", "MATCH", "HOME-CC", "PSTN", "OUT-OF-DIALOG", "REPLACES",
-                   "MAX/CALL", "PER-MIN", "EXPIRY-S", "BYE-WAIT-S", "CALLER-ID"), rows)
+                   "REPLACES-SCOPE", "MAX/CALL", "PER-MIN", "EXPIRY-S", "BYE-WAIT-S",
+                   "CALLER-ID"), rows)
+
+
+def _plan_text(rule: Rule) -> str:
+    """The plan fields a rule sets, 'name=value' (an empty announcement shown as '')."""
+    return " ".join(f"{k}={_plan_value(v)}" for k, v in rule.plan_fields.items())
+
+
+def _plan_value(value: Any) -> str:
+    return "''" if value == "" else str(value)
 
 
 def _load(conn: policy_db.Connection) -> Policy:
@@ -233,9 +270,9 @@ def cmd_policy_list(ctx: Context, args: argparse.Namespace) -> int:
            "TENANTS (first match wins)", _tenant_table(policy.tenants), "",
            "RULES (tenant's and global, lowest priority first; first match wins)"]
     rules = [(r.id, r.priority, r.tenant or "*", r.name, r.action, r.target, r.reply_code,
-              r.reason, r.enabled) for r in policy.rules]
+              r.reason, r.enabled, _plan_text(r) or None) for r in policy.rules]
     out.append(_table(("ID", "PRI", "TENANT", "NAME", "ACTION", "TARGET", "CODE", "REASON",
-                       "ENABLED"), rules) if rules else "(none: every target allowed)")
+                       "ENABLED", "PLAN"), rules) if rules else "(none: every target allowed)")
     out += ["", "NUMBER CLASSES (plus built-in: " + ", ".join(BUILTIN_CLASSES) + ")"]
     grouped: dict[str, list[str]] = {}
     for nc in policy.classes:
@@ -251,6 +288,12 @@ def cmd_policy_list(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_PLAN_OPTIONS = {"announcement": "announcement", "caller_id": "caller-id",
+                 "dial_timeout_s": "dial-timeout", "on_failure": "on-failure",
+                 "release_after_s": "release-after"}
+assert set(_PLAN_OPTIONS) == set(PLAN_FIELDS)
+
+
 def _default_name(action: str, kind: str, value: str | None) -> str:
     return (f"{action}-{kind}" + (f"-{value}" if value else ""))[:64]
 
@@ -261,6 +304,13 @@ def cmd_policy_add(ctx: Context, args: argparse.Namespace) -> int:
     kind, value = next(((k, v) for k, v in kinds if v is not None), ("any", None))
     if args.action == "allow" and args.code is not None:
         raise UsageError("--code is for deny rules only")
+    plan = {"announcement": args.announcement, "caller_id": args.plan_caller_id,
+            "dial_timeout_s": args.dial_timeout_s, "on_failure": args.on_failure,
+            "release_after_s": args.release_after_s}
+    plan = {k: v for k, v in plan.items() if v is not None}
+    if args.action == "deny" and plan:
+        options = ", ".join("--" + _PLAN_OPTIONS[k] for k in plan)
+        raise UsageError(f"a deny rule takes no transfer plan ({options})")
     code = (args.code or 403) if args.action == "deny" else None
     reason = args.reason if args.reason is not None else (
         "transfer target not allowed" if args.action == "deny" else "")
@@ -271,23 +321,29 @@ def cmd_policy_add(ctx: Context, args: argparse.Namespace) -> int:
         classes |= set(BUILTIN_CLASSES)
         try:
             rule = Rule(args.name or _default_name(args.action, kind, value), args.action, kind,
-                        value, args.tenant, args.priority, code, reason, not args.disabled)
+                        value, args.tenant, args.priority, code, reason, not args.disabled,
+                        **plan)
             compile_rule(rule, classes)
         except ValueError as exc:
             message = str(exc)
             if kind == "class" and value not in classes:
                 message = f"unknown class {value!r} (known: {', '.join(sorted(classes))})"
             raise UsageError(message) from None
+        # Only the plan columns given: a rule without a plan can still be added to a
+        # database that has not been upgraded yet.
+        cols = {"tenant": rule.tenant, "name": rule.name, "priority": rule.priority,
+                "action": rule.action, "target_kind": rule.target_kind,
+                "target_value": rule.target_value, "reply_code": rule.reply_code,
+                "reason": rule.reason, "enabled": rule.enabled, **rule.plan_fields}
         with conn.transaction():
             row = conn.rows(
-                "INSERT INTO rules (tenant, name, priority, action, target_kind, target_value, "
-                "reply_code, reason, enabled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                (rule.tenant, rule.name, rule.priority, rule.action, rule.target_kind,
-                 rule.target_value, rule.reply_code, rule.reason, rule.enabled))
+                f"INSERT INTO rules ({', '.join(cols)}) VALUES "
+                f"({', '.join('?' for _ in cols)}) RETURNING id", list(cols.values()))
     code_text = f" {rule.reply_code}" if rule.reply_code else ""
+    plan_text = f"; plan: {_plan_text(rule)}" if rule.plan_fields else ""
     print(f"added rule {row[0]['id']} {rule.name!r}: {rule.action} {rule.target}{code_text} "
           f"(tenant {rule.tenant or '*'}, priority {rule.priority}"
-          f"{', disabled' if not rule.enabled else ''})")
+          f"{', disabled' if not rule.enabled else ''}){plan_text}")
     return EXIT_OK
 
 
@@ -312,6 +368,10 @@ def cmd_policy_test(ctx: Context, args: argparse.Namespace) -> int:
             ipaddress.ip_address(args.source)
         except ValueError:
             raise UsageError(f"--source {args.source!r} is not an IP address") from None
+    try:
+        parties = [parse_uri(u).aor for u in args.replaces_parties]
+    except SipParseError as exc:
+        raise UsageError(f"--replaces-party: {exc}") from None
     facts = ReferFacts(
         source_ip=args.source,
         from_domain=sender.host if sender else None,
@@ -319,7 +379,7 @@ def cmd_policy_test(ctx: Context, args: argparse.Namespace) -> int:
         transferor=sender.aor if sender else "",
         in_dialog=not args.out_of_dialog,
         target=target,
-        has_replaces=args.replaces,
+        has_replaces=args.replaces or bool(parties),
     )
     with _open(ctx) as conn:
         policy = _load(conn)
@@ -327,10 +387,18 @@ def cmd_policy_test(ctx: Context, args: argparse.Namespace) -> int:
         print(f"referee: warning: {len(policy.errors)} invalid policy rows skipped "
               "(see `referee policy list`)", file=sys.stderr)
     decision = decide(policy, facts)
+    crossing = replaces_crossing(policy, decision.tenant, parties) if decision.allowed else None
+    if crossing is not None:
+        party, owner = crossing
+        print(f"DENY 403 Forbidden: Replaces across tenants: {party} belongs to tenant "
+              f"{owner.name} (tenant {decision.tenant.name}: replaces_scope tenant)")
+        return EXIT_FAILED
     line = decision.describe()
     if decision.allowed:
         line += f"; limits: {decision.limits()}"
     print(line)
+    if decision.allowed:
+        print(f"anchored plan: {decision.plan.describe()}")
     if decision.number:
         print(f"target number {decision.number}: {', '.join(sorted(decision.classes))}")
     return EXIT_OK if decision.allowed else EXIT_FAILED
@@ -359,8 +427,14 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# Columns of 002: written only when they differ from the default, so `tenant add` works
+# on a database not upgraded yet (and says to upgrade when the option needs it).
+_NOT_NULL_002 = {"replaces_scope": "any"}
+
+
 def _columns(tenant: Tenant) -> dict[str, Any]:
-    return {c: getattr(tenant, c) for c in ("name", *_TENANT_OPTIONS.values())}
+    cols = {c: getattr(tenant, c) for c in ("name", *_TENANT_OPTIONS.values())}
+    return {c: v for c, v in cols.items() if _NOT_NULL_002.get(c, object()) != v}
 
 
 def cmd_tenant_add(ctx: Context, args: argparse.Namespace) -> int:
@@ -383,7 +457,8 @@ def cmd_tenant_set(ctx: Context, args: argparse.Namespace) -> int:
         row = _tenant_row(conn, args.name)
         if row is None:
             raise UsageError(f"no tenant {args.name!r} (see `referee tenant list`)")
-        current = {c: row[c] for c in ("name", *_TENANT_OPTIONS.values())}
+        current = {c: row[c] for c in ("name", *_TENANT_OPTIONS.values())
+                   if row.get(c) is not None or c not in _NOT_NULL_002}
         for key in ("allow_pstn", "allow_out_of_dialog", "allow_replaces"):
             current[key] = bool(current[key])
         _tenant_from({**current, **changes})

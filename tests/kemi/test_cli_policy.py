@@ -57,12 +57,12 @@ def installed():
 @pytest.fixture()
 def cli(tmp_path, installed) -> Cli:
     c = Cli(tmp_path)
-    assert c.ok("db", "init").strip() == f"{c.db}: applied 001_policy"
+    assert c.ok("db", "init").strip() == f"{c.db}: applied 001_policy, 002_transfer_plan"
     return c
 
 
 def test_init_is_idempotent(cli):
-    assert cli.ok("db", "init").strip() == f"{cli.db}: up to date (001_policy)"
+    assert cli.ok("db", "init").strip() == f"{cli.db}: up to date (002_transfer_plan)"
 
 
 def test_commands_before_init_fail_with_a_hint(tmp_path, installed):
@@ -95,10 +95,10 @@ def test_tenant_add_set_list_remove(cli):
     lines = cli.ok("tenant", "list").splitlines()
     header = lines[0]
     assert header.split() == ["NAME", "PRI", "MATCH", "HOME-CC", "PSTN", "OUT-OF-DIALOG",
-                              "REPLACES", "MAX/CALL", "PER-MIN", "EXPIRY-S", "BYE-WAIT-S",
-                              "CALLER-ID"]
+                              "REPLACES", "REPLACES-SCOPE", "MAX/CALL", "PER-MIN", "EXPIRY-S",
+                              "BYE-WAIT-S", "CALLER-ID"]
     assert lines[1].split() == ["acme", "10", "source", "10.0.0.0/8", "44", "yes", "no", "yes",
-                                "3", "10", "120", "32", "transferor"]
+                                "any", "3", "10", "120", "32", "transferor"]
     assert lines[2].split()[:3] == ["default", "last", "everything"]
     # aligned: every column starts at the same offset on every line
     for col in ("PRI", "HOME-CC", "CALLER-ID"):
@@ -127,7 +127,7 @@ def test_policy_add_list_remove(cli):
     assert listing.startswith("policy version ")
     rules = listing.split("RULES")[1].split("NUMBER CLASSES")[0].strip().splitlines()[2:]
     assert rules[0].split()[:6] == [rule_id, "5", "acme", "no-sales", "deny", "user"]
-    assert rules[1].split()[-1] == "no"  # the disabled one, priority 100
+    assert rules[1].split()[-2:] == ["no", "-"]  # the disabled one, priority 100, no plan
     assert [r.split()[3] for r in rules[2:]] == ["no-premium", "no-high-cost", "no-international",
                                                 "no-nanp-international"]
     assert re.search(r"^premium +\+1900 \+1976 ", listing, re.M)
@@ -147,9 +147,11 @@ def test_policy_test_decisions_and_exit_codes(cli):
     r = cli("policy", "test", "--target", "sip:+15551230000@gw.example", "--source", "10.1.2.3",
             "--from", "sip:alice@acme.example")
     assert r.code == 0
-    assert r.out.splitlines()[0] == (
+    assert r.out.splitlines()[:2] == [
         "ALLOW (tenant acme default allow); limits: max transfers/call 3, REFERs/min 10, "
-        "subscription 120 s, transferor BYE wait 32 s, caller-ID transferee")
+        "subscription 120 s, transferor BYE wait 32 s",
+        "anchored plan: announcement none, caller-ID keep, dial timeout 30 s, "
+        "on failure reconnect, release transferor after 32 s"]
     r = cli("policy", "test", "--target", "sip:+15551230000@gw.example")
     assert (r.code, r.out.splitlines()[0]) == (
         1, "DENY 403 Forbidden: PSTN targets not allowed for tenant default "
@@ -191,6 +193,106 @@ def test_policy_test_warns_about_invalid_rows_and_list_shows_them(cli):
                      "(see `referee policy list`)\n")
 
 
+def test_policy_add_with_a_transfer_plan_list_and_test(cli):
+    cli.ok("tenant", "add", "acme", "--domain", "acme.example", "--caller-id", "transferor",
+           "--bye-wait", "20")
+    out = cli.ok("policy", "add", "--tenant", "acme", "--action", "allow", "--domain",
+                 "partner.example", "--name", "partner", "--announcement", "custom/transfer",
+                 "--caller-id", "+15551230000", "--dial-timeout", "25", "--on-failure",
+                 "fallback:acme-vm,s,1", "--release-after", "40")
+    assert re.fullmatch(
+        r"added rule \d+ 'partner': allow domain partner.example \(tenant acme, priority 100\); "
+        r"plan: announcement=custom/transfer caller_id=\+15551230000 dial_timeout_s=25 "
+        r"on_failure=fallback:acme-vm,s,1 release_after_s=40\n", out), out
+    cli.ok("policy", "add", "--tenant", "acme", "--action", "allow", "--domain", "pbx.example",
+           "--name", "pbx", "--priority", "101", "--dial-timeout", "15")
+    listing = cli.ok("policy", "list")
+    rules = listing.split("RULES")[1].split("NUMBER CLASSES")[0].strip().splitlines()[1:]
+    assert rules[0].split()[-1] == "PLAN"
+    assert rules[1].split()[3] == "partner" and rules[1].endswith(
+        "yes      announcement=custom/transfer caller_id=+15551230000 dial_timeout_s=25 "
+        "on_failure=fallback:acme-vm,s,1 release_after_s=40")
+    assert rules[2].split()[3] == "pbx" and rules[2].endswith("yes      dial_timeout_s=15")
+    assert rules[3].split()[-1] == "-"  # a seed deny rule: no plan
+
+    r = cli("policy", "test", "--target", "sip:x@partner.example", "--from",
+            "sip:alice@acme.example")
+    assert r.code == 0 and r.out.splitlines()[1] == (
+        "anchored plan: announcement custom/transfer, caller-ID +15551230000, dial timeout 25 s, "
+        "on failure fallback:acme-vm,s,1, release transferor after 40 s")
+    # unset fields: the tenant's caller-ID and BYE wait, the built-in rest
+    r = cli("policy", "test", "--target", "sip:x@pbx.example", "--from", "sip:alice@acme.example")
+    assert r.out.splitlines()[1] == (
+        "anchored plan: announcement none, caller-ID transferor, dial timeout 15 s, "
+        "on failure reconnect, release transferor after 20 s")
+
+
+def test_a_hand_edited_nonsense_plan_is_listed_as_invalid(cli):
+    raw = sqlite3.connect(cli.db)
+    raw.execute("PRAGMA ignore_check_constraints = ON")
+    raw.execute("INSERT INTO rules (id, name, action, target_kind, dial_timeout_s) "
+                "VALUES (50, 'neg', 'allow', 'any', -5)")
+    raw.execute("INSERT INTO rules (id, name, action, target_kind, on_failure) "
+                "VALUES (51, 'vm', 'allow', 'any', 'fallback:voice mail,s,1')")
+    raw.commit()
+    invalid = cli.ok("policy", "list").split("INVALID ROWS (skipped): 2\n")[1].splitlines()
+    assert invalid == [
+        "  rules row 50: dial_timeout_s must be 1..600",
+        "  rules row 51: on_failure 'fallback:voice mail,s,1': context 'voice mail' must be "
+        "1-79 letters, digits, '_' or '-'",
+    ]
+
+
+def test_replaces_scope_tenant_in_policy_test(cli):
+    cli.ok("tenant", "add", "acme", "--domain", "acme.example", "--priority", "10")
+    cli.ok("tenant", "add", "globex", "--domain", "globex.example", "--priority", "20")
+    assert cli.ok("tenant", "set", "acme", "--replaces-scope", "tenant") == (
+        "changed tenant acme: replaces_scope tenant\n")
+    assert cli.ok("tenant", "list").splitlines()[1].split()[8] == "tenant"
+    base = ("policy", "test", "--target", "sip:bob@acme.example", "--from",
+            "sip:alice@acme.example", "--replaces-party", "sip:alice@acme.example")
+    r = cli(*base, "--replaces-party", "sip:eve@globex.example")
+    assert (r.code, r.out) == (1, "DENY 403 Forbidden: Replaces across tenants: "
+                                  "eve@globex.example belongs to tenant globex "
+                                  "(tenant acme: replaces_scope tenant)\n")
+    r = cli(*base, "--replaces-party", "sip:carol@acme.example")
+    assert r.code == 0 and r.out.startswith("ALLOW")
+    cli.ok("tenant", "set", "acme", "--replaces-scope", "any")
+    assert cli(*base, "--replaces-party", "sip:eve@globex.example").code == 0
+
+
+def test_the_cli_on_a_database_not_yet_upgraded(tmp_path, installed):
+    """A 001-only database (a referee release before 002): reads and plain edits work,
+    a plan or a scope says to upgrade, and `db init` upgrades it in place."""
+    c = Cli(tmp_path)
+    raw = sqlite3.connect(c.db)
+    raw.executescript(Path(policy_sql("001_policy.sql")).read_text())
+    raw.execute("CREATE TABLE schema_migrations (version TEXT PRIMARY KEY, name TEXT NOT NULL, "
+                "applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)")
+    raw.execute("INSERT INTO schema_migrations (version, name) VALUES ('001', '001_policy')")
+    raw.commit()
+    raw.close()
+    c.ok("tenant", "add", "acme", "--domain", "acme.example")
+    c.ok("tenant", "set", "acme", "--allow-pstn", "yes")
+    c.ok("policy", "add", "--action", "allow", "--domain", "partner.example", "--name", "p")
+    assert "INVALID ROWS (skipped): 0" in c.ok("policy", "list")
+    r = c("policy", "add", "--action", "allow", "--any", "--dial-timeout", "20")
+    assert r.code == 1 and "schema older than this referee? run `referee db init`" in r.err, r
+    r = c("tenant", "set", "acme", "--replaces-scope", "tenant")
+    assert r.code == 1 and "run `referee db init` to upgrade it" in r.err, r
+    assert c.ok("db", "init").strip() == f"{c.db}: applied 002_transfer_plan"
+    c.ok("policy", "add", "--action", "allow", "--any", "--dial-timeout", "20")
+    c.ok("tenant", "set", "acme", "--replaces-scope", "tenant")
+    assert c.ok("tenant", "list").splitlines()[1].split()[:2] == ["acme", "100"]
+    listing = c.ok("policy", "list")
+    assert "dial_timeout_s=20" in listing and " p " in listing
+
+
+def policy_sql(name: str) -> str:
+    from importlib import resources
+    return str(resources.files("sql").joinpath("sqlite", name))
+
+
 def _sip_error(text: str) -> str:
     with pytest.raises(SipParseError) as info:
         parse_uri(text)
@@ -223,6 +325,26 @@ def _sip_error(text: str) -> str:
      "e164-prefix '1900' must be '+' and digits"),
     (("policy", "add", "--action", "deny", "--domain", "bad..example"), "domain 'bad..example'"),
     (("policy", "remove", "999"), "no rule 999"),
+    (("policy", "add", "--action", "allow", "--any", "--caller-id", "+44 20 7946"),
+     "caller_id '+44 20 7946' must be keep, transferor, or a number ('+' optional, 2-15 digits, "
+     "no spaces)"),
+    (("policy", "add", "--action", "allow", "--any", "--dial-timeout", "0"),
+     "dial_timeout_s must be 1..600"),
+    (("policy", "add", "--action", "allow", "--any", "--release-after", "7200"),
+     "release_after_s must be 0..3600"),
+    (("policy", "add", "--action", "allow", "--any", "--on-failure", "voicemail"),
+     "on_failure 'voicemail' must be 'reconnect' or 'fallback:<context>,<exten>,<priority>', "
+     "e.g. fallback:voicemail,s,1"),
+    (("policy", "add", "--action", "allow", "--any", "--on-failure", "fallback:vm,s,0"),
+     "on_failure 'fallback:vm,s,0': priority '0' must be a number >= 1 or a label"),
+    (("policy", "add", "--action", "allow", "--any", "--announcement", "please hold"),
+     "announcement 'please hold' must be an Asterisk sound name"),
+    (("policy", "add", "--action", "allow", "--any", "--announcement", "hold.wav"),
+     "announcement 'hold.wav': give the sound without its extension"),
+    (("policy", "add", "--action", "deny", "--any", "--caller-id", "keep", "--dial-timeout",
+      "20"), "a deny rule takes no transfer plan (--caller-id, --dial-timeout)"),
+    (("policy", "test", "--target", "sip:a@b", "--replaces-party", "http://x"),
+     "--replaces-party: "),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, args, message):
     err = cli.usage_error(*args)
@@ -238,6 +360,11 @@ def test_bad_input_is_one_line_and_exit_2(cli, args, message):
     (("policy", "add", "--action", "maybe", "--any"), "invalid choice: 'maybe'"),
     (("policy", "add", "--action", "deny", "--any", "--code", "404"), "invalid choice: 404"),
     (("policy", "remove", "seven"), "expected a whole number, got 'seven'"),
+    (("policy", "add", "--action", "allow", "--any", "--dial-timeout", "-5"),
+     "argument --dial-timeout: expected a number >= 0, got '-5'"),
+    (("policy", "add", "--action", "allow", "--any", "--release-after", "soon"),
+     "argument --release-after: expected a whole number, got 'soon'"),
+    (("tenant", "set", "default", "--replaces-scope", "global"), "invalid choice: 'global'"),
     (("policy", "test"), "the following arguments are required: --target"),
     (("policy", "frobnicate"), "invalid choice: 'frobnicate'"),
 ])
