@@ -10,7 +10,12 @@ AORs (kemi.sip.uri.Uri.aor).  The checks are exactly as strong as the glue's ide
 it should pass the authenticated user where there is one; a bare From header is as
 forgeable as the Replaces itself.
 
-Policy (a tenant's allow_replaces) is decided by kemi.policy before these run.
+Policy: for a REFER, a tenant's allow_replaces is decided by kemi.policy before these run;
+for an INVITE with Replaces, check_invite_replaces applies the sender's tenant's
+allow_replaces itself when given the policy.  Either way a tenant with replaces_scope
+'tenant' may not name a dialog with a party another tenant claims by address
+(kemi.policy.evaluate.replaces_crossing), checked once the dialog is known and the
+sender's authority over it established.
 """
 
 from __future__ import annotations
@@ -20,12 +25,34 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kemi.dialogs import Dialog, DialogState
+from kemi.policy.evaluate import aor_host, replaces_crossing, tenant_for
+from kemi.policy.model import Policy, Tenant
 from kemi.sip.errors import SipParseError
 from kemi.sip.headers import Replaces, parse_replaces
 from kemi.transfer import Reply
 
 NO_DIALOG = "Call/Transaction Does Not Exist"
 NO_AUTHORITY = "a Replaces taken from the wire is no authority"
+
+
+def scope_reply(policy: Policy | None, tenant: Tenant | None,
+                dialogs: Sequence[Dialog]) -> Reply | None:
+    """403 naming the tenant setting when one of `dialogs` has a party another tenant
+    claims and the tenant's replaces_scope is 'tenant'; None otherwise (no policy given,
+    scope 'any', or every party the tenant's own or nobody's)."""
+    if policy is None or tenant is None or tenant.replaces_scope != "tenant":
+        return None
+    for d in dialogs:
+        hit = replaces_crossing(policy, tenant, (d.caller, d.callee))
+        if hit is not None:
+            party, owner = hit
+            return Reply(
+                403, "Forbidden",
+                f"Replaces across tenants: {party}, a party to the dialog named in Replaces, "
+                f"belongs to tenant {owner.name}; denied by tenant {tenant.name}: "
+                "replaces_scope tenant",
+            )
+    return None
 
 
 def _matching(replaces: Replaces, dialogs_found: Sequence[Dialog]) -> list[Dialog]:
@@ -65,7 +92,8 @@ class ReferReplacesOk:
 
 
 def check_refer_replaces(
-    replaces: Replaces, dialogs_found: Sequence[Dialog], transferor_aor: str
+    replaces: Replaces, dialogs_found: Sequence[Dialog], transferor_aor: str,
+    policy: Policy | None = None, tenant: Tenant | None = None,
 ) -> Reply | ReferReplacesOk:
     """Judge the dialog a REFER's Refer-To asks to replace, when referee knows it.
 
@@ -73,7 +101,9 @@ def check_refer_replaces(
     the INVITE with Replaces is checked again, and there an unknown dialog is 481.
     Authority comes first, so a non-party learns nothing of the dialog's state.  With
     several matches (glare or forgery) the transferor must be a party to one of them;
-    the REFER then passes as ambiguous and its INVITE will get 481.
+    the REFER then passes as ambiguous and its INVITE will get 481.  `tenant` is the
+    REFER's (Decision.tenant): with its replaces_scope 'tenant', a matched dialog with
+    another tenant's party is 403.
     """
     matched = _matching(replaces, dialogs_found)
     if not matched:
@@ -84,6 +114,9 @@ def check_refer_replaces(
             f"{transferor_aor or 'the transferor'} is not a party to the dialog named in "
             f"Replaces; {NO_AUTHORITY}",
         )
+    across = scope_reply(policy, tenant, matched)
+    if across is not None:
+        return across
     if len(matched) > 1:
         return ReferReplacesOk(replaces, None, len(matched))
     (dialog,) = matched
@@ -139,16 +172,31 @@ def check_invite_replaces(
     dialogs_found: Sequence[Dialog],
     sender_aor: str,
     approved_refers: Sequence[ApprovedRefer] = (),
+    *,
+    policy: Policy | None = None,
+    source_ip: str = "",
+    auth_user: str | None = None,
 ) -> Reply | InviteReplacesOk | None:
     """RFC 3891 section 3, answered by the proxy in the RFC's order; None: no Replaces.
 
     `dialogs_found` is DialogStore.find for the Replaces' Call-ID and tags.  The
     recipient's tag (to-tag) may be either side's, since a proxy sees both ends; an early
     dialog can be replaced only at the UA that originated it (its caller).
+
+    With `policy`, the sender's tenant (chosen as for a REFER: source_ip, the domain of
+    sender_aor, auth_user) decides too: allow_replaces off is 403 before anything about
+    the dialog is told; replaces_scope 'tenant' is 403 for a dialog with another tenant's
+    party, after the sender's authority is established.
     """
     replaces = read_invite_replaces(replaces_values, method)
     if not isinstance(replaces, Replaces):
         return replaces
+    tenant = None
+    if policy is not None:
+        tenant = tenant_for(policy, source_ip, aor_host(sender_aor) or None, auth_user)
+        if not tenant.allow_replaces:
+            return Reply(403, "Replaces not allowed",
+                         f"denied by tenant {tenant.name}: allow_replaces off")
     matched = _matching(replaces, dialogs_found)
     if not matched:
         return Reply(481, NO_DIALOG, "no dialog matches Replaces")
@@ -175,4 +223,7 @@ def check_invite_replaces(
             f"{sender_aor or 'the sender'} is neither a party to the dialog named in Replaces "
             f"nor the transferee of an approved REFER naming it; {NO_AUTHORITY}",
         )
+    across = scope_reply(policy, tenant, (dialog,))
+    if across is not None:
+        return across
     return InviteReplacesOk(dialog, refers[0] if len(refers) == 1 else None, by_party)

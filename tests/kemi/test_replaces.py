@@ -11,6 +11,7 @@ import dataclasses
 import pytest
 
 from kemi.dialogs import Dialog, DialogState
+from kemi.policy.model import Policy, Tenant
 from kemi.replaces import (
     ApprovedRefer,
     InviteReplacesOk,
@@ -202,3 +203,80 @@ def test_two_approved_refers_naming_the_dialog_authorise_but_tie_to_neither():
 
 def test_an_empty_sender_is_no_party_and_no_transferee():
     assert_reply(invite(sender="", approved=[dataclasses.replace(APPROVED, transferee="")]), 403)
+
+
+# -- policy: allow_replaces and replaces_scope ----------------------------------------------
+# Andrew, Marsha and McKenzie are example.com (tenant "home"); Gina is globex.example.
+
+GINA = "gina@globex.example"
+HOME = Tenant("home", priority=10, match_domain="example.com", replaces_scope="tenant", id=2)
+GLOBEX = Tenant("globex", priority=20, match_domain="globex.example", id=3)
+PBX = Tenant("pbx", priority=5, match_source="10.0.0.0/8", allow_replaces=False, id=4)
+POLICY = Policy.build([HOME, GLOBEX, PBX, Tenant("default", priority=2147483647, id=1)], [], [])
+CROSS = Dialog("x@host", "a2", "g2", ANDREW, GINA, DialogState.CONFIRMED, NOW, NOW)
+CROSS_AT_GINA = Replaces("x@host", "g2", "a2")
+CROSS_HEADER = "x@host;to-tag=g2;from-tag=a2"
+
+
+def test_refer_scope_tenant_denies_a_dialog_with_another_tenants_party_naming_the_setting():
+    r = check_refer_replaces(CROSS_AT_GINA, [CROSS], ANDREW, POLICY, HOME)
+    assert_reply(r, 403, "Replaces across tenants", GINA, "belongs to tenant globex",
+                 "denied by tenant home: replaces_scope tenant")
+    assert r.reason == "Forbidden"
+    assert "replaces_scope tenant" in r.headers()
+
+
+def test_refer_scope_tenant_lets_a_dialog_within_the_tenant_pass():
+    ok = check_refer_replaces(AT_MARSHA, [CONSULTATION], ANDREW, POLICY, HOME)
+    assert ok == ReferReplacesOk(AT_MARSHA, CONSULTATION, 1)
+
+
+def test_refer_scope_any_or_no_policy_lets_a_cross_tenant_dialog_pass():
+    any_scope = dataclasses.replace(HOME, replaces_scope="any")
+    assert check_refer_replaces(CROSS_AT_GINA, [CROSS], ANDREW, POLICY, any_scope).dialog == CROSS
+    assert check_refer_replaces(CROSS_AT_GINA, [CROSS], ANDREW).dialog == CROSS
+
+
+def test_refer_scope_comes_after_authority_so_a_non_party_learns_nothing():
+    r = check_refer_replaces(CROSS_AT_GINA, [CROSS], EVE, POLICY, HOME)
+    assert_reply(r, 403, "not a party")
+    assert "tenant" not in r.warning
+
+
+def test_refer_scope_for_an_unknown_dialog_is_left_to_its_invite():
+    assert check_refer_replaces(CROSS_AT_GINA, [], ANDREW, POLICY, HOME).matches == 0
+
+
+def scoped_invite(values=(HEADER,), found=(CONSULTATION,), sender=MCKENZIE, approved=(APPROVED,),
+                  source="192.0.2.9"):
+    return check_invite_replaces(list(values), "INVITE", list(found), sender, list(approved),
+                                 policy=POLICY, source_ip=source)
+
+
+def test_invite_scope_tenant_denies_a_dialog_with_another_tenants_party():
+    approved = ApprovedRefer(MCKENZIE, "x@host", "orig@host", "2")
+    r = scoped_invite([CROSS_HEADER], [CROSS], approved=[approved])
+    assert_reply(r, 403, "Replaces across tenants", GINA,
+                 "denied by tenant home: replaces_scope tenant")
+
+
+def test_invite_scope_tenant_lets_a_dialog_within_the_tenant_pass():
+    assert scoped_invite() == InviteReplacesOk(CONSULTATION, APPROVED, by_party=False)
+
+
+def test_invite_scope_is_the_senders_tenant():
+    """Gina (globex, scope any) may replace her own dialog with a home party."""
+    r = scoped_invite([CROSS_HEADER], [CROSS], sender=GINA, approved=[])
+    assert r == InviteReplacesOk(CROSS, None, by_party=True)
+
+
+def test_invite_from_a_tenant_with_replaces_off_is_403_before_the_dialog_is_judged():
+    for found in ([CONSULTATION], [], [ENDED]):  # known, unknown (481), ended (603)
+        r = scoped_invite(found=found, source="10.1.2.3")
+        assert_reply(r, 403, "denied by tenant pbx: allow_replaces off")
+        assert r.reason == "Replaces not allowed"
+
+
+def test_invite_without_replaces_or_with_a_bad_one_is_not_a_policy_matter():
+    assert scoped_invite(values=(), source="10.1.2.3") is None
+    assert_reply(scoped_invite(values=("x;to-tag=1",), source="10.1.2.3"), 400)
