@@ -238,7 +238,8 @@ class Referee:
             found = self.dialogs.find(rp.call_id, rp.to_tag, rp.from_tag)
         except RedisError as exc:
             return self._redis_down_refer(plan, exc)
-        ok = replaces.check_refer_replaces(rp, found, plan.transferor)
+        ok = replaces.check_refer_replaces(rp, found, plan.transferor,
+                                           self.policy.current(), plan.decision.tenant)
         if isinstance(ok, transfer.Reply):
             _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {ok.code}: "
                              f"{ok.warning}")
@@ -483,7 +484,13 @@ class Referee:
             return _send(transfer.Reply(
                 503, "Service Unavailable", "dialog index unreachable", k.retry_after_s
             ))
-        ok = replaces.check_invite_replaces(values, "INVITE", found, sender, approved)
+        try:
+            policy = self.policy.current()
+        except PolicyUnavailable:
+            policy = None  # none loaded yet: judged on the dialog alone
+        ok = replaces.check_invite_replaces(values, "INVITE", found, sender, approved,
+                                            policy=policy, source_ip=_get("$si") or "",
+                                            auth_user=_get("$au"))
         if isinstance(ok, transfer.Reply):
             _log(KSR.notice, f"INVITE {call_id} with Replaces from {sender} answered "
                              f"{ok.code}: {ok.warning}")
