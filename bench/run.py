@@ -71,6 +71,7 @@ class Variant:
     referee: bool  # needs referee.toml and a policy DB
     defines: tuple[str, ...] = ()
     ndb_redis: bool = False  # pass the Redis address as REDIS_SERVER
+    toml_extra: str = ""  # appended to referee.toml
 
 
 REFER_VARIANTS = {
@@ -84,6 +85,9 @@ REFER_VARIANTS = {
 CALL_VARIANTS = {
     "hook-off": Variant("hook-off", "kamailio-native.cfg", True, ("WITHOUT_REFEREE",)),
     "hook-on": Variant("hook-on", "kamailio-native.cfg", True),
+    # Attended transfer checked at the edge: every INVITE dialog indexed in Redis.
+    "index-on": Variant("index-on", "kamailio-native.cfg", True, ("WITH_DIALOG_INDEX",),
+                        toml_extra="[kamailio]\ndialog_index = true\n"),
 }
 
 
@@ -321,6 +325,7 @@ class Lab:
             conf.write_text(
                 f'policy_db = "{db}"\npolicy_check_interval_s = 1.0\n'
                 f'[redis]\nurl = "{self.redis.url}"\ntimeout_ms = 50\n'
+                + self.variant.toml_extra
             )
         if self.variant.ndb_redis:
             defines.append(f'REDIS_SERVER="name=rd;addr=127.0.0.1;port={self.redis.port};db=0"')
@@ -596,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("refer", "calls"), help="run one part only")
     ap.add_argument("--variants", help="comma-separated REFER variants "
                     f"(default: {','.join(REFER_VARIANTS)})")
+    ap.add_argument("--call-variants", help="comma-separated call variants "
+                    f"(default: {','.join(CALL_VARIANTS)})")
     ap.add_argument("--workers", type=int, default=2, help="Kamailio SIP workers (default 2)")
     ap.add_argument("--rate", type=int, default=500, help="fixed REFER rate per s (default 500)")
     ap.add_argument("--call-rate", type=int, default=300, help="fixed calls/s (default 300)")
@@ -635,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "refer"):
             results["refer"] = run_part("refer", refer_names, args, root)
         if args.only in (None, "calls"):
-            results["calls"] = run_part("calls", list(CALL_VARIANTS), args, root)
+            call_names = args.call_variants.split(",") if args.call_variants else list(
+                CALL_VARIANTS)
+            results["calls"] = run_part("calls", call_names, args, root)
     finally:
         results["elapsed_s"] = round(time.monotonic() - started, 1)
         if args.json:
@@ -663,11 +672,15 @@ def main(argv: list[str] | None = None) -> int:
                     print("  " + ratio_lines(part, a, b, not args.no_ramp))
     if "calls" in results:
         part = results["calls"]
-        for n in CALL_VARIANTS:
+        for n in part:
             v = part[n]
             per_round = [c["cpu_us_per_call"] for c in v["chunks"]]
-            print(f"  {n:15s} {v['cpu_us']:6.1f} µs/call (rounds {_spread(per_round, '{:.0f}')})")
-        print("  " + ratio_lines(part, "hook-on", "hook-off", False))
+            print(f"  {n:15s} {v['cpu_us']:6.1f} µs/call (rounds {_spread(per_round, '{:.0f}')})"
+                  f"  Redis/call: {v['redis_reads']:.2f} round trips, "
+                  f"{v['redis_cpu_us']:.0f} µs CPU, commands {v['redis_cmds']}")
+        for a in ("hook-on", "index-on"):
+            if a in part and "hook-off" in part:
+                print("  " + ratio_lines(part, a, "hook-off", False))
     return 0
 
 if __name__ == "__main__":
