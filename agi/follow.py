@@ -221,6 +221,16 @@ def endpoint_of(channel_name: str) -> str:
     return _CHANNEL_SUFFIX.sub("", channel_name.split(";")[0])
 
 
+def reconnect_mode(job: MoveJob) -> str:
+    """XFER_RECONNECT as agi/plan.py reads it: "fallback" or the EXEC Bridge mode."""
+    return "fallback" if job.on_failure.startswith("fallback:") else RECONNECT_MODE
+
+
+def fallback_location(job: MoveJob) -> str:
+    """XFER_FALLBACK as agi/plan.py reads it: "<context>,<exten>,<priority>" or ""."""
+    return job.on_failure.partition(":")[2] if job.on_failure.startswith("fallback:") else ""
+
+
 def target_exten(target: str) -> str:
     """The extension P is redirected to: the user part of the approved Refer-To."""
     uri = target.strip().strip("<>")
@@ -366,6 +376,20 @@ class Follower:
         self._listings.clear()
         return out
 
+    def session_restarted(self, now: float) -> list[Output]:
+        """A new AMI session: what happened meanwhile is unknown, so the channel table
+        starts again (new jobs fall back to asking Asterisk), keeping only the channels
+        of transfers still being followed."""
+        out = self.disconnected(now)
+        keep = [ch for tr in self.transfers.values()
+                for ch in (tr.p, tr.a, self.channels.get(tr.recall_uid) if tr.recall_uid
+                           else None) if ch is not None]
+        self.channels = Channels()
+        for ch in keep:
+            self.channels.by_uid[ch.uid] = ch
+            self.channels.by_name[ch.name] = ch.uid
+        return out
+
     # -- locating P and A
 
     def _located(self, tr: Transfer, p: Channel, a: Channel, now: float) -> list[Output]:
@@ -378,9 +402,9 @@ class Follower:
                  target_exten(job.target), self.s.hold_context, self.s.hold_exten)
         values = {
             "XFER_ID": job.xfer_id, "XFER_PEER": a.name, "XFER_PEER_UID": a.uid,
-            "XFER_TARGET": job.dial, "XFER_RECONNECT": RECONNECT_MODE,
+            "XFER_TARGET": job.dial, "XFER_RECONNECT": reconnect_mode(job),
             "XFER_DIAL_TIMEOUT": str(job.dial_timeout_s), "XFER_ANNOUNCE": job.announcement,
-            "XFER_CALLERID": job.caller_id, "XFER_FALLBACK": job.on_failure,
+            "XFER_CALLERID": job.caller_id, "XFER_FALLBACK": fallback_location(job),
         }
         # All of them, every time: a second transfer of the same P must not inherit the
         # first one's announcement or caller-ID.

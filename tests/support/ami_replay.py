@@ -79,6 +79,29 @@ def messages(tr: Transcript) -> list[Msg]:
     return out
 
 
+@dataclass(frozen=True)
+class Cast:
+    """Who is who in a recording: P, A, and the SIP Call-ID of A's dialog (the job's)."""
+
+    p: str
+    p_uid: str
+    a: str
+    a_uid: str
+    call_id: str
+
+
+def cast(tr: Transcript) -> Cast:
+    """P is the first channel (the caller), A the second (P's Dial to the PBX); the
+    job's Call-ID is what P's BRIDGEPVTCALLID says about its bridge peer."""
+    msgs = [m for m in messages(tr) if m.side == "A"]
+    new = [m.headers for m in msgs if m.event == "Newchannel"]
+    p, a = new[0], new[1]
+    call_id = next(m.headers["Value"] for m in msgs if m.event == "VarSet"
+                   and m.headers.get("Variable") == "BRIDGEPVTCALLID"
+                   and m.headers.get("Uniqueid") == p["Uniqueid"] and m.headers.get("Value"))
+    return Cast(p["Channel"], p["Uniqueid"], a["Channel"], a["Uniqueid"], call_id)
+
+
 def events(tr: Transcript) -> list[tuple[float, dict[str, str]]]:
     """(t, headers) of every event Asterisk sent, for unit tests of the core."""
     return [(m.t, m.headers) for m in messages(tr) if m.side == "A" and m.event]
@@ -131,6 +154,7 @@ class ReplayPeer:
         gate_timeout: float = 5.0,
         on_first_gate: Callable[[], None] | None = None,
         until: float | None = None,
+        port: int = 0,
     ):
         self.transcript = transcript
         self.msgs = messages(transcript)
@@ -146,7 +170,7 @@ class ReplayPeer:
         self._actions: queue.Queue[tuple[dict[str, list[str]], bytes] | None] = queue.Queue()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         self._sock.listen(4)
         self.port = self._sock.getsockname()[1]
         self._conn: socket.socket | None = None
@@ -211,6 +235,9 @@ class ReplayPeer:
                 self.errors.append(f"replay connection failed: {exc}")
         finally:
             self.done.set()
+        if self.until is not None:  # cut short: the client sees Asterisk go away
+            self.drop()
+            return
         # After the recording: answer Logoff like Asterisk, anything else is an error.
         while not self._stop.is_set():
             item = self._actions.get()

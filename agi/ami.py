@@ -1,0 +1,470 @@
+"""The AMI controller's glue: pyst2's Manager to Asterisk, Redis for jobs, progress and the
+transfer record, and the sans-IO core (agi.follow) in between.
+
+Threads, and why:
+* pyst2's own two (socket reader, event dispatcher): its design.  The dispatcher only
+  puts each event on our queue.
+* the job reader: XREADGROUP ... BLOCK on the jobs stream with its own RespClient (one
+  socket per thread; RespClient bounds every call, so BLOCK works when its timeout is
+  longer than the BLOCK — kemi.resp is used rather than redis-py to keep one client with
+  one failure behaviour on both sides).  It reads only while AMI is logged in, so jobs
+  wait in Redis while Asterisk is away.
+* the loop: the only thread that feeds the core, sends AMI actions and writes Redis, so
+  the core needs no lock and actions go out one at a time (pyst2 matches responses FIFO).
+
+pyst2 0.5.1 defects handled here (README §7, notes/asterisk-agi.md):
+* `send_action(cdict={})` mutates its default dict: `AmiSession.send_action` always
+  builds a fresh dict and the core chooses every ActionID;
+* responses are matched FIFO, not by ActionID, and `send_action` waits forever: ours
+  sends one action at a time under a lock, waits with a timeout, checks the ActionID, and
+  treats a timeout or a mismatch as a broken session (reconnect; the core is told);
+* `connect()` has no timeout and the reader thread only ends on EOF: ours connects with
+  a timeout and shuts the socket down to stop;
+* `Manager.redirect()` lacks Extra*: the dual Redirect goes through send_action;
+* `Command` keeps only the last Output line, a `ChanVariable` header kills the reader
+  thread (`dict.has_key`): the controller uses no Command, and a dead reader thread is
+  seen as a dropped session;
+* a synchronous Originate blocks the session: the recall is `Async: true`;
+* a Manager object connects once (its threads are created in __init__): each session
+  is a new object.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from asterisk.manager import (
+    EOL,
+    Manager,
+    ManagerAuthException,
+    ManagerException,
+    ManagerSocketException,
+)
+
+from agi.follow import (
+    Ack,
+    Annotate,
+    Follower,
+    FollowSettings,
+    Output,
+    Publish,
+    SendAction,
+)
+from kemi.anchor import JOBS_GROUP, AnchorError, MoveJob, jobs_key
+from kemi.config import Settings
+from kemi.resp import RedisError, RedisReplyError, RespClient
+from kemi.store import TransferStore
+
+log = logging.getLogger("referee.ami")
+
+
+class AmiTimeout(ManagerException):
+    """No response in time: the FIFO pairing of responses can no longer be trusted."""
+
+
+class AmiSession(Manager):
+    """pyst2's Manager with a bounded connect, bounded responses and one action at a time."""
+
+    def __init__(self, action_timeout_s: float = 5.0):
+        super().__init__()
+        self.action_timeout_s = action_timeout_s
+        self._send_lock = threading.Lock()
+        self._raw: socket.socket | None = None
+        self.broken = ""  # why this session must not be used any more
+
+    def connect(self, host: str, port: int = 5038, timeout_s: float = 5.0):  # type: ignore[override]
+        """Connect and read the greeting, each bounded by timeout_s."""
+        if self._connected.is_set():
+            raise ManagerException("Already connected to manager")
+        try:
+            raw = socket.create_connection((host, int(port)), timeout=timeout_s)
+        except OSError as exc:
+            raise ManagerSocketException(exc.errno or 0, str(exc)) from None
+        raw.settimeout(None)  # pyst2's reader blocks; stop() shuts the socket down
+        self._raw = raw
+        self._sock = raw.makefile(mode="rwb", buffering=0)
+        self._connected.set()
+        self._running.set()
+        self.message_thread.start()
+        self.event_dispatch_thread.start()
+        try:
+            greeting = self._response_queue.get(timeout=timeout_s)
+        except queue.Empty:
+            self.stop()
+            raise ManagerSocketException(0, f"no AMI greeting from {host}:{port}") from None
+        if not greeting:
+            self.stop()
+            raise ManagerSocketException(0, f"{host}:{port} closed before the greeting")
+        return greeting
+
+    def send_action(self, cdict: dict | None = None, timeout_s: float | None = None,
+                    **kwargs: Any):  # type: ignore[override]
+        fields = dict(cdict or {})  # never pyst2's shared default dict
+        fields.update(kwargs)
+        if self.broken:
+            raise ManagerException(f"AMI session unusable: {self.broken}")
+        if not self._connected.is_set():
+            raise ManagerSocketException(0, "not connected")
+        fields.setdefault("ActionID", f"referee-{os.getpid()}-{self.next_seq():08x}")
+        lines = []
+        for key, value in fields.items():
+            for item in value if isinstance(value, list) else [value]:
+                lines.append(f"{key}: {item}")
+        data = (EOL.join(lines) + EOL + EOL).encode("utf-8", "ignore")
+        with self._send_lock:
+            self._reswaiting.insert(0, 1)  # before writing: a drop then wakes us up
+            try:
+                try:
+                    self._sock.write(data)
+                    self._sock.flush()
+                except OSError as exc:
+                    self.broken = f"write failed: {exc}"
+                    raise ManagerSocketException(exc.errno or 0, str(exc)) from None
+                try:
+                    response = self._response_queue.get(
+                        timeout=timeout_s or self.action_timeout_s)
+                except queue.Empty:
+                    self.broken = f"no response to {fields.get('Action')} in time"
+                    raise AmiTimeout(self.broken) from None
+            finally:
+                self._reswaiting.pop(0)
+        if not response:
+            self.broken = "connection terminated"
+            raise ManagerSocketException(0, "Connection Terminated")
+        got = response.get_header("ActionID")
+        if got != fields["ActionID"]:
+            self.broken = f"response ActionID {got!r} for {fields['ActionID']!r}"
+            raise ManagerException(f"out-of-order AMI response: {self.broken}")
+        return response
+
+    def alive(self) -> bool:
+        return (not self.broken and self._connected.is_set()
+                and self.message_thread.is_alive() and self.event_dispatch_thread.is_alive())
+
+    def stop(self, logoff: bool = True) -> None:
+        """Log off (bounded) and stop pyst2's threads without waiting on a hung peer."""
+        if logoff and self.alive():
+            try:
+                self.send_action({"Action": "Logoff"}, timeout_s=1.0)
+            except ManagerException:
+                pass
+        self._connected.clear()
+        if self._raw is not None:
+            try:
+                self._raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._running.is_set():
+            self._message_queue.put(None)
+            self._running.clear()
+        for t in (self.message_thread, self.event_dispatch_thread):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(timeout=2)
+        if self._raw is not None:
+            self._raw.close()
+
+    close = stop  # pyst2's __del__ calls close()
+
+
+def follow_settings(settings: Settings) -> FollowSettings:
+    a = settings.asterisk
+    return FollowSettings(transfer_context=a.transfer_context, hold_context=a.hold_context,
+                          hold_exten=a.hold_exten, recall_context=a.recall_context)
+
+
+@dataclass
+class _Job:
+    job: MoveJob
+    entry_id: str
+
+
+class AmiController:
+    """Reads MoveJobs for this Asterisk, runs them on AMI, reports Progress and notes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        follow: FollowSettings | None = None,
+        consumer: str | None = None,
+        block_ms: int = 1000,
+        claim_idle_s: float = 600.0,
+        claim_every_s: float = 60.0,
+        action_timeout_s: float = 5.0,
+        backoff_max_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        session_factory: Callable[[], AmiSession] | None = None,
+    ):
+        self.settings = settings
+        self.a = settings.asterisk
+        self.prefix = settings.redis.prefix
+        self.jobs_key = jobs_key(self.prefix, self.a.name)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.block_ms = block_ms
+        self.claim_idle_ms = int(claim_idle_s * 1000)
+        self.claim_every_s = claim_every_s
+        self.backoff_max_s = backoff_max_s
+        self.clock = clock
+        self.follower = Follower(follow or follow_settings(settings))
+        self._session_factory = session_factory or (lambda: AmiSession(action_timeout_s))
+        self.session: AmiSession | None = None
+        self._queue: queue.Queue[tuple] = queue.Queue()
+        self._stop = threading.Event()
+        self.ready = threading.Event()  # logged in to AMI
+        self._threads: list[threading.Thread] = []
+        self._redis = RespClient(settings.redis.url, timeout_s=2.0)
+        self.store = TransferStore(self._redis, prefix=self.prefix,
+                                   done_ttl_s=settings.transfer.done_ttl_s)
+        self.logins = 0
+        self.jobs_seen = 0
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        for target, name in ((self._loop, "ami-loop"), (self._read_jobs, "ami-jobs")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._queue.put(("wake",))
+        for t in self._threads:
+            t.join(timeout=timeout_s)
+        if self.session is not None:
+            self.session.stop()
+            self.session = None
+        self._redis.close()
+
+    # -- AMI session
+
+    def _login(self) -> bool:
+        session = self._session_factory()
+        try:
+            session.connect(self.a.ami_host, self.a.ami_port)
+            session.register_event("*", self._on_event)
+            session.login(self.a.ami_user, self.a.ami_secret)
+        except ManagerAuthException as exc:
+            log.error("AMI login to %s:%s as %r refused: %s", self.a.ami_host, self.a.ami_port,
+                      self.a.ami_user, exc)
+            session.stop(logoff=False)
+            return False
+        except ManagerException as exc:
+            log.warning("AMI %s:%s unreachable: %s", self.a.ami_host, self.a.ami_port, exc)
+            session.stop(logoff=False)
+            return False
+        self.session = session
+        self.logins += 1
+        log.info("AMI logged in to %s:%s (%s %s)", self.a.ami_host, self.a.ami_port,
+                 getattr(session, "title", "?"), getattr(session, "version", "?"))
+        self.ready.set()
+        return True
+
+    def _on_event(self, event, _manager) -> None:
+        """pyst2's dispatcher thread: hand the event over, nothing else."""
+        self._queue.put(("event", dict(event.headers)))
+
+    def _session_lost(self, why: str) -> None:
+        log.warning("AMI session lost (%s); reconnecting", why)
+        self.ready.clear()
+        if self.session is not None:
+            self.session.stop(logoff=False)
+            self.session = None
+        self._perform(self.follower.session_restarted(self.clock()))
+
+    # -- the loop
+
+    def _loop(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            if self.session is None or not self.session.alive():
+                if self.session is not None:
+                    self._session_lost(self.session.broken or "connection closed")
+                if not self._login():
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.backoff_max_s)
+                    continue
+                backoff = 0.5
+            now = self.clock()
+            deadline = self.follower.next_deadline()
+            wait = 0.2 if deadline is None else min(0.2, max(0.0, deadline - now))
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = ("tick",)
+            try:
+                self._handle(item)
+            except Exception:  # noqa: BLE001 - the controller must outlive one bad input
+                log.exception("AMI controller: failed on %s", item[0])
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        now = self.clock()
+        if kind == "event":
+            self._perform(self.follower.event(item[1], now))
+        elif kind == "job":
+            job: _Job = item[1]
+            self._perform(self.follower.job(job.job, job.entry_id, now))
+        deadline = self.follower.next_deadline()
+        if deadline is not None and deadline <= self.clock():
+            self._perform(self.follower.tick(self.clock()))
+
+    def _perform(self, outputs: list[Output]) -> None:
+        work = list(outputs)
+        while work:
+            out = work.pop(0)
+            if isinstance(out, SendAction):
+                resp = self._send(out)
+                work[:0] = self.follower.response(out.action_id, resp, self.clock())
+            elif isinstance(out, Publish):
+                self._publish(out)
+            elif isinstance(out, Annotate):
+                self._annotate(out)
+            elif isinstance(out, Ack):
+                self._ack(out.entry_id)
+
+    def _send(self, out: SendAction) -> dict[str, str]:
+        session = self.session
+        if session is None:
+            return {"Response": "Error", "Message": "AMI not connected"}
+        try:
+            resp = session.send_action(dict(out.fields))
+        except ManagerException as exc:
+            log.error("AMI %s (%s) failed: %s", out.action, out.action_id, exc)
+            return {"Response": "Error", "Message": f"AMI: {exc}"}
+        headers = dict(resp.headers)
+        if headers.get("Response") != "Success":
+            log.warning("AMI %s %s -> %s: %s", out.action,
+                        {k: v for k, v in out.fields.items() if k not in ("Action",)},
+                        headers.get("Response"), headers.get("Message"))
+        return headers
+
+    # -- Redis writes (the loop thread's own RespClient)
+
+    def _publish(self, out: Publish) -> None:
+        args: list[str] = []
+        for k, v in out.progress.to_fields().items():
+            args += [k, v]
+        for attempt in (1, 2):
+            try:
+                self._redis.call("XADD", out.stream, "MAXLEN", "~", 10000, "*", *args)
+                return
+            except RedisError as exc:
+                log.error("progress %d for %s@%s not published (try %d): %s",
+                          out.progress.code, out.progress.refer_id, out.progress.call_id,
+                          attempt, exc)
+
+    def _annotate(self, out: Annotate) -> None:
+        try:
+            found = self.store.annotate(out.call_id, out.refer_id, self.clock(), out.fields,
+                                        out.detail)
+        except (RedisError, ValueError) as exc:
+            log.error("record %s@%s not annotated %s: %s", out.refer_id, out.call_id,
+                      out.fields, exc)
+            return
+        if not found:
+            log.warning("no transfer %s@%s in the store; not recorded: %s", out.refer_id,
+                        out.call_id, out.fields)
+
+    def _ack(self, entry_id: str) -> None:
+        try:
+            self._redis.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+        except RedisError as exc:
+            log.error("job %s not acked (it will be reclaimed): %s", entry_id, exc)
+
+    # -- the job reader
+
+    def _read_jobs(self) -> None:
+        client = RespClient(self.settings.redis.url, timeout_s=self.block_ms / 1000 + 2.0)
+        group_ready = False
+        backlog = True  # first our own pending entries (a restart), then new ones
+        last_claim = 0.0
+        while not self._stop.is_set():
+            if not self.ready.wait(timeout=0.2):
+                continue
+            try:
+                if not group_ready:
+                    try:
+                        client.call("XGROUP", "CREATE", self.jobs_key, JOBS_GROUP, "$",
+                                    "MKSTREAM")
+                    except RedisReplyError as exc:
+                        if exc.code != "BUSYGROUP":
+                            raise
+                    group_ready = True
+                if time.monotonic() - last_claim >= self.claim_every_s:
+                    last_claim = time.monotonic()
+                    self._claim(client)
+                if backlog:
+                    reply = client.call("XREADGROUP", "GROUP", JOBS_GROUP, self.consumer,
+                                        "COUNT", 100, "STREAMS", self.jobs_key, "0")
+                    entries = _entries(reply)
+                    backlog = bool(entries)
+                    self._take(client, entries, reclaimed=True)
+                    continue
+                reply = client.call("XREADGROUP", "GROUP", JOBS_GROUP, self.consumer,
+                                    "COUNT", 10, "BLOCK", self.block_ms,
+                                    "STREAMS", self.jobs_key, ">")
+                self._take(client, _entries(reply), reclaimed=False)
+            except RedisError as exc:
+                log.error("jobs stream %s: %s; retrying", self.jobs_key, exc)
+                group_ready = False
+                self._stop.wait(1.0)
+        client.close()
+
+    def _claim(self, client: RespClient) -> None:
+        """Jobs a crashed controller left pending (idle longer than any transfer lives)."""
+        reply = client.call("XAUTOCLAIM", self.jobs_key, JOBS_GROUP, self.consumer,
+                            self.claim_idle_ms, "0-0", "COUNT", 100)
+        entries = [e for e in (reply[1] if reply and len(reply) > 1 else []) if e]
+        if entries:
+            log.warning("reclaimed %d job(s) idle > %d s from other controllers",
+                        len(entries), self.claim_idle_ms // 1000)
+        self._take(client, [(_s(e[0]), [_s(x) for x in e[1] or ()]) for e in entries],
+                   reclaimed=True)
+
+    def _take(self, client: RespClient, entries: list[tuple[str, Any]], reclaimed: bool
+              ) -> None:
+        for entry_id, body in entries:
+            raw = dict(zip(body[0::2], body[1::2], strict=False)) if body else {}
+            try:
+                job = MoveJob.from_fields(raw)
+            except AnchorError as exc:
+                log.error("job %s on %s unusable, dropped: %s", entry_id, self.jobs_key, exc)
+                client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+                continue
+            if reclaimed and self._already_done(job):
+                log.info("job %s (%s) already finished before; acked", entry_id, job.xfer_id)
+                client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+                continue
+            self.jobs_seen += 1
+            log.info("job %s: transfer %s to %s (reply to %s)", entry_id, job.xfer_id,
+                     job.dial, job.reply_to)
+            self._queue.put(("job", _Job(job, entry_id)))
+
+    def _already_done(self, job: MoveJob) -> bool:
+        try:
+            record = TransferStore(RespClient(self.settings.redis.url, timeout_s=2.0),
+                                   prefix=self.prefix).get(job.call_id, job.refer_id)
+        except RedisError:
+            return False
+        return bool(record and record.get("ami_final"))
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entries(reply: Any) -> list[tuple[str, Any]]:
+    """[(entry_id, [field, value, ...])] out of an XREADGROUP reply."""
+    out: list[tuple[str, Any]] = []
+    for _key, items in reply or ():
+        for entry_id, body in items or ():
+            out.append((_s(entry_id), [_s(x) for x in body or ()]))
+    return out
