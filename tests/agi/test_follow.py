@@ -1,0 +1,348 @@
+"""The AMI controller's core (agi.follow) without sockets: events recorded from a real
+Asterisk 20 (../shared/asterisk-ami) in, actions / Progress / notes out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import pytest
+
+from agi.follow import (
+    Ack,
+    Annotate,
+    Follower,
+    FollowSettings,
+    Phase,
+    Publish,
+    SendAction,
+    endpoint_of,
+    target_exten,
+)
+from kemi.anchor import MoveJob
+from tests.support import transcript
+from tests.support.ami_replay import Cast, cast, events, messages
+
+S = FollowSettings(transfer_context="ami-xfer", hold_context="ami-hold", hold_exten="hold",
+                   recall_context="ami-recall")
+OK = {"Response": "Success", "Message": "Variable Set"}
+
+
+def job_for(who: Cast, **kw) -> MoveJob:
+    args = dict(call_id=who.call_id, refer_id="3", target="sip:2000@127.0.0.1",
+                dial="PJSIP/amitarget", transferor="amipbx@x", reply_to="prog", created_at=0.0,
+                release_after_s=2.0)
+    args.update(kw)
+    return MoveJob(**args)
+
+
+class Driver:
+    """Feeds a recording's events to a Follower, answers its actions via `answer`."""
+
+    def __init__(self, name: str, answer: Callable[[SendAction], Mapping[str, str]] | None = None,
+                 **job_kw):
+        self.tr = transcript.ami(name)
+        self.who = cast(self.tr)
+        self.f = Follower(S)
+        self.job = job_for(self.who, **job_kw)
+        self.answer = answer or (lambda a: OK)
+        self.out: list = []
+        self.events = events(self.tr)
+        self.gate = next(m.t for m in messages(self.tr) if m.side == "S" and m.action != "Login")
+
+    def _do(self, outs: Iterable, now: float) -> None:
+        work = list(outs)
+        while work:
+            o = work.pop(0)
+            self.out.append(o)
+            if isinstance(o, SendAction):
+                work[:0] = self.f.response(o.action_id, self.answer(o), now)
+
+    def run(self, until: float = 1e9, inject: Callable[[float, dict], list[dict]] | None = None,
+            job_at: float | None = None) -> Driver:
+        sent = False
+        job_at = self.gate if job_at is None else job_at
+        for t, ev in self.events:
+            if t > until:
+                break
+            if not sent and t >= job_at:
+                sent = True
+                self._do(self.f.job(self.job, "1-1", t), t)
+            self._ticks(t)
+            for e in (inject(t, ev) if inject else [ev]):
+                self._do(self.f.event(e, t), t)
+        self._ticks(until if until < 1e9 else self.events[-1][0] + 100)
+        return self
+
+    def _ticks(self, now: float) -> None:
+        d = self.f.next_deadline()
+        while d is not None and d <= now:
+            self._do(self.f.tick(d), d)
+            d = self.f.next_deadline()
+
+    def actions(self, name: str | None = None) -> list[dict]:
+        return [o.fields for o in self.out if isinstance(o, SendAction)
+                and (name is None or o.action == name)]
+
+    def progress(self) -> list[tuple[int, bool]]:
+        return [(o.progress.code, o.progress.final) for o in self.out if isinstance(o, Publish)]
+
+    def notes(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for o in self.out:
+            if isinstance(o, Annotate):
+                merged.update(o.fields)
+        return merged
+
+    def acked(self) -> bool:
+        return any(isinstance(o, Ack) for o in self.out)
+
+
+# ------------------------------------------------------------------ small pieces
+
+
+def test_endpoint_and_exten():
+    assert endpoint_of("PJSIP/amipbx-0000002d") == "PJSIP/amipbx"
+    assert endpoint_of("PJSIP/my-pbx-trunk-0000002d") == "PJSIP/my-pbx-trunk"
+    assert target_exten("sip:2000@127.0.0.1") == "2000"
+    assert target_exten("<sips:+4930123;user=phone@x>") == "+4930123"
+    assert target_exten("tel:+4930123") == "+4930123"
+
+
+def test_pair_found_from_bridgepvtcallid():
+    """P = the channel whose bridge peer's Call-ID is the job's; A = P's BRIDGEPEER."""
+    d = Driver("a-target-answers")
+    for t, ev in d.events:
+        if t > 1.0:
+            break
+        d.f.channels.update(ev, t)
+    p, a = d.f.channels.find_pair(d.who.call_id)
+    assert (p.name, p.uid, a.name, a.uid) == (d.who.p, d.who.p_uid, d.who.a, d.who.a_uid)
+    # A's own Call-ID is P's (pjsua's) — not the job's: no pair for it.
+    assert d.f.channels.find_pair(a.peer_call_id) != (p, a)
+
+
+# ------------------------------------------------------------------ recorded flows
+
+
+def test_answer_flow_and_release():
+    d = Driver("a-target-answers").run()
+    acts = d.actions()
+    assert [a["Action"] for a in acts] == ["Setvar"] * 9 + ["Redirect", "Hangup"]
+    assert acts[-1] == {"Action": "Hangup", "Channel": d.who.a, "Cause": "16",
+                        "ActionID": acts[-1]["ActionID"]}
+    assert len({a["ActionID"] for a in acts}) == len(acts)
+    assert d.progress() == [(180, False), (200, True)]
+    assert d.notes()["ami_result"] == "a-released" and d.acked()
+    assert d.f.transfers == {}
+
+
+def test_a_hangs_up_before_release_timer_no_hangup_sent():
+    """P↔T up, A's PBX hangs up itself before release_after_s: nothing to release."""
+    d = Driver("a-target-answers", release_after_s=30.0)
+
+    def inject(t, ev):
+        if ev.get("Event") == "BridgeEnter" and ev.get("Uniqueid") == d.who.p_uid and t > 5:
+            return [ev, {"Event": "Hangup", "Channel": d.who.a, "Uniqueid": d.who.a_uid,
+                         "Linkedid": d.who.p_uid, "Cause": "16"}]
+        return [ev]
+
+    d.run(until=6.0, inject=inject)
+    assert d.actions("Hangup") == []
+    assert d.notes()["ami_release"] == "a hung up first" and d.acked()
+
+
+def test_busy_cause_from_hanguprequest_before_dialend():
+    d = Driver("b-target-busy-bridge-app").run()
+    assert d.progress() == [(180, False), (486, True)]
+    n = d.notes()
+    assert (n["ami_dialstatus"], n["ami_cause"], n["ami_result"]) == ("BUSY", "17", "reconnected")
+    assert [a["Action"] for a in d.actions()] == ["Setvar"] * 9 + ["Redirect"]
+
+
+def test_cause_arriving_after_dialend_is_waited_for():
+    """Without T's HangupRequest, the cause comes with T's Hangup after DialEnd: the
+    final waits for it (cause 17 -> 486 even if DialStatus said CONGESTION)."""
+    d = Driver("b-target-busy-bridge-app")
+
+    def inject(t, ev):
+        if ev.get("Event") == "HangupRequest" and ev.get("Cause") == "17":
+            return []
+        if ev.get("Event") == "DialEnd" and ev.get("DialStatus") == "BUSY":
+            return [{**ev, "DialStatus": "CONGESTION"}]
+        return [ev]
+
+    d.run(inject=inject)
+    assert d.progress() == [(180, False), (486, True)]
+
+
+def test_noanswer_cause_zero_and_timeout_without_hangup():
+    d = Driver("c-target-noanswer-bridge-app").run()
+    assert d.progress() == [(180, False), (480, True)]
+    # No Hangup of T at all: the final goes out after cause_wait_s.
+    d = Driver("c-target-noanswer-bridge-app")
+    d.run(inject=lambda t, ev: [] if ev.get("Event") == "Hangup" and ev.get(
+        "Channel", "").startswith("PJSIP/amitarget") else [ev])
+    assert d.progress() == [(180, False), (480, True)]
+
+
+def test_userevent_xferfailed_when_dialend_is_filtered():
+    d = Driver("b-target-busy-bridge-app")
+    d.run(inject=lambda t, ev: [] if ev.get("Event") in ("DialEnd", "HangupRequest",
+                                                         "Hangup") and t < 5 else [ev])
+    assert d.progress() == [(180, False), (486, True)]
+
+
+def test_p_hangs_up_while_ringing_487_and_a_released():
+    d = Driver("c-target-noanswer-bridge-app")
+
+    def inject(t, ev):
+        if ev.get("Event") == "DialState" and ev.get("DialStatus") == "RINGING" and t > 2:
+            return [ev, {"Event": "Hangup", "Channel": d.who.p, "Uniqueid": d.who.p_uid,
+                         "Linkedid": d.who.p_uid, "Cause": "16"}]
+        return [ev]
+
+    d.run(until=4.0, inject=inject)
+    assert d.progress() == [(180, False), (487, True)]
+    assert d.actions("Hangup")[0]["Channel"] == d.who.a
+    assert d.notes()["ami_result"] == "caller-gone" and d.acked()
+
+
+def test_exactly_one_final():
+    """After the 200, P's hangup (and every later event) publishes nothing more."""
+    d = Driver("a-target-answers", release_after_s=0.1).run()
+    assert sum(1 for c, final in d.progress() if final) == 1
+
+
+def test_ami_bridge_after_wait_and_recall_when_a_gone():
+    d = Driver("b-target-busy-ami-bridge").run(until=5.0)
+    (bridge,) = d.actions("Bridge")
+    assert (bridge["Channel1"], bridge["Channel2"], bridge["Tone"]) == (d.who.p, d.who.a, "no")
+    d = Driver("d-recall-originate").run(until=5.0)
+    (orig,) = d.actions("Originate")
+    assert orig["Async"] == "true"  # never a synchronous Originate: it blocks the session
+    assert orig["Channel"] == "PJSIP/amipbx" and orig["Context"] == "ami-recall"
+    assert orig["Variable"][0] == f"XFER_PEER={d.who.p}"
+    assert d.f.transfers[d.job.xfer_id].phase is Phase.RECALL
+
+
+def test_recall_failure_hangs_up_p():
+    """OriginateResponse Failure (recorded in e-ami-errors: Reason 0, Uniqueid <unknown>):
+    recall-failed, and P is hung up rather than left parked in MOH."""
+    rec = next(m.headers for m in messages(transcript.ami("e-ami-errors"))
+               if m.event == "OriginateResponse")
+    d = Driver("d-recall-originate")
+    d.run(until=5.0)
+    orig = d.actions("Originate")[0]
+    d._do(d.f.event({**rec, "ActionID": orig["ActionID"]}, 5.1), 5.1)
+    assert d.notes()["ami_result"] == "recall-failed"
+    assert d.actions("Hangup")[-1]["Channel"] == d.who.p
+    assert d.acked()
+
+
+def test_hangup_of_a_refused_no_such_channel():
+    def answer(a):
+        if a.action == "Hangup":
+            return {"Response": "Error", "Message": "No such channel"}
+        return OK
+
+    d = Driver("a-target-answers", answer=answer, release_after_s=0.1).run(until=6.0)
+    assert d.notes()["ami_release"] == "already gone (No such channel)" and d.acked()
+
+
+@pytest.mark.parametrize("message", ["Channel does not exist: PJSIP/nosuch-00000099",
+                                     "ExtraChannel does not exist: PJSIP/nosuch-00000099"])
+def test_redirect_refused(message):
+    def answer(a):
+        return {"Response": "Error", "Message": message} if a.action == "Redirect" else OK
+
+    d = Driver("e-ami-errors", answer=answer).run()
+    assert d.progress() == [(503, True)]
+    assert d.notes()["ami_result"] == "redirect-failed" and d.acked()
+    assert [a["Action"] for a in d.actions()][-1] == "Redirect"
+
+
+def test_setvar_refused_no_redirect():
+    d = Driver("e-ami-errors", answer=lambda a: {"Response": "Error",
+                                                 "Message": "No such channel"}).run()
+    assert [a["Action"] for a in d.actions()] == ["Setvar"]
+    assert d.progress() == [(503, True)]
+
+
+def test_fallback_sets_plan_vars_and_releases_a():
+    d = Driver("b-target-busy-bridge-app", on_failure="fallback:vm,s,1").run(until=4.6)
+    v = {a["Variable"]: a["Value"] for a in d.actions("Setvar")}
+    assert v["XFER_RECONNECT"] == "fallback" and v["XFER_FALLBACK"] == "vm,s,1"
+    assert d.actions("Hangup")[0]["Channel"] == d.who.a
+
+
+def test_redirect_success_but_nothing_moves():
+    d = Driver("a-target-answers")
+    d.run(until=7.0, inject=lambda t, ev: [] if t > 3.5 else [ev])
+    assert d.progress() == [(503, True)]
+    assert d.notes()["ami_result"] == "redirect-unconfirmed"
+
+
+# ------------------------------------------------------------------ finding channels
+
+
+def test_channels_not_known_asks_asterisk():
+    """Controller started after the call: CoreShowChannels (events as recorded in
+    a-target-answers), then Getvar CHANNEL(pjsip,call-id) on bridged PJSIP channels."""
+    tr = transcript.ami("a-target-answers")
+    who = cast(tr)
+    listing = [m.headers for m in messages(tr) if m.event.startswith("CoreShowChannel")]
+    f = Follower(S)
+    (ask,) = f.job(job_for(who), "9-0", 10.0)
+    assert ask.fields["Action"] == "CoreShowChannels"
+    assert f.response(ask.action_id, {"Response": "Success"}, 10.0) == []
+    out = []
+    for ev in listing:
+        out += f.event({**ev, "ActionID": ask.action_id}, 10.0)
+    getvars = []
+    while out and isinstance(out[-1], SendAction) and out[-1].action == "Getvar":
+        g = out[-1]
+        getvars.append(g.fields["Channel"])
+        assert g.fields["Variable"] == "CHANNEL(pjsip,call-id)"
+        value = who.call_id if g.fields["Channel"] == who.a else "other"
+        out = f.response(g.action_id, {"Response": "Success", "Variable": "x", "Value": value},
+                         10.0)
+    assert who.a in getvars
+    sv = [o for o in out if isinstance(o, SendAction)]
+    assert sv[0].fields["Action"] == "Setvar" and sv[0].fields["Channel"] == who.p
+
+
+def test_channels_not_found_503():
+    f = Follower(S)
+    who = cast(transcript.ami("a-target-answers"))
+    (ask,) = f.job(job_for(who), "9-0", 10.0)
+    f.response(ask.action_id, {"Response": "Success"}, 10.0)
+    out = f.event({"Event": "CoreShowChannelsComplete", "ActionID": ask.action_id}, 10.0)
+    pub = [o for o in out if isinstance(o, Publish)]
+    assert [(p.progress.code, p.progress.detail) for p in pub] == [
+        (503, "channels not found")]
+    assert any(isinstance(o, Ack) for o in out)
+
+
+def test_session_lost_mid_redirect():
+    d = Driver("a-target-answers")
+    held: list[SendAction] = []
+
+    def answer(a):
+        if a.action == "Redirect":
+            held.append(a)
+            return None
+        return OK
+
+    f = d.f
+    for t, ev in d.events:
+        if t > d.gate:
+            break
+        f.event(ev, t)
+    out = f.job(d.job, "1-1", d.gate)
+    while out:
+        o = out.pop(0)
+        if isinstance(o, SendAction) and o.action != "Redirect":
+            out[:0] = f.response(o.action_id, OK, d.gate)
+    res = f.session_restarted(d.gate + 1)
+    assert [(o.progress.code, o.progress.detail) for o in res if isinstance(o, Publish)] == [
+        (503, "Redirect: AMI session lost")]
