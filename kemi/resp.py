@@ -12,6 +12,11 @@ SIP worker must never wait on Redis longer than a fixed budget.  So the client i
 
 Error replies are values (`RedisReplyError`) in the parser and in `pipeline`, and raised
 by `call`; transport trouble always raises `RedisUnavailable`.
+
+Redis Cluster: `ClusterClient` (what `RespClient("redis+cluster://h1:p1,h2:p2")` gives)
+keeps the same API, routes each command by its first key's slot (CRC16, written here),
+follows MOVED/ASK, and sends a pipeline to all the nodes it touches before reading any
+reply -- still one deadline and one breaker per call.
 """
 
 from __future__ import annotations
@@ -25,13 +30,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = [
     "NEED_MORE",
     "CircuitBreaker",
+    "ClusterClient",
     "RedisError",
     "RedisProtocolError",
     "RedisReplyError",
     "RedisUnavailable",
     "RespClient",
     "RespParser",
+    "command_key",
+    "crc16",
     "encode",
+    "key_slot",
 ]
 
 
@@ -250,6 +259,28 @@ class _Timeout(Exception):
     pass
 
 
+class _Refused(Exception):
+    """AUTH/SELECT refused on a new connection."""
+
+
+_TRANSPORT = (_Timeout, _Refused, RedisProtocolError, OSError)
+
+
+def _unavailable(exc: BaseException, address: str, timeout_s: float) -> RedisUnavailable:
+    """The RedisUnavailable a transport failure surfaces as (the same words everywhere)."""
+    if isinstance(exc, _Timeout):
+        return RedisUnavailable(f"timeout after {timeout_s * 1000:.0f} ms talking to {address}")
+    if isinstance(exc, ConnectionRefusedError):
+        return RedisUnavailable(f"connection refused by {address}")
+    if isinstance(exc, RedisProtocolError):
+        return RedisUnavailable(f"protocol error from {address}: {exc}")
+    if isinstance(exc, _Refused):
+        return RedisUnavailable(f"AUTH/SELECT refused by {address}: {exc}")
+    if isinstance(exc, OSError):
+        return RedisUnavailable(f"{exc.strerror or exc} ({address})")
+    return RedisUnavailable(f"{exc!r} ({address})")  # pragma: no cover
+
+
 class RespClient:
     """A synchronous RESP2 client whose every call is bounded by `timeout_s`.
 
@@ -258,7 +289,17 @@ class RespClient:
     round trip as the first command on each new connection.  `breaker=None` gives a
     default CircuitBreaker(); pass your own to tune or share it.  Name hosts by IP or
     /etc/hosts: a DNS lookup is outside the budget (it is done once and cached).
+
+    A redis+cluster://host:port,host:port URL gives a ClusterClient instead (same API),
+    so whatever builds its client from [redis] url gets Cluster mode by configuration.
     """
+
+    cluster = False  # a ClusterClient says True: the stores then keep scripts in one slot
+
+    def __new__(cls, url: str = "redis://127.0.0.1:6379/0", *args, **kwargs):
+        if cls is RespClient and isinstance(url, str) and url.startswith(CLUSTER_SCHEME):
+            cls = ClusterClient
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -305,16 +346,32 @@ class RespClient:
 
     # -- internals
 
+    def _breaker_open(self) -> RedisUnavailable:
+        return RedisUnavailable(
+            f"circuit breaker open for {self.address} after {self.breaker.failures} "
+            f"failures; next try in {self.breaker.retry_in:.1f} s"
+        )
+
     def _round_trip(self, commands: Sequence[Sequence]) -> list:
         if not self.breaker.allow():
-            raise RedisUnavailable(
-                f"circuit breaker open for {self.address} after {self.breaker.failures} "
-                f"failures; next try in {self.breaker.retry_in:.1f} s"
-            )
-        payload = b"".join(encode(*c) for c in commands)
+            raise self._breaker_open()
         deadline = time.monotonic() + self.timeout_s
         try:
-            handshake = 0
+            handshake = self._start(commands, deadline)
+            replies = self._finish(len(commands), handshake, deadline)
+        except _TRANSPORT as exc:
+            self.breaker.failure()
+            raise _unavailable(exc, self.address, self.timeout_s) from None
+        self.breaker.success()
+        return replies
+
+    def _start(self, commands: Sequence[Sequence], deadline: float) -> int:
+        """Connect if need be and send the commands (the handshake first on a new
+        connection); the number of handshake replies to skip.  Transport trouble raises
+        with the socket closed.  No breaker here: the caller owns the whole call."""
+        payload = b"".join(encode(*c) for c in commands)
+        handshake = 0
+        try:
             if not self._usable():
                 self.close()
                 self._connect(deadline)
@@ -323,33 +380,23 @@ class RespClient:
                 handshake = len(pre)
                 payload = b"".join(encode(*c) for c in pre) + payload
             self._send(payload, deadline)
-            replies = self._receive(handshake + len(commands), deadline)
-        except _Timeout:
-            self._fail()
-            raise RedisUnavailable(
-                f"timeout after {self.timeout_s * 1000:.0f} ms talking to {self.address}"
-            ) from None
-        except ConnectionRefusedError:
-            self._fail()
-            raise RedisUnavailable(f"connection refused by {self.address}") from None
-        except RedisProtocolError as exc:
-            self._fail()
-            raise RedisUnavailable(f"protocol error from {self.address}: {exc}") from None
-        except OSError as exc:
-            self._fail()
-            raise RedisUnavailable(f"{exc.strerror or exc} ({self.address})") from None
+        except BaseException:
+            self.close()
+            raise
+        return handshake
+
+    def _finish(self, count: int, handshake: int, deadline: float) -> list:
+        """Read the replies of what `_start` sent."""
+        try:
+            replies = self._receive(handshake + count, deadline)
+        except BaseException:
+            self.close()
+            raise
         for reply in replies[:handshake]:
             if isinstance(reply, RedisReplyError):
-                self._fail()
-                raise RedisUnavailable(
-                    f"AUTH/SELECT refused by {self.address}: {reply.message}"
-                )
-        self.breaker.success()
+                self.close()
+                raise _Refused(reply.message)
         return replies[handshake:]
-
-    def _fail(self) -> None:
-        self.close()
-        self.breaker.failure()
 
     def _usable(self) -> bool:
         """A connection made in this process that the server has not closed meanwhile."""
@@ -465,3 +512,330 @@ def _parse_url(url: str):
     if password is not None:
         auth = (user, password) if user else (password,)
     return family, sockaddr, address, db, auth
+
+
+# --------------------------------------------------------------------------- cluster
+
+CLUSTER_SCHEME = "redis+cluster://"
+SLOTS = 16384
+MAX_REDIRECTS = 5
+
+
+def _crc16_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+        table.append(crc & 0xFFFF)
+    return tuple(table)
+
+
+_CRC16 = _crc16_table()
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/XMODEM (poly 0x1021, init 0, no reflection): Redis Cluster's key hash."""
+    crc = 0
+    table = _CRC16
+    for b in data:
+        crc = ((crc << 8) & 0xFF00) ^ table[(crc >> 8) ^ b]
+    return crc
+
+
+def key_slot(key: str | bytes) -> int:
+    """The Cluster slot of a key: CRC16 of its hash tag (the first non-empty {...}) or of
+    the whole key, mod 16384 -- what CLUSTER KEYSLOT answers."""
+    raw = _arg(key)
+    start = raw.find(b"{")
+    if start >= 0:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1:end]
+    return crc16(raw) & (SLOTS - 1)
+
+
+_SCRIPT_COMMANDS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO"})
+_SUBCOMMAND_KEY = frozenset({"XGROUP", "XINFO", "OBJECT", "MEMORY"})
+_KEYLESS = frozenset({
+    "PING", "ECHO", "INFO", "CLUSTER", "SCRIPT", "FUNCTION", "CLIENT", "CONFIG", "DBSIZE",
+    "FLUSHALL", "FLUSHDB", "KEYS", "SCAN", "TIME", "COMMAND", "HELLO", "AUTH", "SELECT",
+    "ASKING", "READONLY", "READWRITE", "WAIT", "DEBUG", "LASTSAVE", "ROLE", "SLOWLOG",
+    "LATENCY",
+})
+
+
+def command_key(args: Sequence) -> str | bytes | None:
+    """The key a command is routed by: the first key it names (for EVAL/EVALSHA the first
+    KEYS entry; for XREAD(GROUP) the first stream), None for a command without keys."""
+    if not args:
+        return None
+    name = args[0]
+    name = (name.decode() if isinstance(name, bytes) else str(name)).upper()
+    if name in _SCRIPT_COMMANDS:
+        return args[3] if len(args) > 3 and int(args[2]) > 0 else None
+    if name in ("XREAD", "XREADGROUP"):
+        for i, a in enumerate(args):
+            if (a.decode() if isinstance(a, bytes) else str(a)).upper() == "STREAMS":
+                return args[i + 1] if i + 1 < len(args) else None
+        return None
+    if name in _SUBCOMMAND_KEY:
+        return args[2] if len(args) > 2 else None
+    if name in _KEYLESS or len(args) < 2:
+        return None
+    return args[1]
+
+
+class _NodeFailed(Exception):
+    def __init__(self, address: str, cause: BaseException):
+        super().__init__(address)
+        self.address = address
+        self.cause = cause
+
+
+class ClusterClient(RespClient):
+    """Redis Cluster behind RespClient's API: `call`, `pipeline`, `close`, `connected`.
+
+    URL: redis+cluster://[[user]:password@]host:port[,host:port...] -- seed nodes (masters
+    or replicas); the slot map (CLUSTER SLOTS, masters only) is loaded from the first seed
+    that answers, on first use.  Each command goes to the master of its first key's slot
+    (EVAL/EVALSHA: the first KEYS entry); keyless commands go to any master.  A pipeline is
+    grouped by node and sent to all of them before any reply is read, so it costs one
+    round trip of latency however many nodes it touches; replies come back in command
+    order.  MOVED updates the slot and reloads the map at the next call; ASK is followed
+    with ASKING for that one command.  The whole call -- map load, every node, every
+    redirect -- is bounded by one `timeout_s` deadline and reported to one CircuitBreaker,
+    and transport trouble surfaces as RedisUnavailable, exactly as RespClient's does.
+    A pipeline is not a transaction: on a cluster each node runs its part in order.
+    """
+
+    cluster = True
+
+    def __init__(
+        self,
+        url: str = "redis+cluster://127.0.0.1:7000",
+        timeout_s: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+    ):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.seeds, self._userinfo = _parse_cluster_url(url)
+        self.address = ",".join(self.seeds)
+        self._nodes: dict[str, RespClient] = {}
+        self._slots: list[str | None] = [None] * SLOTS
+        self._masters: list[str] = []
+        self._map_stale = True
+        self.map_loads = 0  # for tests and metrics
+        self.redirects = 0
+
+    # -- public
+
+    def call(self, *args: str | bytes | int | float):
+        (value,) = self._run([args])
+        if isinstance(value, RedisReplyError):
+            raise value
+        return value
+
+    def pipeline(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list:
+        if not commands:
+            return []
+        return self._run(commands)
+
+    def close(self) -> None:
+        for node in self._nodes.values():
+            node.close()
+
+    @property
+    def connected(self) -> bool:
+        return any(node.connected for node in self._nodes.values())
+
+    def node_for(self, key: str | bytes) -> str | None:
+        """The master serving a key's slot, as the loaded map says (None: no map yet)."""
+        return self._slots[key_slot(key)]
+
+    @property
+    def masters(self) -> list[str]:
+        return list(self._masters)
+
+    def on_each_master(self, *args: str | bytes | int | float) -> dict[str, object]:
+        """Run one keyless command on every master (KEYS, FLUSHALL, SCRIPT FLUSH, INFO):
+        for operators and tests, never on the SIP path."""
+        if not self.breaker.allow():
+            raise self._breaker_open()
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            if self._map_stale:
+                self._load_map(deadline)
+            groups = {addr: [(0, tuple(args), False)] for addr in self._masters}
+            got = self._send_groups(groups, deadline)
+        except _NodeFailed as exc:
+            self._node_failed(exc)
+        self.breaker.success()
+        return {addr: got[addr][0] for addr in self._masters}
+
+    # -- internals
+
+    def _node(self, addr: str) -> RespClient:
+        node = self._nodes.get(addr)
+        if node is None:
+            node = RespClient(f"redis://{self._userinfo}{addr}/0", self.timeout_s, self.breaker)
+            self._nodes[addr] = node
+        return node
+
+    def _node_failed(self, exc: _NodeFailed):
+        self.breaker.failure()
+        self._map_stale = True  # the node may have failed over: ask again next time
+        raise _unavailable(exc.cause, exc.address, self.timeout_s) from None
+
+    def _run(self, commands: Sequence[Sequence]) -> list:
+        if not self.breaker.allow():
+            raise self._breaker_open()
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            replies = self._route(commands, deadline)
+        except _NodeFailed as exc:
+            self._node_failed(exc)
+        for reply in replies:
+            if isinstance(reply, RedisReplyError) and reply.code == "CLUSTERDOWN":
+                self.breaker.failure()
+                self._map_stale = True
+                raise RedisUnavailable(f"cluster {self.address}: {reply.message}")
+        self.breaker.success()
+        return replies
+
+    def _addr_for(self, command: Sequence) -> str:
+        key = command_key(command)
+        addr = self._slots[key_slot(key)] if key is not None else None
+        return addr or (self._masters[0] if self._masters else self.seeds[0])
+
+    def _route(self, commands: Sequence[Sequence], deadline: float) -> list:
+        if self._map_stale:
+            self._load_map(deadline)
+        replies: list = [None] * len(commands)
+        todo = [(i, tuple(c), self._addr_for(c), False) for i, c in enumerate(commands)]
+        for attempt in range(MAX_REDIRECTS + 1):
+            groups: dict[str, list[tuple[int, tuple, bool]]] = {}
+            for i, cmd, addr, asking in todo:
+                groups.setdefault(addr, []).append((i, cmd, asking))
+            got = self._send_groups(groups, deadline)
+            redo = []
+            for addr, items in groups.items():
+                for (i, cmd, _asking), reply in zip(items, got[addr], strict=True):
+                    replies[i] = reply
+                    if not isinstance(reply, RedisReplyError) or attempt == MAX_REDIRECTS:
+                        continue
+                    code = reply.code
+                    if code in ("MOVED", "ASK"):
+                        parts = reply.message.split()
+                        if len(parts) != 3:
+                            continue
+                        target = _node_address(parts[2], addr)
+                        if code == "MOVED":
+                            self._slots[int(parts[1])] = target
+                            self._map_stale = True  # more slots likely moved too
+                        self.redirects += 1
+                        redo.append((i, cmd, target, code == "ASK"))
+            if not redo:
+                break
+            todo = sorted(redo)  # commands to one node keep their order
+        return replies
+
+    def _send_groups(self, groups: dict[str, list[tuple[int, tuple, bool]]],
+                     deadline: float) -> dict[str, list]:
+        """Send each node its commands, then read every node's replies: one round trip of
+        latency.  Any transport failure closes every connection of the batch."""
+        started = []
+        addr = ""
+        try:
+            for addr, items in groups.items():
+                node = self._node(addr)
+                cmds: list[tuple] = []
+                for _i, cmd, asking in items:
+                    if asking:
+                        cmds.append(("ASKING",))
+                    cmds.append(cmd)
+                started.append((addr, node, items, len(cmds), node._start(cmds, deadline)))
+            out: dict[str, list] = {}
+            for addr, node, items, n, handshake in started:
+                raw = node._finish(n, handshake, deadline)
+                kept = []
+                pos = 0
+                for _i, _cmd, asking in items:
+                    pos += 1 if asking else 0  # the ASKING's own +OK
+                    kept.append(raw[pos])
+                    pos += 1
+                out[addr] = kept
+            return out
+        except _TRANSPORT as exc:
+            for _addr, node, *_ in started:
+                node.close()
+            raise _NodeFailed(addr, exc) from None
+
+    def _load_map(self, deadline: float) -> None:
+        """Read CLUSTER SLOTS from a known master or a seed, the first that answers."""
+        failure: _NodeFailed | None = None
+        for addr in dict.fromkeys([*self._masters, *self.seeds]):
+            node = self._node(addr)
+            try:
+                (reply,) = node._finish(1, node._start([("CLUSTER", "SLOTS")], deadline),
+                                        deadline)
+            except _Timeout as exc:
+                raise _NodeFailed(addr, exc) from None  # no time left for another seed
+            except _TRANSPORT as exc:
+                failure = _NodeFailed(addr, exc)
+                continue
+            if isinstance(reply, RedisReplyError):
+                raise RedisReplyError(f"{addr} gave no slot map: {reply.message}")
+            slots: list[str | None] = [None] * SLOTS
+            masters: dict[str, None] = {}
+            for entry in reply or ():
+                start, end, master = int(entry[0]), int(entry[1]), entry[2]
+                host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+                target = _node_address(f"{host}:{int(master[1])}", addr)
+                masters[target] = None
+                for slot in range(start, end + 1):
+                    slots[slot] = target
+            self._slots = slots
+            self._masters = list(masters)
+            self._map_stale = False
+            self.map_loads += 1
+            return
+        assert failure is not None
+        raise failure
+
+
+def _node_address(text: str, asked: str) -> str:
+    """host:port of a node as the cluster names it ("" or "?" host: the one we asked)."""
+    host, _, port = text.rpartition(":")
+    if host in ("", "?"):
+        host = asked.rpartition(":")[0]
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _parse_cluster_url(url: str) -> tuple[list[str], str]:
+    """(seed "host:port" list, "user:password@" or "") from a redis+cluster:// URL."""
+    rest = url[len(CLUSTER_SCHEME):]
+    rest, _, path = rest.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"{url}: a Redis Cluster has only database 0")
+    userinfo, _, hosts = rest.rpartition("@")
+    seeds = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, port = item[1:].partition("]")
+            port = port.lstrip(":")
+            host = f"[{host}]"
+        else:
+            host, _, port = item.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise ValueError(f"{url}: bad seed node {item!r} (want host:port)")
+        seeds.append(f"{host}:{port or 6379}")
+    if not seeds:
+        raise ValueError(f"{url}: no seed node")
+    return seeds, (userinfo + "@" if userinfo else "")

@@ -83,52 +83,79 @@ local function extend(k, s)
 end
 """.replace("@FINAL@", _FINAL_LUA)
 
-# KEYS: 1 index, 2 xfer, 3 log, 4 deadlines, then the rate and tie keys when used.
+# KEYS: 1 index, 2 xfer, 3 log, then (single Redis only) 4 deadlines and the rate and tie
+#       keys when used.
 # ARGV: 1 refer_id, 2 call_id, 3 now, 4 deadline, 5 ttl, 6 max_per_call, 7 rate_limit,
-#       8 rate key position, 9 tie key position, 10 target, 11 detail, 12.. field pairs
+#       8 rate key position, 9 tie key position, 10 target, 11 detail,
+#       12 the rate count made before the script ('' : count here, in KEYS[ARGV[8]]),
+#       13 the tie key's name ('' : none), 14.. field pairs
+# On a Cluster no deadlines/rate/tie key is passed: the store writes them around the script.
 CREATE_LUA = _COMMON + """
 local idx, xk, lk, dls = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid, cid, now, dl, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local rk, tk = KEYS[tonumber(ARGV[8])], KEYS[tonumber(ARGV[9])]
+local counted = ARGV[12]
 local n = redis.call('HLEN', idx)
 if redis.call('EXISTS', xk) == 1 then
-  return {0, 'duplicate', n, rk and tonumber(redis.call('GET', rk) or '0') or 0}
+  local c = 0
+  if rk then c = tonumber(redis.call('GET', rk) or '0')
+  elseif counted ~= '' then c = tonumber(counted) end
+  local r = redis.call('HMGET', xk, 'state', 'tie_key', 'target')
+  return {0, 'duplicate', n, c, r[1] or '', r[2] or '', r[3] or ''}
 end
 local c = 0
 if rk then
   c = redis.call('INCR', rk)
   redis.call('EXPIRE', rk, 120)
+elseif counted ~= '' then
+  c = tonumber(counted)
 end
 if ARGV[6] ~= '' and n >= tonumber(ARGV[6]) then return {0, 'per-call-limit', n, c} end
 if ARGV[7] ~= '' and c > tonumber(ARGV[7]) then return {0, 'rate-limit', n, c} end
 local member = cid .. '\\31' .. rid
 local h = {'state', 'refer-seen', 'call_id', cid, 'refer_id', rid, 'created_at', now,
   'updated_at', now, 'deadline', dl, 'events', 1, 'last_event', 'refer'}
+if ARGV[13] ~= '' then
+  h[#h + 1] = 'tie_key'; h[#h + 1] = ARGV[13]; h[#h + 1] = 'tie_field'; h[#h + 1] = member
+end
 if tk then
-  h[#h + 1] = 'tie_key'; h[#h + 1] = tk; h[#h + 1] = 'tie_field'; h[#h + 1] = member
   redis.call('HSET', tk, member, ARGV[10])
   extend(tk, ttl)
 end
-for i = 12, #ARGV do h[#h + 1] = ARGV[i] end
+for i = 14, #ARGV do h[#h + 1] = ARGV[i] end
 redis.call('HSET', xk, unpack(h))
 redis.call('HSET', idx, rid, 'refer-seen')
-redis.call('ZADD', dls, dl, member)
+if dls then
+  redis.call('ZADD', dls, dl, member)
+  extend(dls, ttl)
+end
 redis.call('DEL', lk)
 redis.call('RPUSH', lk, now .. '|refer|new|refer-seen|applied|' .. ARGV[11])
 redis.call('EXPIRE', xk, ttl)
 redis.call('EXPIRE', lk, ttl)
 extend(idx, ttl)
-extend(dls, ttl)
 return {1, 'created', n + 1, c}
 """
 
-# KEYS: 1 index, 2 deadlines, 3 stream, [4 xfer, 5 log when the refer_id is known]
+# Single Redis (ARGV[12] ''):  KEYS 1 index, 2 deadlines, 3 stream, [4 xfer, 5 log]
+# Cluster (ARGV[12] '1'):      KEYS 1 index, [2 xfer, 3 log]  (the call's slot only)
+# (xfer and log are passed when the refer_id is known; for a NOTIFY without ;id= they are
+# named from the index, in the same slot.)
 # ARGV: 1 event, 2 refer_id or '', 3 call_id, 4 now, 5 deadline or '', 6 detail,
 #       7 done ttl, 8 stream maxlen, 9 ttl margin, 10 log maxlen, 11 xfer key base,
-#       12.. field pairs
+#       12 cluster flag, 13.. field pairs
+# Returns {refer_id, old, new, outcome, final, todo, ...}; todo says what the store must do
+# on a Cluster after the script (on a single Redis the script did it already):
+#   'final', tie key, tie field, the record's field/value pairs: stream it, drop the
+#            deadline and the tie entry (also for a replay of the event that finalised it)
+#   'lowered': the deadline moved earlier: lower the index entry to it
+#   'not-due', deadline: an EXPIRY before the record's own deadline: re-index it there
+#   'drop':    an EXPIRY for a transfer gone or already final: drop the index entry
 APPLY_LUA = _COMMON + """
 local T = [==[@TABLE@]==]
-local idx, dls, stream = KEYS[1], KEYS[2], KEYS[3]
+local cluster = ARGV[12] == '1'
+local idx, dls, stream, first = KEYS[1], KEYS[2], KEYS[3], 4
+if cluster then dls, stream, first = nil, nil, 2 end
 local ev, rid, cid, now, dl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local done_ttl, margin, logmax = tonumber(ARGV[7]), tonumber(ARGV[9]), tonumber(ARGV[10])
 if rid == '' then
@@ -136,16 +163,42 @@ if rid == '' then
   for i = 1, #all, 2 do
     if not FINAL[all[i + 1]] then n = n + 1; rid = all[i] end
   end
-  if n == 0 then return {'', '', '', 'unknown', 0} end
-  if n > 1 then return {'', '', '', 'ambiguous', 0} end
+  if n == 0 then return {'', '', '', 'unknown', 0, ''} end
+  if n > 1 then return {'', '', '', 'ambiguous', 0, ''} end
 end
-local xk = KEYS[4] or (ARGV[11] .. rid)
-local lk = KEYS[5] or (xk .. ':log')
+local xk = KEYS[first] or (ARGV[11] .. rid)
+local lk = KEYS[first + 1] or (xk .. ':log')
 local member = cid .. '\\31' .. rid
-local old = redis.call('HGET', xk, 'state')
+local function record()
+  local all = redis.call('HGETALL', xk)
+  all[#all + 1] = 'key'; all[#all + 1] = xk
+  return all
+end
+local function finished(old, new)
+  local tie = redis.call('HMGET', xk, 'tie_key', 'tie_field')
+  local out = {rid, old, new, 'applied', 1, 'final', tie[1] or '', tie[2] or ''}
+  for _, v in ipairs(record()) do out[#out + 1] = v end
+  return out
+end
+local cur = redis.call('HMGET', xk, 'state', 'deadline')
+local old = cur[1]
 if not old then
-  redis.call('ZREM', dls, member)
-  return {rid, '', '', 'unknown', 0}
+  if dls then redis.call('ZREM', dls, member) end
+  return {rid, '', '', 'unknown', 0, ev == 'expiry' and 'drop' or ''}
+end
+if FINAL[old] and cluster then
+  -- The same event at the same instant again: the journal replaying the event whose
+  -- reply was lost after the script had run.  Redo only the work after the script.
+  local last = redis.call('LINDEX', lk, -1) or ''
+  local ts, lev, lold, lnew, lout = string.match(last, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)')
+  if ts == now and lev == ev and lout == 'applied' and lnew == old and not FINAL[lold] then
+    return finished(lold, old)
+  end
+end
+if ev == 'expiry' and not FINAL[old] and cur[2] and tonumber(cur[2]) > tonumber(now) then
+  -- The sweep read a stale index entry (the deadline moved later): not due yet.
+  if dls then redis.call('ZADD', dls, cur[2], member) end
+  return {rid, old, old, 'ignored', 0, 'not-due', cur[2]}
 end
 local _, e = string.find(T, '"' .. old .. '|' .. ev .. '":"', 1, true)
 if not e then return redis.error_reply('ERR referee: no cell for ' .. old .. '|' .. ev) end
@@ -167,31 +220,41 @@ else
     h[#h + 1] = 'state'; h[#h + 1] = new
     redis.call('HSET', idx, rid, new)
   end
-  for i = 12, #ARGV do h[#h + 1] = ARGV[i] end
+  for i = 13, #ARGV do h[#h + 1] = ARGV[i] end
   redis.call('HSET', xk, unpack(h))
+end
+local todo = ''
+if ev == 'expiry' and FINAL[old] then
+  todo = 'drop'
+  if dls then redis.call('ZREM', dls, member) end
 end
 if final then
   redis.call('HSET', xk, 'final_at', now)
-  redis.call('ZREM', dls, member)
-  local tie = redis.call('HMGET', xk, 'tie_key', 'tie_field')
-  if tie[1] then redis.call('HDEL', tie[1], tie[2]) end
-  local all = redis.call('HGETALL', xk)
-  all[#all + 1] = 'key'; all[#all + 1] = xk
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[8], '*', unpack(all))
   redis.call('EXPIRE', xk, done_ttl)
   redis.call('EXPIRE', lk, done_ttl)
   extend(idx, done_ttl)
+  if cluster then return finished(old, new) end
+  redis.call('ZREM', dls, member)
+  local tie = redis.call('HMGET', xk, 'tie_key', 'tie_field')
+  if tie[1] then redis.call('HDEL', tie[1], tie[2]) end
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[8], '*', unpack(record()))
   extend(stream, done_ttl)
 elseif outcome ~= 'illegal' and dl ~= '' and not FINAL[new] then
+  -- An open transfer's keys never get a shorter TTL: whatever the index still says,
+  -- the record outlives it, so the sweep finds it (a moved deadline is then re-indexed).
   local ttl = math.max(math.ceil(tonumber(dl) - tonumber(now)), 0) + margin
-  redis.call('ZADD', dls, dl, member)
+  if dls then
+    redis.call('ZADD', dls, dl, member)
+    extend(dls, ttl)
+  elseif cur[2] and tonumber(dl) < tonumber(cur[2]) then
+    todo = 'lowered'
+  end
   redis.call('HSET', xk, 'deadline', dl)
-  redis.call('EXPIRE', xk, ttl)
-  redis.call('EXPIRE', lk, ttl)
+  extend(xk, ttl)
+  extend(lk, ttl)
   extend(idx, ttl)
-  extend(dls, ttl)
 end
-return {rid, old, new, outcome, final and 1 or 0}
+return {rid, old, new, outcome, final and 1 or 0, todo}
 """.replace("@TABLE@", table_as_json())
 
 # KEYS: 1 xfer, 2 log.  ARGV: 1 now, 2 detail, 3 log maxlen, 4.. field pairs
@@ -253,9 +316,14 @@ def normalise_refer_id(refer_id: str | int) -> str:
 
 
 class _Script:
+    """A script and its Cluster variant: the same text under a `#!lua` shebang, which makes
+    Redis (7.0+) itself refuse any access outside the slot of the script's keys."""
+
     def __init__(self, text: str):
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest()
+        self.cluster_text = "#!lua\n" + text
+        self.cluster_sha = hashlib.sha1(self.cluster_text.encode()).hexdigest()
 
 
 _CREATE = _Script(CREATE_LUA)
@@ -265,27 +333,51 @@ _ANNOTATE = _Script(ANNOTATE_LUA)
 
 class ScriptStore:
     """What every referee store shares: a client, a brace-free key prefix, and scripts run
-    by EVALSHA with EVAL as the fallback after a NOSCRIPT (a restarted or flushed Redis).
+    by EVALSHA with EVAL as the fallback after a NOSCRIPT (a restarted or flushed Redis, or
+    a Cluster node that has not seen the script yet).
 
-    `client` is anything with `.call(*args)` (kemi.resp.RespClient) or redis-py's
-    `execute_command`.  Transport errors propagate: the caller picks fail-open/closed.
+    `client` is anything with `.call(*args)` (kemi.resp.RespClient / ClusterClient) or
+    redis-py's `execute_command`.  A client whose `cluster` attribute is true gets the
+    Cluster path (scripts confined to the call's slot).  Transport errors propagate: the
+    caller picks fail-open/closed.
     """
 
     def __init__(self, client: Any, prefix: str):
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix {prefix!r} must be non-empty and brace-free")
+        self._client = client
         self._call = getattr(client, "call", None) or client.execute_command
+        self.cluster = getattr(client, "cluster", False) is True  # redis-py: a method
         self.prefix = prefix
         self.noscript_fallbacks = 0
 
     def _eval(self, script: _Script, keys: list[str], args: list[str]):
+        sha, text = (script.cluster_sha, script.cluster_text) if self.cluster else (
+            script.sha, script.text)
         try:
-            return self._call("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self._call("EVALSHA", sha, len(keys), *keys, *args)
         except Exception as exc:
             if not _is_noscript(exc):
                 raise
         self.noscript_fallbacks += 1
-        return self._call("EVAL", script.text, len(keys), *keys, *args)
+        return self._call("EVAL", text, len(keys), *keys, *args)
+
+    def _pipeline(self, commands: list[tuple]) -> list:
+        """Commands in one round trip (grouped by node on a Cluster); an error reply raises
+        (after all ran), as `call` would."""
+        pipeline = getattr(self._client, "pipeline", None) if hasattr(self._client, "call") \
+            else None
+        if pipeline is not None:
+            replies = pipeline(commands)
+        else:  # redis-py
+            p = self._client.pipeline(transaction=False)
+            for c in commands:
+                p.execute_command(*c)
+            replies = p.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
 
 class TransferStore(ScriptStore):
@@ -380,14 +472,6 @@ class TransferStore(ScriptStore):
         """
         rid = normalise_refer_id(refer_id)
         xk = self.xfer_key(call_id, rid)
-        keys = [self.index_key(call_id), xk, xk + ":log", self.deadlines_key]
-        rate_pos = tie_pos = 0
-        if transferor:
-            keys.append(self.rate_key(transferor, now))
-            rate_pos = len(keys)
-        if transferee:
-            keys.append(self.tie_key(transferee))
-            tie_pos = len(keys)
         identity = {"call_id": call_id, "refer_id": rid, "transferor": transferor,
                     "transferee": transferee, "target": target}
         extra = self._field_args(
@@ -398,14 +482,107 @@ class TransferStore(ScriptStore):
         for name in ("transferor", "transferee", "target"):
             if identity[name] is not None:
                 extra += [name, identity[name]]
+        ttl = self._ttl(now, deadline)
+        keys = [self.index_key(call_id), xk, xk + ":log"]
+        rate_pos = tie_pos = 0
+        tk = self.tie_key(transferee) if transferee else ""
+        counted = ""
+        member = f"{call_id}{SEP}{rid}"
+        if self.cluster:
+            counted = self._before_create(member, now, deadline, ttl, transferor, tk, target)
+        else:
+            keys.append(self.deadlines_key)
+            if transferor:
+                keys.append(self.rate_key(transferor, now))
+                rate_pos = len(keys)
+            if tk:
+                keys.append(tk)
+                tie_pos = len(keys)
         args = [
-            rid, call_id, f"{now:.3f}", f"{deadline:.3f}", str(self._ttl(now, deadline)),
+            rid, call_id, f"{now:.3f}", f"{deadline:.3f}", str(ttl),
             "" if max_per_call is None else str(max_per_call),
             "" if rate_limit is None else str(rate_limit),
-            str(rate_pos), str(tie_pos), target or "", detail, *extra,
+            str(rate_pos), str(tie_pos), target or "", detail, counted, tk, *extra,
         ]
-        created, reason, n, count = self._eval(_CREATE, keys, args)
-        return CreateResult(bool(int(created)), _s(reason), int(n), int(count))  # type: ignore[arg-type]
+        reply = self._eval(_CREATE, keys, args)
+        created, reason, n, count = reply[:4]
+        result = CreateResult(bool(int(created)), _s(reason), int(n), int(count))  # type: ignore[arg-type]
+        if self.cluster and not result.created:
+            result.refers_this_minute = self._undo_create(
+                result, reply, member, now, transferor, tk
+            )
+        return result
+
+    # -- the Cluster path: the cross-slot keys, written around the call's script
+
+    @staticmethod
+    def _extend(key: str, ttl: int) -> list[tuple]:
+        """Give a shared key at least `ttl` seconds, never less than it has (Redis 7.0)."""
+        return [("EXPIRE", key, ttl, "NX"), ("EXPIRE", key, ttl, "GT")]
+
+    def _before_create(self, member: str, now: float, deadline: float, ttl: int,
+                       transferor: str | None, tk: str, target: str | None) -> str:
+        """Deadline entry, tie entry and rate count, before the script: a crash after this
+        leaves entries for a transfer that does not exist, which the sweep and
+        find_for_invite discard; the other order could leave a transfer nobody expires."""
+        cmds: list[tuple] = []
+        if transferor:
+            rk = self.rate_key(transferor, now)
+            cmds += [("INCR", rk), ("EXPIRE", rk, 120)]
+        cmds += [("ZADD", self.deadlines_key, "LT", f"{deadline:.3f}", member),
+                 *self._extend(self.deadlines_key, ttl)]
+        if tk:
+            cmds += [("HSET", tk, member, target or ""), *self._extend(tk, ttl)]
+        replies = self._pipeline(cmds)
+        return str(int(replies[0])) if transferor else ""
+
+    def _undo_create(self, result: CreateResult, reply: list, member: str, now: float,
+                     transferor: str | None, tk: str) -> int:
+        """A REFER the script refused: take back the entries written for it.  A duplicate
+        is not counted and leaves the first REFER's entries as they were."""
+        cmds: list[tuple] = []
+        count = result.refers_this_minute
+        if result.reason == "duplicate":
+            state, first_tie, first_target = (_s(x) for x in reply[4:7])
+            is_open = bool(state) and State(state) not in FINAL
+            if transferor:
+                cmds.append(("DECR", self.rate_key(transferor, now)))
+                count = max(count - 1, 0)
+            if tk and not (is_open and first_tie == tk):
+                cmds.append(("HDEL", tk, member))
+            if is_open and first_tie:
+                cmds.append(("HSET", first_tie, member, first_target))
+        else:
+            cmds.append(("ZREM", self.deadlines_key, member))
+            if tk:
+                cmds.append(("HDEL", tk, member))
+        if cmds:
+            self._pipeline(cmds)
+        return count
+
+    def _after_apply(self, event: Event, rid: str, call_id: str, reply: list,
+                     deadline: float | None) -> None:
+        """What the Cluster script left to do outside the call's slot (see APPLY_LUA)."""
+        todo = _s(reply[5]) if len(reply) > 5 else ""
+        member = f"{call_id}{SEP}{rid}"
+        if todo == "final":
+            tie_key, tie_field = _s(reply[6]), _s(reply[7])
+            cmds: list[tuple] = [
+                ("XADD", self.stream_key, "MAXLEN", "~", self.stream_maxlen, "*", *reply[8:]),
+                *self._extend(self.stream_key, self.done_ttl_s),
+                ("ZREM", self.deadlines_key, member),
+            ]
+            if tie_key:
+                cmds.append(("HDEL", tie_key, tie_field))
+        elif todo == "lowered" and deadline is not None:
+            cmds = [("ZADD", self.deadlines_key, "XX", "LT", f"{deadline:.3f}", member)]
+        elif todo == "not-due":
+            cmds = [("ZADD", self.deadlines_key, "XX", _s(reply[6]), member)]
+        elif todo == "drop" and event is Event.EXPIRY:
+            cmds = [("ZREM", self.deadlines_key, member)]
+        else:
+            return
+        self._pipeline(cmds)
 
     def apply(
         self,
@@ -421,9 +598,13 @@ class TransferStore(ScriptStore):
 
         refer_id None (a NOTIFY without ;id=) means the dialog's only open transfer.
         A refer_id that is not a CSeq number cannot name a transfer: "unknown", no trip.
+        EXPIRY before the transfer's own deadline (the sweep read a stale index entry) is
+        "ignored" and re-indexes it.
         """
         event = Event(event)
-        keys = [self.index_key(call_id), self.deadlines_key, self.stream_key]
+        keys = [self.index_key(call_id)]
+        if not self.cluster:
+            keys += [self.deadlines_key, self.stream_key]
         rid = ""
         if refer_id is not None:
             try:
@@ -436,10 +617,15 @@ class TransferStore(ScriptStore):
             event.value, rid, call_id, f"{now:.3f}",
             "" if deadline is None else f"{deadline:.3f}", detail,
             str(self.done_ttl_s), str(self.stream_maxlen), str(self.ttl_margin_s),
-            str(self.log_maxlen), f"{self._base(call_id)}:xfer:", *self._field_args(fields),
+            str(self.log_maxlen), f"{self._base(call_id)}:xfer:", "1" if self.cluster else "",
+            *self._field_args(fields),
         ]
-        rid_out, old, new, outcome, final = self._eval(_APPLY, keys, args)
+        reply = self._eval(_APPLY, keys, args)
+        rid_out, old, new, outcome, final = reply[:5]
         rid_text, old_text, new_text = _s(rid_out), _s(old), _s(new)
+        if self.cluster and rid_text:
+            # If this raises, the glue spools the event; its replay redoes only this part.
+            self._after_apply(event, rid_text, call_id, reply, deadline)
         return ApplyResult(
             refer_id=rid_text or None,
             old=State(old_text) if old_text else None,
@@ -466,11 +652,33 @@ class TransferStore(ScriptStore):
         return self.apply(call_id, refer_id, Event.REFER_REJECTED, now, fields, detail=detail)
 
     def find_for_invite(self, transferee_aor: str) -> list[tuple[str, str, str]]:
-        """Open transfers whose transferee is this AOR: (call_id, refer_id, target)."""
+        """Open transfers whose transferee is this AOR: (call_id, refer_id, target).
+
+        On a Cluster the tie hash is written outside the transfer's script, so an entry
+        may outlive its transfer (a crash between the steps): each entry is checked
+        against its dialog's index (one more pipelined trip, only when there are entries)
+        and a closed transfer's entry is dropped, so it never decides an INVITE."""
+        tk = self.tie_key(transferee_aor)
         out = []
-        for member, target in _pairs(self._call("HGETALL", self.tie_key(transferee_aor))).items():
+        for member, target in _pairs(self._call("HGETALL", tk)).items():
             call_id, _, rid = member.rpartition(SEP)
             out.append((call_id, rid, target))
+        if self.cluster and out:
+            states = self._pipeline([("HGET", self.index_key(cid), rid) for cid, rid, _ in out])
+            kept, stale = [], []
+            for entry, state in zip(out, states, strict=True):
+                if state is None:
+                    continue  # not (yet) created: a create may be under way
+                if State(_s(state)) in FINAL:
+                    stale.append(f"{entry[0]}{SEP}{entry[1]}")
+                else:
+                    kept.append(entry)
+            if stale:
+                try:
+                    self._call("HDEL", tk, *stale)
+                except Exception:  # noqa: BLE001 - only tidying: they are filtered anyway
+                    pass
+            out = kept
         return sorted(out)
 
     def due(self, now: float, limit: int = 100) -> list[tuple[str, str]]:

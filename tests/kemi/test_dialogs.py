@@ -1,5 +1,6 @@
-"""The dialog index against a real redis-server: each SIP event one round trip, the Lua
-agreeing with kemi.dialogs' table cell by cell, every key with a TTL, and RFC 3891
+"""The dialog index against a real redis-server and a real 3-master Redis Cluster (the
+`raw`/`dialogs` fixtures run each behaviour test on both): each SIP event one round trip,
+the Lua agreeing with kemi.dialogs' table cell by cell, every key with a TTL, and RFC 3891
 matching from the middle (either side's tag may be the recipient's)."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kemi.replaces import ApprovedRefer, InviteReplacesOk, check_invite_replaces
 from kemi.resp import RespClient
 from kemi.sip.headers import parse_refer_to
 from kemi.store import call_tag
+from tests.support.redis_cluster import all_keys, redis_cluster  # noqa: F401 - a fixture
 
 NOW = 1_700_000_000.0
 CID = "consult-7f3a@pc33.atlanta.example.com"
@@ -40,9 +42,15 @@ class Counting:
         return fn(*args)
 
 
-@pytest.fixture
-def raw(redis_server):
-    c = RespClient(redis_server.url, timeout_s=5)
+@pytest.fixture(params=["single", "cluster"])
+def raw(request):
+    """A client of a fresh single Redis, or of the module's (flushed) Redis Cluster."""
+    if request.param == "single":
+        c = RespClient(request.getfixturevalue("redis_server").url, timeout_s=5)
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        c = RespClient(cluster.url, timeout_s=5)
     yield c
     c.close()
 
@@ -61,7 +69,7 @@ def respond(ds: DialogStore, event, to_tag, call_id=CID, tag="a1", now=NOW + 1):
 
 
 def ttls(raw: RespClient) -> dict[str, int]:
-    return {k.decode(): raw.call("TTL", k) for k in raw.call("KEYS", "*")}
+    return {k: raw.call("TTL", k) for k in all_keys(raw)}
 
 
 # ----------------------------------------------------------------- events
@@ -114,7 +122,7 @@ def test_final_failure_ends_it_kept_for_the_ended_ttl(dialogs, raw):
 
 def test_a_failure_with_no_record_writes_nothing(dialogs, raw):
     assert respond(dialogs, E.FAILED, "m1") is None
-    assert raw.call("KEYS", "*") == []
+    assert all_keys(raw) == []
 
 
 @pytest.mark.parametrize(
@@ -136,7 +144,7 @@ def test_bye_matching_only_one_tag_touches_nothing(dialogs, raw):
     for from_tag, to_tag in (("a1", "x9"), ("x9", "a1"), ("m1", "x9"), ("a1", "")):
         assert dialogs.record(E.BYE, CID, from_tag, NOW + 60, callee_tag=to_tag) is None
     assert dialogs.get(CID, "a1").state is S.CONFIRMED
-    assert len(raw.call("KEYS", "*")) == 1
+    assert len(all_keys(raw)) == 1
 
 
 def test_refresh_renews_an_open_dialog_ttl(dialogs, raw):
@@ -362,11 +370,11 @@ def test_matching_needs_the_callee_tag():
 # ----------------------------------------------------------------- the attended flow
 
 
-def test_an_attended_transfer_checked_against_the_shared_index(redis_server):
+def test_an_attended_transfer_checked_against_the_shared_index(raw):
     """Marsha's INVITE from McKenzie, handled by node k2, is judged on the dialog node k1
     indexed: the transferee of the approved REFER passes, a copycat does not."""
-    k1 = DialogStore(RespClient(redis_server.url, timeout_s=5))
-    k2 = DialogStore(RespClient(redis_server.url, timeout_s=5))
+    k1 = DialogStore(RespClient(raw.url, timeout_s=5))
+    k2 = DialogStore(RespClient(raw.url, timeout_s=5))
     invite(k1)
     respond(k1, E.ANSWERED, "m1")
     refer_to = parse_refer_to(

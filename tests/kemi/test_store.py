@@ -1,5 +1,8 @@
-"""The transfer store against a real redis-server: one round trip per event, atomic under
-concurrency, the Lua agreeing with kemi.state cell by cell, every key with a TTL."""
+"""The transfer store against a real redis-server and a real 3-master Redis Cluster (the
+`raw`/`store` fixtures run each behaviour test on both): one round trip per event on a
+single Redis, atomic under concurrency, the Lua agreeing with kemi.state cell by cell,
+every key with a TTL.  Cluster-only behaviour (routing, MOVED, crash between the steps)
+is in test_cluster.py."""
 
 from __future__ import annotations
 
@@ -11,27 +14,46 @@ import redis
 from kemi.resp import RespClient
 from kemi.state import FINAL, Event, State, step
 from kemi.store import SEP, ApplyResult, CreateResult, TransferStore, call_tag
+from tests.support.redis_cluster import all_keys, redis_cluster  # noqa: F401 - a fixture
 
 NOW = 1_700_000_000.0
 CID = "a84b4c76e66710@pc33.atlanta.example.com"
 
 
 class Counting:
-    """A client wrapper that counts round trips."""
+    """A client wrapper that counts round trips: a call is one, a pipeline is one (its
+    commands are sent before any reply is read), recorded as "PIPELINE:CMD,CMD"."""
 
     def __init__(self, inner):
         self.inner = inner
         self.calls: list[str] = []
+        self.cluster = getattr(inner, "cluster", False) is True
 
     def call(self, *args):
         self.calls.append(str(args[0]))
         fn = getattr(self.inner, "call", None) or self.inner.execute_command
         return fn(*args)
 
+    def pipeline(self, commands):
+        self.calls.append("PIPELINE:" + ",".join(str(c[0]) for c in commands))
+        if hasattr(self.inner, "call"):
+            return self.inner.pipeline(commands)
+        p = self.inner.pipeline(transaction=False)
+        for c in commands:
+            p.execute_command(*c)
+        return p.execute(raise_on_error=False)
 
-@pytest.fixture
-def raw(redis_server):
-    c = RespClient(redis_server.url, timeout_s=5)
+
+@pytest.fixture(params=["single", "cluster"])
+def raw(request):
+    """A client of a fresh single Redis, or of the module's (flushed) Redis Cluster."""
+    if request.param == "single":
+        c = RespClient(request.getfixturevalue("redis_server").url, timeout_s=5)
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        c = RespClient(cluster.url, timeout_s=5)
+        assert c.cluster
     yield c
     c.close()
 
@@ -52,7 +74,7 @@ def _create(store: TransferStore, call_id=CID, refer_id="1", **kw) -> CreateResu
 
 
 def assert_every_key_has_ttl(raw: RespClient) -> list[str]:
-    keys = [k.decode() for k in raw.call("KEYS", "*")]
+    keys = all_keys(raw)
     for key in keys:
         assert raw.call("TTL", key) > 0, key
     return keys
@@ -97,7 +119,7 @@ def test_lua_agrees_with_the_table_for_every_cell(store, raw):
         for event in Event:
             n += 1
             cid = f"cell-{n}"
-            _create(store, call_id=cid, transferee=None)
+            _create(store, call_id=cid, transferee=None, deadline=NOW)  # EXPIRY is due
             raw.call("HSET", store.xfer_key(cid, "1"), "state", state.value)
             raw.call("HSET", store.index_key(cid), "1", state.value)
             want = step(state, event)
@@ -114,7 +136,7 @@ def test_lua_agrees_with_the_table_for_every_cell(store, raw):
 def test_unknown_transfer_touches_nothing(store, raw):
     r = store.apply(CID, "5", Event.NOTIFY_SUCCESS, NOW)
     assert r == ApplyResult("5", None, None, "unknown", False)
-    assert raw.call("KEYS", "*") == []
+    assert all_keys(raw) == []
     # A refer id that is no CSeq number cannot name a transfer: no round trip at all.
     counted = Counting(raw)
     assert TransferStore(counted).apply(CID, "abc", Event.NOTIFY_SUCCESS, NOW).outcome == (
@@ -171,7 +193,7 @@ FINAL_PATHS = {
 
 @pytest.mark.parametrize("path", sorted(FINAL_PATHS))
 def test_final_transition_streams_and_sets_ttls(store, raw, path):
-    _create(store, refer_id="3")
+    _create(store, refer_id="3", deadline=NOW + 1)  # due when the "expired" path expires it
     _create(store, refer_id="4", transferee=None)  # a second, open transfer in the dialog
     events = FINAL_PATHS[path]
     results = [store.apply(CID, "3", ev, NOW + i, {f"f{i}": "v"}) for i, ev in
@@ -317,24 +339,48 @@ def test_brace_prefix_refused():
 # ----------------------------------------------------------------- deadlines
 
 
+def sweep(store: TransferStore, now: float) -> list[tuple[str, str]]:
+    """What the glue's rtimer does: EXPIRY for each entry due() lists; the ones it closed."""
+    return [(cid, rid) for cid, rid in store.due(now)
+            if store.apply(cid, rid, Event.EXPIRY, now, detail="sweep").final]
+
+
 def test_deadlines_expiry_sweep_and_ttl(store, raw):
     _create(store, refer_id="1", deadline=NOW + 60)
     _create(store, refer_id="2", deadline=NOW + 600)
     xk = store.xfer_key(CID, "1")
+
+    def score() -> float:
+        return float(raw.call("ZSCORE", store.deadlines_key, f"{CID}{SEP}1"))
+
     assert 355 <= raw.call("TTL", xk) <= 360  # deadline + margin
-    # A NOTIFY's expires moves the deadline (and the TTL).
+    # A NOTIFY's expires moves the deadline (and the TTL).  A single Redis moves the index
+    # entry in the same script; on a Cluster the entry keeps the earlier score (never a
+    # later one than the record's) until the sweep finds the transfer not due and
+    # re-indexes it -- an early entry costs a look, a late one could lose an expiry.
     store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1, deadline=NOW + 1200)
-    assert float(raw.call("ZSCORE", store.deadlines_key, f"{CID}{SEP}1")) == NOW + 1200
+    assert score() == (NOW + 60 if store.cluster else NOW + 1200)
     assert 1490 <= raw.call("TTL", xk) <= 1500
     assert store.get(CID, "1")["deadline"] == f"{NOW + 1200:.3f}"
     # An illegal event does not move it.
     store.apply(CID, "1", Event.REFER_REJECTED, NOW + 2, deadline=NOW + 5)
-    assert float(raw.call("ZSCORE", store.deadlines_key, f"{CID}{SEP}1")) == NOW + 1200
-    assert store.due(NOW + 700) == [(CID, "2")]
-    assert store.due(NOW + 2000) == [(CID, "2"), (CID, "1")]
-    assert store.due(NOW + 2000, limit=1) == [(CID, "2")]
-    for cid, rid in store.due(NOW + 2000):
-        assert store.apply(cid, rid, Event.EXPIRY, NOW + 2000).new == State.EXPIRED
+    assert store.get(CID, "1")["deadline"] == f"{NOW + 1200:.3f}"
+    assert score() == (NOW + 60 if store.cluster else NOW + 1200)
+    assert store.due(NOW + 700) == ([(CID, "1"), (CID, "2")] if store.cluster else [(CID, "2")])
+    assert store.due(NOW + 700, limit=1) == [(CID, "1" if store.cluster else "2")]
+    # Only 2 is due; 1 is not, whatever the index said (an EXPIRY checks the record).
+    assert store.apply(CID, "1", Event.EXPIRY, NOW + 700).outcome == "ignored"
+    assert sweep(store, NOW + 700) == [(CID, "2")]
+    assert score() == NOW + 1200 and store.due(NOW + 700) == []
+    assert store.get(CID, "1")["state"] == "accepted"
+    # A deadline moved earlier moves the index entry with it, in both modes; the record's
+    # TTL is not shortened (so it outlives any entry a crash could have left behind).
+    store.apply(CID, "1", Event.NOTIFY_TRYING, NOW + 701, deadline=NOW + 800)
+    assert score() == NOW + 800
+    assert raw.call("TTL", xk) >= 1490
+    assert sweep(store, NOW + 799) == []
+    assert sweep(store, NOW + 800) == [(CID, "1")]
+    assert store.get(CID, "1")["state"] == "expired"
     assert store.due(NOW + 2000) == []
     assert_every_key_has_ttl(raw)
 
@@ -399,13 +445,13 @@ def _racer(url: str, me: int, rounds: int, start, out) -> None:
     out.put((me, results))
 
 
-def test_concurrent_events_lose_no_update(redis_server, store, raw):
+def test_concurrent_events_lose_no_update(store, raw):
     rounds = 300
     _create(store, transferee=None)
     store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_racer, args=(redis_server.url, me, rounds, start, out))
+    procs = [ctx.Process(target=_racer, args=(raw.url, me, rounds, start, out))
              for me in range(2)]
     for p in procs:
         p.start()
