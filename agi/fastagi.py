@@ -128,6 +128,11 @@ class FastAGIServer:
     def shutdown(self, grace_s: float = 5.0) -> None:
         """Stop accepting; give running sessions `grace_s` to end, then cut them."""
         self._stopping.set()
+        if self._listener is not None:
+            # shutdown() on a listening socket refuses new connections at once and wakes
+            # a blocked accept() (Linux); close() alone would leave the backlog open.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
         acceptor = self._accept_thread
         if acceptor is not None and acceptor is not threading.current_thread():
             acceptor.join()
@@ -217,6 +222,8 @@ class FastAGIServer:
         finally:
             if conn.session is not None:
                 conn.session.close()  # the makefile()s hold the fd open until closed
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)  # ends the TCP session whatever refs
             with contextlib.suppress(OSError):
                 conn.sock.close()
             with self._lock:

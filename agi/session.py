@@ -179,7 +179,11 @@ class AGISession(AGI):
         try:
             self._get_agi_env()
         except TimeoutError:
+            self.close()
             raise AGIProtocolError(f"no complete agi_ environment in {env_timeout_s} s") from None
+        except Exception:
+            self.close()
+            raise
         if sock is not None:
             sock.settimeout(None)
 
