@@ -198,6 +198,7 @@ class AmiController:
         claim_idle_s: float = 600.0,
         claim_every_s: float = 60.0,
         action_timeout_s: float = 5.0,
+        connect_timeout_s: float = 5.0,
         backoff_max_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         session_factory: Callable[[], AmiSession] | None = None,
@@ -211,6 +212,7 @@ class AmiController:
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.claim_every_s = claim_every_s
         self.backoff_max_s = backoff_max_s
+        self.connect_timeout_s = connect_timeout_s
         self.clock = clock
         self.follower = Follower(follow or follow_settings(settings))
         self._session_factory = session_factory or (lambda: AmiSession(action_timeout_s))
@@ -248,7 +250,7 @@ class AmiController:
     def _login(self) -> bool:
         session = self._session_factory()
         try:
-            session.connect(self.a.ami_host, self.a.ami_port)
+            session.connect(self.a.ami_host, self.a.ami_port, self.connect_timeout_s)
             session.register_event("*", self._on_event)
             session.login(self.a.ami_user, self.a.ami_secret)
         except ManagerAuthException as exc:
