@@ -17,7 +17,9 @@ from typing import NoReturn
 
 from kemi import config
 
-COMMAND_MODULES = ("kemi.cli_policy", "kemi.cli_transfers", "kemi.cli_demo")
+COMMAND_MODULES = (
+    "kemi.cli_policy", "kemi.cli_transfers", "kemi.cli_demo", "kemi.cli_asterisk",
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
