@@ -16,6 +16,9 @@ DEFAULT_PATH = "/etc/referee/referee.toml"
 
 @dataclass(frozen=True)
 class RedisSettings:
+    # redis://host:port/db or unix:///path?db=N (one Redis, or a Sentinel-managed primary);
+    # redis+cluster://host:port,host:port,... for a Redis Cluster (seed nodes; the client
+    # is then kemi.resp.ClusterClient and the stores keep each script in one slot).
     url: str = "redis://127.0.0.1:6379/0"
     # Budget for one Redis round trip on the SIP path (connect + command), in ms.
     timeout_ms: int = 50

@@ -7,7 +7,9 @@ dialog was set up through, so the index lives in Redis, written like kemi.store:
 script per SIP event, one round trip, the table below applied in Lua from its JSON text.
 
 One record per (Call-ID, caller tag), keyed ``p:{tag}:dlg:<caller-tag>`` (tag =
-kemi.store.call_tag, so a call's dialogs and transfers share a Cluster slot).  Its one
+kemi.store.call_tag, so a call's dialogs and transfers share a Cluster slot; both
+scripts touch only that slot, so they run unchanged on a Cluster, where the `#!lua`
+variant ScriptStore sends makes Redis itself enforce it).  Its one
 key always has a TTL: ``setup_ttl_s`` while trying or early (each provisional renews it;
 an INVITE transaction cannot outlive that without one), ``open_ttl_s`` once confirmed
 (renewed by every event, "refresh" included), ``ended_ttl_s`` after it ends, never

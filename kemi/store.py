@@ -17,19 +17,44 @@ so every key of a dialog is hash-tagged to one Redis Cluster slot):
     p:finished                   stream every transfer when it turns final (XADD MAXLEN ~)
 
 Members end in "\\x1f<digits>", so rsplit gives back any Call-ID unchanged.  Every key has
-a TTL: an open transfer lives until its deadline + `ttl_margin_s`, a final one
-`done_ttl_s`; shared keys (index, deadlines, tie, stream) only ever have their TTL
-extended.  The stream therefore vanishes after `done_ttl_s` without a finished transfer:
-its reader must create its consumer group with MKSTREAM and expect that.
+a TTL: an open transfer lives until its deadline + `ttl_margin_s` (never shortened while
+it is open), a final one `done_ttl_s`; shared keys (index, deadlines, tie, stream) only
+ever have their TTL extended.  The stream therefore vanishes after `done_ttl_s` without a
+finished transfer: its reader must create its consumer group with MKSTREAM and expect that.
 
-Deployment: one script per event is atomic only on a single Redis (or a Sentinel-managed
-primary).  The deadlines, rate, tie and stream keys live outside the call's slot, and
-two keys are derived inside the script rather than passed in KEYS: the transfer hash of
-a NOTIFY without `;id=` (found through the dialog index, same slot) and, on a final
-transition, the tie hash (named in the transfer hash).  A Cluster deployment would need
-the script to touch only the call's slot (the per-dialog keys) and the cross-slot work
-(deadline, rate, tie, stream) moved to a second, non-atomic step or to per-slot keys
-swept separately.  Left for later.
+Deployment.  Single Redis or a Sentinel-managed primary (RespClient, redis-py): one script
+per event does everything -- the call's keys and the four shared ones -- atomically, in
+one round trip.  Redis Cluster (ClusterClient, `redis+cluster://` in [redis] url): the
+same scripts run under a `#!lua` shebang, so Redis itself refuses any key outside the
+call's slot, and they touch only the `p:{tag}:` keys (the transfer of a NOTIFY without
+`;id=` is named inside the script from the dialog's index: same tag, same slot).  The
+shared keys are not hash-tagged to the call -- each is one key, written by single-key
+commands, which is all a Cluster asks -- and are written around the script, in an order
+that makes a crash between two steps leave only entries that are harmless:
+
+* create: first, in one pipeline (grouped by node, sent before any reply is read): the
+  rate INCR (its count goes to the script as an argument), the deadline entry
+  (ZADD LT) and the tie entry; then the script.  A refused or duplicate REFER takes them
+  back (a third trip, only then).  Crash in between: a deadline entry without a transfer
+  (the sweep's EXPIRY finds it unknown and drops it), a tie entry without one
+  (find_for_invite ignores it), a count for a REFER never recorded (as a refused one).
+* apply: the script first; then, only when it says so: on a final transition XADD the
+  record it returns, ZREM the deadline, HDEL the tie; on a deadline moved earlier lower
+  the entry (ZADD XX LT).  A deadline moved later is left in the index at the earlier
+  score: the sweep's EXPIRY checks the record's own deadline, answers "ignored" (not
+  due) and re-indexes it.  So an entry is never later than its record's deadline, or,
+  after a lost "lower" step, the record (whose TTL is never shortened) outlives it.
+  Crash after a final script: apply raises, the glue spools the event (kemi.journal),
+  and its replay -- the same event at the same instant, which the script recognises in
+  the log -- redoes only the steps after it; meanwhile the stale tie entry is filtered
+  by find_for_invite (it checks each entry's state in its dialog's index) and the stale
+  deadline entry expires nothing (EXPIRY on a final transfer is ignored and drops it).
+
+Round trips (each a pipeline or one command): single Redis, 1 per REFER and per NOTIFY,
+as ever.  Cluster: REFER 2; NOTIFY 1, the final one 2, one moving the deadline earlier 2;
+referred INVITE lookup 2 when the transferee has open transfers; a node's first sight of
+a script adds the EVAL after its NOSCRIPT.  Cluster mode needs Redis 7.0 (EXPIRE NX/GT,
+script shebangs).
 """
 
 from __future__ import annotations
@@ -381,7 +406,8 @@ class ScriptStore:
 
 
 class TransferStore(ScriptStore):
-    """Transfers in Redis, one round trip per create/apply (EVALSHA; EVAL on NOSCRIPT).
+    """Transfers in Redis, one round trip per create/apply (EVALSHA; EVAL on NOSCRIPT) on a
+    single Redis; on a Cluster the steps around the script described in the module text.
 
     `client` is anything with `.call(*args)` (kemi.resp.RespClient) or redis-py's
     `execute_command`.  Transport errors propagate: the caller picks fail-open/closed.
