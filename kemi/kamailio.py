@@ -14,6 +14,14 @@ client's budget and its circuit breaker, and non-transfer traffic never reaches 
 unless [kamailio] dialog_index is on: then every initial INVITE, its responses and every
 BYE are recorded in the dialog index (kemi.dialogs), and a Replaces, in a REFER's
 Refer-To or an INVITE, is checked against it (kemi.replaces) before it is relayed.
+
+Anchored transfers ([anchored] in referee.toml, kemi.anchored): an in-dialog REFER sent
+to an Asterisk listed there is answered 202 here (mode "accept"), its NOTIFYs are sent by
+referee in Asterisk's name -- 100 at once, the rest from the Asterisk side's progress,
+read by the `referee_progress` rtimer, never by a SIP worker -- and the channels are
+moved by the AMI controller (a MoveJob on the Asterisk's job stream).  Because those
+NOTIFYs use CSeq numbers of Asterisk's direction, every later request Asterisk sends in
+that dialog is renumbered (kemi.cseq) and A's replies are numbered back.
 """
 
 from __future__ import annotations
@@ -24,18 +32,26 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi import config, replaces, transfer
+from kemi import anchored, config, replaces, transfer
+from kemi.anchor import PROGRESS_GROUP, AnchorError, Progress, jobs_key, progress_key, xfer_id
+from kemi.cseq import CSeqError, CSeqShift, parse_cseq_number
 from kemi.dialogs import DialogEvent, DialogStore, response_event
 from kemi.journal import Journal
 from kemi.policy.cache import PolicyCache, PolicyUnavailable
 from kemi.resp import CircuitBreaker, RedisError, RespClient
-from kemi.state import Event
+from kemi.state import Event, State
 from kemi.store import TransferStore
 
 CONTINUE = 1  # let the caller (cfg or proxy) go on routing
 HANDLED = 0  # referee answered; the cfg route must end here
 
 HTABLE = "referee"  # dialogs with a transfer on this node: Call-ID -> "from-tag|refer-id"
+# Anchored mode (see kamailio.cfg / kamailio-native.cfg for the modparams):
+AST_TABLE = "referee_ast"  # "ip:port" of each [anchored] Asterisk -> its name
+CSEQ_TABLE = "referee_cs"  # Call-ID -> the last CSeq an Asterisk sent in that dialog
+SHIFT_TABLE = "referee_x"  # Call-ID -> kemi.cseq state of a dialog referee NOTIFYs in
+JOBS_MAXLEN = 10000
+PROGRESS_BATCH = 50
 REPLY_ROUTE = "referee_reply"
 FAILURE_ROUTE = "referee_failure"
 
@@ -110,6 +126,12 @@ class Referee:
         self._client: RespClient | None = None
         self.dialog_index = self.settings.kamailio.dialog_index
         self.journal = Journal(self.settings.kamailio.journal_dir)
+        self.anchored = self.settings.anchored
+        self.asterisk_sources = {
+            _source_key(addr): name for name, addr in self.anchored.asterisk.items()
+        }
+        self._progress_ready = False  # consumer group made (progress timer process)
+        self._progress_pending = True  # claim our own unacknowledged entries first
 
     # -- process lifecycle -------------------------------------------------------------
     def child_init(self, rank: int) -> int:
@@ -117,6 +139,16 @@ class Referee:
         self._store = None
         self._dialogs = None
         self._client = None
+        self._progress_ready = False
+        self._progress_pending = True
+        # The cfg recognises an Asterisk's requests by source address in this table.
+        for addr, name in self.asterisk_sources.items():
+            try:
+                KSR.htable.sht_sets(AST_TABLE, addr, name)
+            except Exception as exc:  # noqa: BLE001 - htable missing: anchored mode off
+                _log(KSR.err, f"htable '{AST_TABLE}' unusable, anchored mode cannot work: "
+                              f"{exc}")
+                break
         return 0
 
     @property
@@ -163,9 +195,19 @@ class Referee:
             return self.on_bye()
         return CONTINUE
 
+    @route("request")
+    def referee_cseq(self, msg) -> int:
+        """A request from an [anchored] Asterisk in a dialog referee NOTIFYs in."""
+        return self.on_asterisk_request()
+
     @route("reply")
     def referee_reply(self, msg) -> int:
         return self.on_reply(int(KSR.pv.get("$rs") or 0))
+
+    @route("reply")
+    def referee_uac_reply(self, msg) -> int:
+        """A reply to a NOTIFY referee sent itself (no transaction route sees those)."""
+        return self.on_notify_reply(int(KSR.pv.get("$rs") or 0))
 
     @route("failure")
     def referee_failure(self, msg) -> int:
@@ -192,7 +234,21 @@ class Referee:
             res = self._apply(call_id, refer_id, Event.EXPIRY, detail="sweep")
             if res is not None and res.final:
                 _log(KSR.notice, f"transfer {call_id}/{refer_id} expired without a final NOTIFY")
+                self._expire_anchored(call_id, refer_id)
         return CONTINUE
+
+    def _expire_anchored(self, call_id: str, refer_id: str) -> None:
+        """referee is the notifier of an accepted anchored transfer: it ends A's
+        subscription itself when the Asterisk side never reported an outcome."""
+        if not self.anchored.asterisk:
+            return
+        try:
+            record = self.store.get(call_id, refer_id) or {}
+        except RedisError:
+            return
+        if record.get("anchor_mode") != "accept" or record.get("refer_sub") == "false":
+            return
+        self._notify_anchored(call_id, refer_id, record, 408, "Request Timeout", True, 0)
 
     # -- REFER ---------------------------------------------------------------------------
     def on_refer(self) -> int:
@@ -251,6 +307,7 @@ class Referee:
         now = time.time()
         d = plan.decision
         expiry = min(plan.expiry_s, self.settings.transfer.max_open_s)
+        asterisk, mode = self._anchoring(plan)
         try:
             res = self.store.create(
                 plan.call_id,
@@ -270,6 +327,11 @@ class Referee:
             reply = transfer.limit_reply(res.reason, d)
             _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered 403: {reply.warning}")
             return _send(reply)
+        if mode == "accept":
+            return self._accept_anchored(plan, asterisk, duplicate=not res.created, now=now)
+        if asterisk is not None:
+            # Relayed to the anchored Asterisk: its AGI finds the record by this header.
+            KSR.hdr.append(f"X-Transfer-Id: {xfer_id(plan.call_id, plan.refer_id)}\r\n")
         self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
         _log(
             KSR.info,
@@ -277,6 +339,306 @@ class Referee:
             f"allowed ({d.rule})",
         )
         return CONTINUE
+
+    # -- anchored transfers ------------------------------------------------------------------
+    def _anchoring(self, plan: transfer.ReferPlan) -> tuple[str | None, str | None]:
+        """(Asterisk name, "accept" | "relay") for a REFER to an anchored Asterisk, else
+        (None, None); the fields a NOTIFY needs go into the record for "accept"."""
+        if not self.anchored.asterisk:
+            return None, None
+        name = anchored.asterisk_for(
+            self.anchored.asterisk, _get("$ru") or "", _get("$du"),
+            in_dialog=bool(_get("$tt")),
+        )
+        if name is None:
+            return None, None
+        mode = self.anchored.mode
+        fields = {"anchored": name}
+        if mode == "accept" and not plan.nosub_requested and self._last_cseq(plan.call_id) is None:
+            # Without Asterisk's last CSeq toward A no NOTIFY can be numbered safely: let
+            # Asterisk take the REFER itself rather than break the dialog.
+            _log(KSR.warn, f"REFER {plan.call_id}/{plan.refer_id} to anchored {name}: no "
+                           "CSeq of Asterisk's seen in this dialog (its INVITE did not pass "
+                           "this node since it started?); relayed instead of accepted")
+            mode = "relay"
+            fields["anchor_fallback"] = "no-asterisk-cseq"
+        fields["anchor_mode"] = mode
+        if mode == "accept":
+            contact = anchored.contact_uri(_get("$hdr(Contact)"))
+            if contact is None:
+                _log(KSR.warn, f"REFER {plan.call_id}/{plan.refer_id} without Contact: "
+                               f"relayed to anchored {name}")
+                fields["anchor_mode"] = mode = "relay"
+            else:
+                proto = (_get("$pr") or "udp").lower()
+                fields.update(anchored.NotifyRoute(
+                    from_hdr=_get("$hdr(To)") or "", to_hdr=_get("$hdr(From)") or "",
+                    ruri=contact, contact=_get("$ru") or "",
+                    nexthop=f"sip:{_get('$si')}:{_get('$sp')};transport={proto}",
+                    socket=f"{proto}:{_get('$Ri')}:{_get('$Rp')}",
+                ).fields())
+        plan.fields.update(fields)
+        return name, mode
+
+    def _accept_anchored(self, plan: transfer.ReferPlan, asterisk: str, duplicate: bool,
+                         now: float) -> int:
+        """202 here, NOTIFY 100 at once, and the job for the Asterisk side; the REFER is
+        never relayed (Asterisk's own REFER handling would hang A up at once)."""
+        cid, rid, nosub = plan.call_id, plan.refer_id, plan.nosub_requested
+        if nosub:
+            KSR.hdr.append_to_reply("Refer-Sub: false\r\n")
+        KSR.sl.send_reply(202, "Accepted")
+        if duplicate:
+            return HANDLED  # a retransmission: everything below was done the first time
+        self._mark_dialog(cid, _get("$ft") or "", rid, anchored_dialog=True)
+        event = Event.REFER_ACCEPTED_NOSUB if nosub else Event.REFER_ACCEPTED
+        self._apply(cid, rid, event, {"refer_reply": "202"}, "202 by referee (anchored)")
+        expires = int(min(plan.expiry_s, self.settings.transfer.max_open_s))
+        if not nosub:
+            cseq = self._notify_anchored(cid, rid, plan.fields, 100, "Trying", False, expires)
+            if cseq is not None:
+                self._apply(cid, rid, Event.NOTIFY_TRYING, {
+                    "last_notify": "100", "notify_cseq": str(cseq),
+                    "cs_state": plan.fields["cs_state"],
+                }, "100 Trying (referee)")
+        job = anchored.move_job(
+            call_id=cid, refer_id=rid, target_uri=plan.target_uri, transferor=plan.transferor,
+            decision=plan.decision, dial_template=self.anchored.dial,
+            prefix=self.settings.redis.prefix, node=self.anchored.node, now=now,
+        )
+        flat = [x for kv in job.to_fields().items() for x in kv]
+        try:
+            self.client.call("XADD", jobs_key(self.settings.redis.prefix, asterisk),
+                             "MAXLEN", "~", JOBS_MAXLEN, "*", *flat)
+        except RedisError as exc:
+            _log(KSR.err, f"REFER {cid}/{rid}: move job for {asterisk} not queued ({exc}); "
+                          "transfer failed")
+            self._finish_unqueued(cid, rid, plan.fields, nosub)
+            return HANDLED
+        _log(KSR.info, f"REFER {cid}/{rid} {plan.transferor} -> {plan.target_uri} accepted "
+                       f"for anchored {asterisk} ({plan.decision.rule}); dial {job.dial}")
+        return HANDLED
+
+    def _finish_unqueued(self, cid: str, rid: str, record: dict, nosub: bool) -> None:
+        fields = {"anchor_error": "job not queued"}
+        if nosub:
+            self._apply(cid, rid, Event.INVITE_FAILED, fields, "503 job not queued")
+            return
+        cseq = self._notify_anchored(cid, rid, record, 503, "Service Unavailable", True, 0)
+        if cseq is not None:
+            fields.update(last_notify="503", final_sipfrag="503 Service Unavailable")
+        self._apply(cid, rid, Event.NOTIFY_FAILURE, fields, "503 job not queued")
+
+    def _last_cseq(self, call_id: str) -> int | None:
+        """The last CSeq an Asterisk sent in this dialog (the cfg or on_asterisk_request
+        records it), or the translated one if referee already NOTIFYs in it."""
+        try:
+            shift = KSR.htable.sht_get(SHIFT_TABLE, call_id)
+            if shift is not None:
+                return CSeqShift.decode(str(shift)).last_sent
+            value = KSR.htable.sht_get(CSEQ_TABLE, call_id)
+        except Exception as exc:  # noqa: BLE001 - htable missing or a bad value
+            _log(KSR.warn, f"dialog {call_id}: CSeq state unreadable: {exc}")
+            return None
+        try:
+            return None if value is None else parse_cseq_number(value)
+        except CSeqError:
+            return None
+
+    def _notify_anchored(self, cid: str, rid: str, record: dict, code: int, reason: str,
+                         terminated: bool, expires_s: int) -> int | None:
+        """Send A one NOTIFY in Asterisk's name; its CSeq number, or None if it could not
+        be sent.  The dialog's CSeq state is updated under the htable slot lock, so a
+        request Asterisk sends at the same moment is numbered after it."""
+        try:
+            route_ = anchored.NotifyRoute.from_record(record)
+        except ValueError as exc:
+            _log(KSR.err, f"NOTIFY for {cid}/{rid} not sent: {exc}")
+            return None
+        KSR.htable.sht_lock(SHIFT_TABLE, cid)
+        try:
+            shift = self._shift_for(cid, record)
+            if shift is None:
+                _log(KSR.err, f"NOTIFY for {cid}/{rid} not sent: Asterisk's CSeq unknown")
+                return None
+            cseq = shift.next_notify()
+            KSR.htable.sht_sets(SHIFT_TABLE, cid, shift.encode())
+        finally:
+            KSR.htable.sht_unlock(SHIFT_TABLE, cid)
+        record["cs_state"] = shift.encode()
+        headers, body = anchored.notify_request(
+            route_, cid, rid, cseq, code, reason, terminated, expires_s
+        )
+        rc = KSR.tm.t_uac_send("NOTIFY", route_.ruri, route_.nexthop, route_.socket,
+                               headers, body)
+        if rc is not None and rc < 0:
+            _log(KSR.err, f"NOTIFY {code} for {cid}/{rid} (CSeq {cseq}) not sent: tm {rc}")
+            return None
+        _log(KSR.info, f"NOTIFY {code} {reason} for {cid}/{rid} sent (CSeq {cseq}"
+                       f"{', terminated' if terminated else ''})")
+        return cseq
+
+    def _shift_for(self, cid: str, record: dict) -> CSeqShift | None:
+        """The dialog's CSeq state (call under the slot lock): the htable's, else a new
+        one from Asterisk's last CSeq, else the record's copy after a restart."""
+        text = KSR.htable.sht_get(SHIFT_TABLE, cid)
+        try:
+            if text is not None:
+                return CSeqShift.decode(str(text))
+            last = KSR.htable.sht_get(CSEQ_TABLE, cid)
+            if last is not None:
+                return CSeqShift.start(parse_cseq_number(last))
+            if record.get("cs_state"):
+                _log(KSR.notice, f"dialog {cid}: CSeq state rebuilt from the transfer record")
+                return CSeqShift.decode(record["cs_state"]).rebuilt()
+        except CSeqError as exc:
+            _log(KSR.err, f"dialog {cid}: CSeq state unusable: {exc}")
+        return None
+
+    def on_asterisk_request(self) -> int:
+        """A request from an [anchored] Asterisk: its CSeq recorded, and renumbered when
+        referee has sent NOTIFYs in the dialog (kemi.cseq).  Requests from A to Asterisk
+        need nothing: referee never sends in A's name, so A's numbers stay A's."""
+        method = (_get("$rm") or "").upper()
+        if method == "CANCEL":
+            return CONTINUE  # tm builds the CANCEL from the (renumbered) INVITE it relayed
+        cid = _get("$ci") or ""
+        try:
+            orig = parse_cseq_number(_get("$cs"))
+        except CSeqError:
+            return CONTINUE  # sanity_check answers it
+        KSR.htable.sht_lock(SHIFT_TABLE, cid)
+        try:
+            text = KSR.htable.sht_get(SHIFT_TABLE, cid)
+            if text is None:
+                if method == "BYE":
+                    KSR.htable.sht_rm(CSEQ_TABLE, cid)
+                elif method != "ACK":
+                    KSR.htable.sht_sets(CSEQ_TABLE, cid, str(orig))
+                return CONTINUE
+            shift = CSeqShift.decode(str(text))
+            out = shift.on_request(method, orig)
+            KSR.htable.sht_sets(SHIFT_TABLE, cid, shift.encode())
+        finally:
+            KSR.htable.sht_unlock(SHIFT_TABLE, cid)
+        if out != orig:
+            KSR.hdr.remove("CSeq")
+            KSR.hdr.append(f"CSeq: {out} {method}\r\n")
+            if method != "ACK":
+                # The reply must reach Asterisk with its own number: kept per transaction.
+                KSR.pv.sets("$avp(rf_cs)", str(orig))
+                KSR.tm.t_on_reply(REPLY_ROUTE)
+            _log(KSR.info, f"{method} {cid} from Asterisk: CSeq {orig} sent to A as {out}")
+        return CONTINUE
+
+    def forget_asterisk_cseq(self) -> None:
+        """The other party's BYE ends a dialog whose Asterisk CSeq was recorded."""
+        cid = _get("$ci") or ""
+        try:
+            if KSR.htable.sht_get(CSEQ_TABLE, cid) is not None:
+                KSR.htable.sht_rm(CSEQ_TABLE, cid)
+        except Exception:  # noqa: BLE001 - htable missing: nothing recorded either
+            pass
+
+    def _restore_reply_cseq(self) -> None:
+        """A's reply to a renumbered Asterisk request goes back with Asterisk's number."""
+        orig = _get("$avp(rf_cs)")
+        if not orig:
+            return
+        method = (_get("$rm") or "").upper()
+        KSR.hdr.remove("CSeq")
+        KSR.hdr.append(f"CSeq: {orig} {method}\r\n")
+
+    def on_notify_reply(self, code: int) -> int:
+        """A's answer to a NOTIFY referee sent: a 481 ends the subscription (RFC 6665)."""
+        if code != 481 or (_get("$rm") or "").upper() != "NOTIFY":
+            return CONTINUE
+        cid = _get("$ci") or ""
+        try:
+            mark = KSR.htable.sht_get(HTABLE, cid)
+        except Exception:  # noqa: BLE001
+            return CONTINUE
+        if not mark:
+            return CONTINUE
+        parts = str(mark).split("|")
+        if len(parts) < 3 or parts[2] != "a":
+            return CONTINUE  # a relayed NOTIFY's 481: its own reply route records it
+        self._apply(cid, parts[1], Event.NOTIFY_481, {"notify_reply": "481"}, "481")
+        return CONTINUE
+
+    # -- progress from the Asterisk side (rtimer process, never a SIP worker) --------------
+    @route("timer")
+    def referee_progress(self, msg) -> int:
+        """rtimer: NOTIFY A of what the Asterisk side reported for the transfers this node
+        accepted (its progress stream, consumer group "kamailio")."""
+        if not self.anchored.asterisk or self.anchored.mode != "accept":
+            return CONTINUE
+        key = progress_key(self.settings.redis.prefix, self.anchored.node)
+        try:
+            if not self._progress_ready:
+                try:
+                    self.client.call("XGROUP", "CREATE", key, PROGRESS_GROUP, "0", "MKSTREAM")
+                except RedisError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                self._progress_ready = True
+            start = "0" if self._progress_pending else ">"
+            reply = self.client.call(
+                "XREADGROUP", "GROUP", PROGRESS_GROUP, self.anchored.node,
+                "COUNT", PROGRESS_BATCH, "STREAMS", key, start,
+            )
+        except RedisError as exc:
+            if "NOGROUP" in str(exc):
+                self._progress_ready = False  # the stream expired or was deleted
+            return CONTINUE
+        entries = []
+        for _stream, items in reply or ():
+            entries.extend(items or ())
+        if start == "0" and not entries:
+            self._progress_pending = False
+        for entry_id, raw in entries:
+            if raw is None:
+                continue  # deleted meanwhile
+            try:
+                self._progress_one(_text(entry_id), _pairs(raw))
+            except RedisError as exc:
+                _log(KSR.warn, f"progress {_text(entry_id)} left pending (Redis: {exc})")
+                self._progress_pending = True
+                break
+            self.client.call("XACK", key, PROGRESS_GROUP, _text(entry_id))
+        return CONTINUE
+
+    def _progress_one(self, entry_id: str, raw: dict) -> None:
+        try:
+            p = Progress.from_fields(raw)
+        except AnchorError as exc:
+            _log(KSR.err, f"progress {entry_id} dropped: {exc}")
+            return
+        record = self.store.get(p.call_id, p.refer_id)
+        if record is None:
+            _log(KSR.notice, f"progress {entry_id} for unknown transfer "
+                             f"{p.call_id}/{p.refer_id} dropped")
+            return
+        nosub = record.get("refer_sub") == "false"
+        fields = {"last_progress": f"{p.code} {p.reason}"}
+        detail = f"{p.code} {p.reason}" + (f" ({p.detail})" if p.detail else "")
+        state = record.get("state", "")
+        live = state in (State.REFER_SEEN, State.ACCEPTED, State.TRYING, State.RINGING)
+        if not nosub and live:
+            deadline = float(record.get("deadline") or 0) or time.time()
+            cseq = self._notify_anchored(
+                p.call_id, p.refer_id, record, p.code, p.reason, p.final,
+                int(deadline - time.time()),
+            )
+            if cseq is not None:
+                fields.update(last_notify=str(p.code), notify_cseq=str(cseq),
+                              cs_state=record["cs_state"])
+                if p.final:
+                    fields["final_sipfrag"] = f"{p.code} {p.reason}"
+        elif not nosub:
+            detail += f"; no NOTIFY (transfer {state})"
+        event = anchored.progress_event(p, nosub)
+        self._apply(p.call_id, p.refer_id, event, fields, detail)
 
     def _redis_down_refer(self, plan: transfer.ReferPlan, exc: Exception) -> int:
         k = self.settings.kamailio
@@ -315,16 +677,20 @@ class Referee:
             _log(KSR.crit, f"journal {self.journal.dir} unwritable ({exc}): {op} {entry!r:.200}")
             return False
 
-    def _mark_dialog(self, call_id: str, from_tag: str, refer_id: str) -> None:
+    def _mark_dialog(self, call_id: str, from_tag: str, refer_id: str,
+                     anchored_dialog: bool = False) -> None:
         """Remember on this node that the dialog carries a transfer, so BYEs are cheap to
-        recognise (shared memory, no Redis for calls without transfers)."""
+        recognise (shared memory, no Redis for calls without transfers); "|a" marks a
+        dialog referee NOTIFYs in itself (anchored, accepted here)."""
+        value = f"{from_tag}|{refer_id}" + ("|a" if anchored_dialog else "")
         try:
-            KSR.htable.sht_sets(HTABLE, call_id, f"{from_tag}|{refer_id}")
+            KSR.htable.sht_sets(HTABLE, call_id, value)
         except Exception as exc:  # noqa: BLE001 - htable not loaded: BYEs go unrecorded
             _log(KSR.warn, f"htable '{HTABLE}' unusable, BYEs will not be recorded: {exc}")
 
     # -- replies ---------------------------------------------------------------------------
     def on_reply(self, code: int) -> int:
+        self._restore_reply_cseq()
         if _get("$avp(rf_dlg)") == "1" and _get("$rm") == "INVITE":
             self._record_response(code)
         call_id = _get("$avp(rf_cid)")
@@ -548,11 +914,36 @@ class Referee:
             return CONTINUE
         if not mark:
             return CONTINUE
-        transferor_tag, _, refer_id = str(mark).partition("|")
+        transferor_tag, refer_id, *flags = str(mark).split("|") + [""]
         by_transferor = (_get("$ft") or "") == transferor_tag
         event = Event.BYE_TRANSFEROR if by_transferor else Event.BYE_TRANSFEREE
         self._apply(call_id, refer_id or None, event)
+        if "a" in flags:
+            # The anchored dialog ends: nothing of it stays in shared memory.  (A BYE the
+            # peer refuses would leave the dialog up without translation; rare enough.)
+            for table in (HTABLE, SHIFT_TABLE, CSEQ_TABLE):
+                try:
+                    KSR.htable.sht_rm(table, call_id)
+                except Exception:  # noqa: BLE001
+                    pass
         return CONTINUE
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat) -> dict[str, str]:
+    if isinstance(flat, dict):
+        return {_text(k): _text(v) for k, v in flat.items()}
+    it = iter(flat)
+    return {_text(k): _text(v) for k, v in zip(it, it, strict=False)}
+
+
+def _source_key(addr: str) -> str:
+    """'host:port' as the cfg's $si:$sp reads it (IPv6 without brackets)."""
+    host, _, port = addr.rpartition(":")
+    return f"{host.strip('[]').lower()}:{int(port)}"
 
 
 def mod_init() -> Referee:

@@ -8,6 +8,10 @@ NOTIFY, the transferee's INVITE and BYE pass.
 Every INVITE and BYE is handed to its handler; the handlers consult [kamailio]
 dialog_index themselves (kemi.kamailio), so with it off an ordinary call returns at once
 without touching Redis, and with it on each dialog is indexed (no cfg define needed here).
+
+Requests from an [anchored] Asterisk (by source address) pass referee first: it records
+their CSeq (shared memory, no Redis) and renumbers them in a dialog referee has sent
+NOTIFYs in (kemi.cseq); replies to those NOTIFYs reach `ksr_reply_route`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ class Proxy(Referee):
     def ksr_request_route(self, msg) -> int:
         if self.reqinit() == HANDLED:
             return HANDLED
+        if self.asterisk_sources:
+            if f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}" in self.asterisk_sources:
+                self.on_asterisk_request()
+            elif KSR.is_BYE():
+                self.forget_asterisk_cseq()
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
                 self.relay()
@@ -44,6 +53,15 @@ class Proxy(Referee):
         if self.transfer_hook() == HANDLED:
             return HANDLED
         return self.location()
+
+    @route("reply")
+    def ksr_reply_route(self, msg) -> int:
+        """Every reply (kemi.reply_route_callback): only a failure answering a NOTIFY of
+        referee's own (anchored mode) matters here; relayed transactions have their own
+        reply routes."""
+        if not self.asterisk_sources or int(KSR.pv.get("$rs") or 0) < 300:
+            return CONTINUE
+        return self.on_notify_reply(int(KSR.pv.get("$rs") or 0))
 
     def reqinit(self) -> int:
         if KSR.maxfwd.process_maxfwd(10) < 0:

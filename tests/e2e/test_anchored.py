@@ -1,0 +1,263 @@
+"""Anchored transfers through a real Kamailio with both example configs: a SIPp "Asterisk"
+calls the customer PBX "A" through the proxy; A's REFER is answered 202 by referee (mode
+accept) and never reaches Asterisk; the test plays the Asterisk side's controller (reads
+the MoveJob, writes Progress); A gets truthful NOTIFYs, and Asterisk's later requests
+(session-timer UPDATE, BYE) reach A renumbered past those NOTIFYs while Asterisk sees
+A's replies with its own numbers.  Also: a failed target, Refer-Sub: false, Redis down,
+and mode relay (the REFER goes to Asterisk with X-Transfer-Id)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kemi.anchor import PROGRESS_GROUP, MoveJob, Progress, jobs_key, progress_key
+from tests.e2e.conftest import make_lab
+from tests.e2e.parties import finish, received, wait_for
+from tests.support import anchored as parties
+from tests.support.anchored import A_CSEQ, ASTERISK_CSEQ
+from tests.support.kamailio import free_udp_port
+
+NODE = "kam-test"
+PREFIX = "referee"
+
+
+class AnchoredLab:
+    def __init__(self, lab, asterisk_port: int):
+        self.lab = lab
+        self.asterisk_port = asterisk_port
+        self.a_port = free_udp_port()
+
+    @property
+    def asterisk_uri(self) -> str:
+        return f"sip:asterisk@127.0.0.1:{self.asterisk_port}"
+
+    def start(self, a: parties.PbxA, ast: parties.Asterisk):
+        lab = self.lab
+        lab.register("pbxa", self.a_port)
+        extra, call_id = parties.cid_args(f"anch{time.monotonic_ns()}")
+        pa = lab.party("pbxa", a.xml(), port=self.a_port).start()
+        pz = lab.party("asterisk", ast.xml(), port=self.asterisk_port, extra=extra).start()
+        return pa, pz, call_id
+
+    def job(self, timeout_s: float = 5.0) -> MoveJob | None:
+        def read():
+            return self.lab.rcli.xrange(jobs_key(PREFIX, "pbx1"))
+        entries = wait_for(read, timeout_s)
+        if not entries:
+            return None
+        assert len(entries) == 1, entries
+        return MoveJob.from_fields(entries[0][1])
+
+    def progress(self, job: MoveJob, code: int, reason: str, final: bool) -> None:
+        p = Progress(job.call_id, job.refer_id, code, reason, final, time.time(), "test")
+        self.lab.rcli.xadd(job.reply_to, p.to_fields())
+
+    def state_is(self, call_id: str, refer_id: str, state: str, timeout_s: float = 5.0):
+        def check():
+            record = self.lab.store.get(call_id, refer_id) or {}
+            return record if record.get("state") == state else None
+        record = wait_for(check, timeout_s)
+        assert record, (state, self.lab.store.get(call_id, refer_id),
+                        self.lab.kamailio.log()[-3000:])
+        return record
+
+    def events(self, call_id: str, refer_id: str) -> list[tuple[str, str, str, str]]:
+        out = []
+        for line in self.lab.store.log(call_id, refer_id):
+            _ts, event, old, new, outcome, _detail = line.split("|", 5)
+            out.append((event, old, new, outcome))
+        return out
+
+    def htables_empty_of(self, call_id: str) -> None:
+        for table in ("referee_x", "referee_cs", "referee"):
+            dump = self.lab.kamailio.kamcmd("htable.dump", table)
+            assert call_id not in dump, (table, dump)
+
+
+def anchored_settings(port: int, mode: str = "accept") -> str:
+    return (
+        "[anchored]\n"
+        f'asterisk = {{ pbx1 = "127.0.0.1:{port}" }}\n'
+        f'mode = "{mode}"\n'
+        'dial = "PJSIP/{user}@carrier"\n'
+        f'node = "{NODE}"\n'
+    )
+
+
+@pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
+def anchored_lab(request, tmp_path, redis_server):
+    labs = []
+
+    def start(mode: str = "accept", kamailio: str = "") -> AnchoredLab:
+        port = free_udp_port()
+        lab = make_lab(tmp_path, redis_server, request.param, kamailio=kamailio)
+        conf = lab.kamailio.referee_config
+        conf.write_text(conf.read_text() + anchored_settings(port, mode))
+        lab.kamailio.start()
+        labs.append(lab)
+        return AnchoredLab(lab, port)
+
+    yield start
+    for lab in labs:
+        lab.kamailio.stop()
+        assert not lab.kamailio.python_errors(), "\n".join(lab.kamailio.python_errors())
+
+
+def _check_notify(n, ast_uri: str, a_tag: str, ast_tag: str, frag: str, terminated: bool):
+    assert n.body == f"SIP/2.0 {frag}"
+    assert n.header("Event") == f"refer;id={A_CSEQ}"
+    state = n.header("Subscription-State")
+    if terminated:
+        assert state == "terminated;reason=noresource"
+    else:
+        assert state.startswith("active;expires=")
+    assert n.header("Content-Type") == "message/sipfrag;version=2.0"
+    assert n.header("From") == f"<{ast_uri}>;tag={ast_tag}"
+    assert n.header("To").endswith(f";tag={a_tag}")
+    assert n.header("Contact") == f"<{ast_uri}>"
+
+
+def test_accept_notifies_truthfully_and_asterisk_requests_are_renumbered(anchored_lab):
+    al = anchored_lab()
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri), parties.Asterisk())
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    assert job.call_id == call_id
+    assert job.refer_id == str(A_CSEQ)
+    assert job.target == "sip:2000@127.0.0.1"
+    assert job.dial == "PJSIP/2000@carrier"
+    assert job.transferor == "pbxa@127.0.0.1"
+    assert job.reply_to == progress_key(PREFIX, NODE)
+    assert job.on_failure == "reconnect" and job.dial_timeout_s > 0
+    rid = job.refer_id
+    al.state_is(call_id, rid, "trying")  # NOTIFY 100 sent and recorded at once
+    al.progress(job, 180, "Ringing", False)
+    al.state_is(call_id, rid, "ringing")
+    al.progress(job, 200, "OK", True)
+    record = al.state_is(call_id, rid, "succeeded")
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+
+    # A: 202 from referee, three NOTIFYs numbered right after Asterisk's INVITE, then
+    # Asterisk's UPDATE and BYE renumbered past them (A's scenario refuses any step back).
+    [accepted] = received(pa, "REFER", status=202)
+    assert accepted.header("Refer-Sub") is None
+    notifies = received(pa, "NOTIFY")
+    assert [n.cseq for n in notifies] == [ASTERISK_CSEQ + 1, ASTERISK_CSEQ + 2,
+                                          ASTERISK_CSEQ + 3]
+    [invite] = received(pa, "INVITE")
+    ast_tag = invite.header("From").split(";tag=")[1]
+    a_tag = accepted.header("From").split(";tag=")[1]
+    for n, frag, term in zip(notifies, ["100 Trying", "180 Ringing", "200 OK"],
+                             [False, False, True], strict=True):
+        _check_notify(n, al.asterisk_uri, a_tag, ast_tag, frag, term)
+    [update] = received(pa, "UPDATE")
+    [bye] = received(pa, "BYE")
+    assert (update.cseq, bye.cseq) == (ASTERISK_CSEQ + 4, ASTERISK_CSEQ + 5)
+    assert received(pa, status=500) == []
+
+    # Asterisk: never saw the REFER; A's replies carry Asterisk's own numbers.
+    assert received(pz, "REFER") == []
+    [ok_update] = received(pz, "UPDATE", status=200)
+    [ok_bye] = received(pz, "BYE", status=200)
+    assert ok_update.header("CSeq") == f"{ASTERISK_CSEQ + 1} UPDATE"
+    assert ok_bye.header("CSeq") == f"{ASTERISK_CSEQ + 2} BYE"
+
+    assert record["anchored"] == "pbx1" and record["anchor_mode"] == "accept"
+    assert record["final_sipfrag"] == "200 OK"
+    assert record["notify_cseq"] == str(ASTERISK_CSEQ + 3)
+    assert al.events(call_id, rid) == [
+        ("refer", "new", "refer-seen", "applied"),
+        ("refer-accepted", "refer-seen", "accepted", "applied"),
+        ("notify-trying", "accepted", "trying", "applied"),
+        ("notify-ringing", "trying", "ringing", "applied"),
+        ("notify-success", "ringing", "succeeded", "applied"),
+        ("bye-transferee", "succeeded", "succeeded", "ignored"),  # Asterisk released A
+    ]
+    pending = al.lab.rcli.xpending(job.reply_to, PROGRESS_GROUP)
+    assert pending["pending"] == 0
+    al.htables_empty_of(call_id)
+
+
+def test_target_fails_final_notify_486_and_record_failed(anchored_lab):
+    al = anchored_lab()
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, notifies=2, then=["BYE"]),
+                               parties.Asterisk(then=["BYE"]))
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.state_is(call_id, job.refer_id, "trying")
+    al.progress(job, 486, "Busy Here", True)
+    record = al.state_is(call_id, job.refer_id, "failed")
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    notifies = received(pa, "NOTIFY")
+    assert [n.body for n in notifies] == ["SIP/2.0 100 Trying", "SIP/2.0 486 Busy Here"]
+    assert notifies[1].header("Subscription-State") == "terminated;reason=noresource"
+    [bye] = received(pa, "BYE")
+    assert bye.cseq == ASTERISK_CSEQ + 3
+    [ok_bye] = received(pz, "BYE", status=200)
+    assert ok_bye.cseq == ASTERISK_CSEQ + 1
+    assert record["final_sipfrag"] == "486 Busy Here"
+    assert [e[0] for e in al.events(call_id, job.refer_id)] == [
+        "refer", "refer-accepted", "notify-trying", "notify-failure", "bye-transferee"]
+
+
+def test_refer_sub_false_gets_202_echo_and_no_notify_at_all(anchored_lab):
+    al = anchored_lab()
+    pa, pz, call_id = al.start(
+        parties.PbxA(al.asterisk_uri, refer_sub_false=True, notifies=0, then=["BYE"]),
+        parties.Asterisk(then=["BYE"]),
+    )
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.state_is(call_id, job.refer_id, "accepted-nosub")
+    al.progress(job, 180, "Ringing", False)
+    al.state_is(call_id, job.refer_id, "calling-nosub")
+    al.progress(job, 200, "OK", True)
+    al.state_is(call_id, job.refer_id, "succeeded")
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    [accepted] = received(pa, "REFER", status=202)
+    assert accepted.header("Refer-Sub") == "false"
+    assert received(pa, "NOTIFY") == []
+    [bye] = received(pa, "BYE")
+    assert bye.cseq == ASTERISK_CSEQ + 1  # nothing was put in front: no renumbering
+    assert [e[0] for e in al.events(call_id, job.refer_id)] == [
+        "refer", "refer-accepted-nosub", "invite", "invite-2xx", "bye-transferee"]
+
+
+def test_redis_down_refer_gets_503_and_nothing_reaches_asterisk(anchored_lab):
+    al = anchored_lab()
+    al.lab.redis.stop()
+    pa, pz, call_id = al.start(
+        parties.PbxA(al.asterisk_uri, expect_refer=503, notifies=0, then=[],
+                     bye_after_refer=True),
+        parties.Asterisk(wait_for_go=False, then=[], expect_bye=True),
+    )
+    finish(al.lab, pa, pz)
+    [refused] = received(pa, "REFER", status=503)
+    assert refused.header("Retry-After") == "30"
+    assert received(pz, "REFER") == []
+    al.lab.redis.start()
+    assert al.lab.records() == []
+
+
+def test_relay_mode_sends_the_refer_to_asterisk_with_x_transfer_id(anchored_lab):
+    al = anchored_lab(mode="relay")
+    pa, pz, call_id = al.start(
+        parties.PbxA(al.asterisk_uri, notifies=0, then=["BYE"]),
+        parties.Asterisk(expect_refer=True, wait_for_go=False, then=["BYE"]),
+    )
+    finish(al.lab, pa, pz)
+    [refer] = received(pz, "REFER")
+    assert refer.header("X-Transfer-Id") == f"{A_CSEQ}@{call_id}"
+    [accepted] = received(pa, "REFER", status=202)
+    assert accepted.header("Server") != "referee"  # Asterisk's own 202, relayed
+    [bye] = received(pa, "BYE")
+    assert bye.cseq == ASTERISK_CSEQ + 1
+    record = al.lab.store.get(call_id, A_CSEQ)
+    assert record["anchored"] == "pbx1" and record["anchor_mode"] == "relay"
+    assert record["state"] == "accepted"
+    assert al.lab.rcli.xlen(jobs_key(PREFIX, "pbx1")) == 0
