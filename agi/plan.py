@@ -18,6 +18,7 @@ anchored (script "anchored"): the AMI controller redirected P here after setting
             XFER_DIAL_TIMEOUT / XFER_ANNOUNCE / XFER_CALLERID [/ XFER_FALLBACK]
         [EXEC Playback <announce>]            (-1: CHANNEL STATUS; 511 -> caller-gone)
         [SET VARIABLE CALLERID(num) <num>]
+        CHANNEL STATUS                        511 (or a HANGUP line) -> caller-gone
         EXEC Dial <target>,<timeout>,m
         GET VARIABLE DIALSTATUS               ANSWER -> bridged-target (Dial returns when
                                               the P-T call has ended)
@@ -43,7 +44,7 @@ relayed (script "relayed"): Asterisk took the REFER itself (res_pjsip_refer) and
         GET VARIABLE SIPREFERTOHDR
         GET VARIABLE BLINDTRANSFER
         GET FULL VARIABLE ${HASH(TRANSFER_DATA,X-Transfer-Id)}
-        [EXEC Playback <announce>]
+        [EXEC Playback <announce>]            (a HANGUP line by now -> caller-gone)
         EXEC Dial <dial from the Refer-To>,<timeout>,m
         GET VARIABLE DIALSTATUS / [CHANNEL STATUS] / GET VARIABLE HANGUPCAUSE
         -> bridged-target | caller-gone | target-failed
@@ -218,6 +219,7 @@ class _Base:
 
     def __init__(self):
         self.outcome = Outcome(ERROR)
+        self.hangup_seen = False  # a HANGUP line came with some reply: P is gone
 
     def _step(self, text: str) -> None:
         self.outcome.steps.append(text)
@@ -236,6 +238,7 @@ class _Base:
     def _check(self, reply: Reply | None, what: str) -> Reply:
         if reply is None:
             raise PlanAborted(f"{what}: no reply")
+        self.hangup_seen = self.hangup_seen or reply.hangup_seen
         if reply.code != 200:
             raise PlanAborted(f"{what}: {reply.code} {reply.text}".strip())
         return reply
@@ -375,6 +378,12 @@ class AnchoredRun(_Base):
         if plan.caller_id:
             self._check((yield set_var("CALLERID(num)", plan.caller_id)), "SET CALLERID")
             self._step(f"CALLERID(num) {plan.caller_id}")
+        # Is P still there?  (P may hang up between the Redirect and now; a HANGUP line
+        # would already have told, but not with AGISIGHUP=no.)  Never dial for a dead P.
+        status = yield CHANNEL_STATUS
+        if status is None or status.code == 511 or status.hangup_seen:
+            self._step("P hung up before the Dial")
+            return (yield from self._caller_gone())
         how = yield from self._dial(plan)
         if how == "answer":
             yield Note(o.fields(), o.detail())
@@ -486,6 +495,9 @@ class RelayedRun(_Base):
         yield Note({"agi_mode": RELAYED, "agi_target": dial,
                     "agi_transferor_channel": transferor}, "AGI started")
         if not (yield from self._announce(plan)):
+            return (yield from self._caller_gone())
+        if self.hangup_seen:
+            self._step("P hung up before the Dial (HANGUP from Asterisk)")
             return (yield from self._caller_gone())
         how = yield from self._dial(plan)
         if how == "gone":

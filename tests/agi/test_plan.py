@@ -71,6 +71,7 @@ PREFIX = ["GET VARIABLE XFER_ID", "GET VARIABLE XFER_PEER", "GET VARIABLE XFER_P
           "GET VARIABLE XFER_DIAL_TIMEOUT", "GET VARIABLE XFER_ANNOUNCE",
           "GET VARIABLE XFER_CALLERID"]
 DIAL = "EXEC Dial PJSIP/target,20,m"
+CHECK = "CHANNEL STATUS"
 FAILED = ["GET VARIABLE DIALSTATUS", "GET VARIABLE HANGUPCAUSE",
           f"GET FULL VARIABLE ${{CHANNEL_EXISTS({PEER})}}"]
 
@@ -80,6 +81,13 @@ def userevent(status: str) -> str:
 
 
 def run_anchored(answers, **kw):
+    answers = dict(answers)
+    # the first CHANNEL STATUS is the check before the Dial: P is up
+    later = answers.pop("CHANNEL STATUS", None)
+    if isinstance(later, list):  # given in full
+        answers["CHANNEL STATUS"] = later
+    else:
+        answers["CHANNEL STATUS"] = ["200 result=6"] + ([later] if later else [])
     script = Script({**anchored_vars(), **answers}, **kw)
     outcome, steps = drive(AnchoredRun(), script)
     notes = [s for s in steps if isinstance(s, Note)]
@@ -88,7 +96,7 @@ def run_anchored(answers, **kw):
 
 def test_answer_bridges_the_target():
     o, sent, notes = run_anchored({DIAL: "200 result=-1", "DIALSTATUS": val("ANSWER")})
-    assert sent == PREFIX + [DIAL, "GET VARIABLE DIALSTATUS"]
+    assert sent == PREFIX + [CHECK, DIAL, "GET VARIABLE DIALSTATUS"]
     assert o.result == BRIDGED and o.dialstatus == "ANSWER"
     assert notes[0].fields == {"agi_mode": "anchored", "agi_target": "PJSIP/target",
                                "agi_reconnect": "bridgeapp"}
@@ -104,7 +112,7 @@ def test_failure_reconnects_to_the_transferor(status, cause):
         userevent(status): "200 result=0", f"EXEC Bridge {PEER}": "200 result=0",
         "BRIDGERESULT": val("SUCCESS"), "CHANNEL STATUS": "200 result=6",
     })
-    assert sent == PREFIX + [DIAL] + FAILED + [userevent(status), f"EXEC Bridge {PEER}",
+    assert sent == PREFIX + [CHECK, DIAL] + FAILED + [userevent(status), f"EXEC Bridge {PEER}",
                                                 "GET VARIABLE BRIDGERESULT", "CHANNEL STATUS"]
     assert o.result == RECONNECTED and o.ended_by == "peer"
     assert notes[1].fields == {"agi_dialstatus": status, "agi_hangupcause": cause}
@@ -128,7 +136,7 @@ def test_reconnect_by_uniqueid_and_caller_ends_it():
 def test_caller_hangs_up_during_dial():
     o, sent, notes = run_anchored({DIAL: "200 result=-1", "DIALSTATUS": val("CANCEL"),
                                    "CHANNEL STATUS": DEAD}, hangup_after=DIAL)
-    assert sent == PREFIX + [DIAL, "GET VARIABLE DIALSTATUS", "CHANNEL STATUS"]
+    assert sent == PREFIX + [CHECK, DIAL, "GET VARIABLE DIALSTATUS", "CHANNEL STATUS"]
     assert o.result == CALLER_GONE
     assert notes[-1].fields == {"agi_result": "caller-gone", "agi_dialstatus": "CANCEL"}
 
@@ -148,7 +156,7 @@ def test_transferor_gone_means_wait_for_the_recall():
         f"GET FULL VARIABLE ${{CHANNEL_EXISTS({PEER})}}": val("0"),
         userevent("BUSY"): "200 result=0", "SET VARIABLE XFER_RESULT WAIT": "200 result=1",
     })
-    assert sent == PREFIX + [DIAL] + FAILED + [userevent("BUSY"),
+    assert sent == PREFIX + [CHECK, DIAL] + FAILED + [userevent("BUSY"),
                                                 "SET VARIABLE XFER_RESULT WAIT"]
     assert o.result == WAIT
     assert notes[-1].fields["agi_result"] == "wait-recall"
@@ -225,14 +233,14 @@ def test_announcement_and_caller_id():
         DIAL: "200 result=-1", "DIALSTATUS": val("ANSWER"),
     })
     assert sent[8:] == ["EXEC Playback custom/transferring",
-                        "SET VARIABLE CALLERID(num) +4930123456", DIAL,
+                        "SET VARIABLE CALLERID(num) +4930123456", CHECK, DIAL,
                         "GET VARIABLE DIALSTATUS"]
     assert o.result == BRIDGED
 
 
 def test_caller_hangs_up_during_the_announcement():
     o, sent, _ = run_anchored({"XFER_ANNOUNCE": val("beep"), "EXEC Playback beep": "200 result=-1",
-                               "CHANNEL STATUS": DEAD})
+                               "CHANNEL STATUS": [DEAD]})
     assert sent[-2:] == ["EXEC Playback beep", "CHANNEL STATUS"]
     assert o.result == CALLER_GONE
 
@@ -246,6 +254,16 @@ def test_unsafe_variables_are_not_used():
     assert "EXEC Dial PJSIP/target,30,m" in sent
     assert not any("Playback" in s or "CALLERID" in s for s in sent[8:])
     assert o.result == BRIDGED and len(o.plan.problems) == 3
+
+
+def test_caller_gone_before_the_dial_is_not_dialled():
+    o, sent, _ = run_anchored({"CHANNEL STATUS": [DEAD]})
+    assert sent == PREFIX + [CHECK] and o.result == CALLER_GONE
+
+
+def test_relayed_hangup_line_before_the_dial_is_not_dialled():
+    o, sent, _ = relayed({}, hangup_after="GET VARIABLE BLINDTRANSFER")
+    assert sent == RPREFIX and o.result == CALLER_GONE
 
 
 def test_missing_target_is_an_error_before_dialling():
@@ -262,7 +280,7 @@ def test_connection_lost_keeps_what_was_known():
     while isinstance(step, Note) or step.line.split()[-1] in answers:
         reply = None if isinstance(step, Note) else parse_reply(answers[step.line.split()[-1]])
         step = gen.send(reply)
-    assert step.line == DIAL + "\n"
+    assert step.line == CHECK + "\n"
     o = run.lost("EOF from Asterisk")
     assert o.result == ERROR and "EOF" in o.error
 
@@ -270,11 +288,11 @@ def test_connection_lost_keeps_what_was_known():
 # -- relayed
 
 
-def relayed(answers, **kw):
+def relayed(answers, hangup_after=None, **kw):
     script = Script({"SIPREFERTOHDR": val("sip:2000@127.0.0.1"),
                      "BLINDTRANSFER": val("PJSIP/pbx-00000045"),
                      "GET FULL VARIABLE ${HASH(TRANSFER_DATA,X-Transfer-Id)}": val(XID),
-                     **answers})
+                     **answers}, hangup_after=hangup_after)
     run = RelayedRun(dial_template("PJSIP/{user}"), 20, **kw)
     outcome, steps = drive(run, script)
     return outcome, script.sent, [s for s in steps if isinstance(s, Note)]

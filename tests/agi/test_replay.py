@@ -180,7 +180,8 @@ def test_anchored_replay(case: Anchored, agi_server, store):
     expected = [f"GET VARIABLE {v}" for v in (
         "XFER_ID", "XFER_PEER", "XFER_PEER_UID", "XFER_TARGET", "XFER_RECONNECT",
         "XFER_DIAL_TIMEOUT", "XFER_ANNOUNCE", "XFER_CALLERID")]
-    expected += [f"EXEC Dial {target},{timeout},m", "GET VARIABLE DIALSTATUS"]
+    expected += ["CHANNEL STATUS", f"EXEC Dial {target},{timeout},m",
+                 "GET VARIABLE DIALSTATUS"]
     expected += [t.format(peer=peer, uid=uid, xid=xid, status=o.dialstatus) for t in case.tail]
     assert r.commands == expected, case.proves
     assert r.peer.saw_half_close
