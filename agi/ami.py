@@ -267,6 +267,7 @@ class AmiController:
         log.info("AMI logged in to %s:%s (%s %s)", self.a.ami_host, self.a.ami_port,
                  getattr(session, "title", "?"), getattr(session, "version", "?"))
         self.ready.set()
+        self._perform(self.follower.resume(self.clock()))
         return True
 
     def _on_event(self, event, _manager) -> None:

@@ -280,6 +280,7 @@ class Transfer:
     rang: bool = False
     pending: list[dict[str, str | list[str]]] = field(default_factory=list)  # to send
     inflight: str = ""  # ActionID awaited
+    inflight_fields: dict[str, str | list[str]] = field(default_factory=dict)
     listing: list[Mapping[str, str]] = field(default_factory=list)  # CoreShowChannel
     probe: list[str] = field(default_factory=list)  # channels still to Getvar call-id
 
@@ -366,14 +367,31 @@ class Follower:
         return min(times) if times else None
 
     def disconnected(self, now: float) -> list[Output]:
-        """The AMI session dropped: every awaited response is lost.  Nothing about them
-        is known (a Redirect may or may not have happened), so each is failed as an
-        error; jobs that were only following events keep going after the re-login."""
+        """The AMI session dropped: every awaited response is lost.  Before the move
+        (lookup, Setvar, Redirect) the job fails as an error — a Redirect may or may not
+        have happened, and a second one must not be risked.  After it (Hangup of A,
+        Bridge, Originate, Hangup of P) the action is queued again for the next session
+        (`resume`); jobs that were only following events keep going after the re-login."""
         out: list[Output] = []
-        for action_id in list(self._inflight):
+        for action_id, key in list(self._inflight.items()):
+            tr = self.transfers.get(key)
+            if tr is not None and tr.phase not in (Phase.LOCATE, Phase.SETVAR,
+                                                   Phase.REDIRECT):
+                del self._inflight[action_id]
+                again = {k: v for k, v in tr.inflight_fields.items() if k != "ActionID"}
+                tr.pending.insert(0, again)
+                tr.inflight = ""
+                continue
             out += self.response(action_id, {"Response": "Error",
                                              "Message": "AMI session lost"}, now)
         self._listings.clear()
+        return out
+
+    def resume(self, now: float) -> list[Output]:
+        """A new session is up: send what was queued again by `disconnected`."""
+        out: list[Output] = []
+        for tr in list(self.transfers.values()):
+            out += self._pump(tr)
         return out
 
     def session_restarted(self, now: float) -> list[Output]:
@@ -481,6 +499,9 @@ class Follower:
         fields = {"Action": fields["Action"], **{k: v for k, v in fields.items()
                                                  if k != "Action"}, "ActionID": action_id}
         tr.inflight = action_id
+        tr.inflight_fields = fields
+        if fields["Action"] == "Originate":
+            tr.originate_id = action_id
         self._inflight[action_id] = tr.key
         if fields["Action"] == "CoreShowChannels":
             self._listings[action_id] = tr.key
@@ -546,10 +567,7 @@ class Follower:
               ) -> list[Output]:
         tr.last_action = purpose
         self._queue(tr, fields)
-        out = self._pump(tr)
-        if purpose == "Originate" and out:
-            tr.originate_id = out[0].action_id  # type: ignore[union-attr]
-        return out
+        return self._pump(tr)
 
     # -- following one transfer
 
