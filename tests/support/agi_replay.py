@@ -29,6 +29,7 @@ Everything else is byte for byte.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -37,6 +38,10 @@ from dataclasses import dataclass, field
 from tests.support.transcript import Chunk, Transcript
 
 HANGUP = b"HANGUP\n"
+
+
+class _ServerClosed(Exception):
+    """The server closed while the peer waited to send a reply (a cut session)."""
 
 
 @dataclass
@@ -106,6 +111,7 @@ class ReplayPeer:
     matches: list[Match] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     saw_half_close: bool = False
+    closed_early: bool = False  # the server closed while a recorded reply was pending
     _thread: threading.Thread | None = None
 
     @property
@@ -132,16 +138,35 @@ class ReplayPeer:
 
     # -- the peer
 
-    def _pace(self, t0: float, offset: float) -> None:
-        delay = t0 + offset * self.scale - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    def _pace(self, t0: float, offset: float, sock: socket.socket | None = None) -> None:
+        """Wait until the recorded time; while waiting, notice the server closing (a cut
+        session) and stop there (_ServerClosed)."""
+        end = t0 + offset * self.scale
+        while True:
+            delay = end - time.monotonic()
+            if delay <= 0:
+                return
+            if sock is None:
+                time.sleep(delay)
+                return
+            readable, _, _ = select.select([sock], [], [], min(delay, 0.05))
+            if readable:
+                try:
+                    peek = sock.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    peek = b""
+                if not peek:
+                    self.closed_early = True
+                    raise _ServerClosed
+                time.sleep(min(delay, 0.05))
 
     def _run(self, host: str, port: int) -> None:
         try:
             with socket.create_connection((host, port), timeout=self.timeout_s) as sock:
                 sock.settimeout(self.timeout_s)
                 self._talk(sock)
+        except _ServerClosed:
+            pass
         except Exception as exc:  # noqa: BLE001 - reported through errors
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -198,6 +223,6 @@ class ReplayPeer:
             for c in skipped_hangups:
                 sock.sendall(c.data)
             for c in exchange.replies:
-                self._pace(t_cmd, c.t - exchange.command.t)
+                self._pace(t_cmd, c.t - exchange.command.t, sock)
                 sock.sendall(c.data)
             deadline = time.monotonic() + self.timeout_s
