@@ -75,7 +75,9 @@ def split(transcript: Transcript, rename: dict[bytes, bytes] | None = None) -> R
         return Chunk(c.t, c.side, data)
 
     chunks = [ren(c) for c in transcript.chunks]
-    close_t = next((n.t for n in transcript.notes if "shutdown(SHUT_WR)" in n.text),
+    # agirec.py notes its half-close; agiproxy.py (pyst2 runs) notes the server's EOF
+    close_t = next((n.t for n in transcript.notes
+                    if "shutdown(SHUT_WR)" in n.text or "EOF from AGI server" in n.text),
                    chunks[-1].t if chunks else 0.0)
     env: list[Chunk] = []
     exchanges: list[Exchange] = []
