@@ -211,13 +211,18 @@ if not old then
   if dls then redis.call('ZREM', dls, member) end
   return {rid, '', '', 'unknown', 0, ev == 'expiry' and 'drop' or ''}
 end
-if FINAL[old] and cluster then
-  -- The same event at the same instant again: the journal replaying the event whose
-  -- reply was lost after the script had run.  Redo only the work after the script.
-  local last = redis.call('LINDEX', lk, -1) or ''
-  local ts, lev, lold, lnew, lout = string.match(last, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)')
-  if ts == now and lev == ev and lout == 'applied' and lnew == old and not FINAL[lold] then
-    return finished(lold, old)
+if FINAL[old] and cluster and redis.call('HGET', xk, 'final_at') == now then
+  -- The event that made it final, at the same instant, again: the journal replaying it
+  -- because the steps after its script were lost.  Redo only those (whatever events
+  -- were logged since: a final state never changes, its finalising line is unique).
+  local lines = redis.call('LRANGE', lk, 0, -1)
+  for i = #lines, 1, -1 do
+    local ts, lev, lold, lnew, lout =
+      string.match(lines[i], '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)')
+    if lout == 'applied' and FINAL[lnew] then
+      if ts == now and lev == ev then return finished(lold, lnew) end
+      break
+    end
   end
 end
 if ev == 'expiry' and not FINAL[old] and cur[2] and tonumber(cur[2]) > tonumber(now) then

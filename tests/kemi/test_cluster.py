@@ -371,6 +371,8 @@ def test_finished_record_survives_losing_the_steps_after_the_final_script(
     # Until the replay: the state is final, the stream does not have it yet, and the
     # entries left behind decide nothing (the tie is filtered, the sweep drops the entry).
     assert store.get(cid, "1")["state"] == "succeeded" and store.finished() == []
+    # The calls go on: the BYEs after a transfer are logged meanwhile.
+    assert store.apply(cid, "1", Event.BYE_TRANSFEROR, NOW + 2.5).outcome == "ignored"
     assert client.call("HGETALL", store.tie_key(MCKENZIE)) != []
     assert store.find_for_invite(MCKENZIE) == []
     report = journal.replay(store)
@@ -380,7 +382,7 @@ def test_finished_record_survives_losing_the_steps_after_the_final_script(
     assert store.due(NOW + 10_000) == []
     assert client.call("HGETALL", store.tie_key(MCKENZIE)) == []
     log = store.log(cid, "1")
-    assert len(log) == 3 and log[-1].split("|")[1:5] == [
+    assert len(log) == 4 and log[-2].split("|")[1:5] == [
         "notify-success", "accepted", "succeeded", "applied"]  # applied once, not twice
     # A late retransmission of that NOTIFY is no replay: it is not streamed again.
     assert store.apply(cid, "1", Event.NOTIFY_SUCCESS, NOW + 3).final is False
