@@ -51,6 +51,7 @@ AST_TABLE = "referee_ast"  # "ip:port" of each [anchored] Asterisk -> its name
 CSEQ_TABLE = "referee_cs"  # Call-ID -> the last CSeq an Asterisk sent in that dialog
 SHIFT_TABLE = "referee_x"  # Call-ID -> kemi.cseq state of a dialog referee NOTIFYs in
 JOBS_MAXLEN = 10000
+DIALOGS_TTL_S = 86400  # as the htables' autoexpire
 PROGRESS_BATCH = 50
 REPLY_ROUTE = "referee_reply"
 FAILURE_ROUTE = "referee_failure"
@@ -132,6 +133,7 @@ class Referee:
         }
         self._progress_ready = False  # consumer group made (progress timer process)
         self._progress_pending = True  # claim our own unacknowledged entries first
+        self._rebuilt = False  # htable marks of anchored dialogs restored after a start
 
     # -- process lifecycle -------------------------------------------------------------
     def child_init(self, rank: int) -> int:
@@ -141,6 +143,7 @@ class Referee:
         self._client = None
         self._progress_ready = False
         self._progress_pending = True
+        self._rebuilt = False
         # The cfg recognises an Asterisk's requests by source address in this table.
         for addr, name in self.asterisk_sources.items():
             try:
@@ -395,12 +398,8 @@ class Referee:
         self._apply(cid, rid, event, {"refer_reply": "202"}, "202 by referee (anchored)")
         expires = int(min(plan.expiry_s, self.settings.transfer.max_open_s))
         if not nosub:
-            cseq = self._notify_anchored(cid, rid, plan.fields, 100, "Trying", False, expires)
-            if cseq is not None:
-                self._apply(cid, rid, Event.NOTIFY_TRYING, {
-                    "last_notify": "100", "notify_cseq": str(cseq),
-                    "cs_state": plan.fields["cs_state"],
-                }, "100 Trying (referee)")
+            self._notify_anchored(cid, rid, plan.fields, 100, "Trying", False, expires,
+                                  record_event=(Event.NOTIFY_TRYING, {}, "100 Trying (referee)"))
         job = anchored.move_job(
             call_id=cid, refer_id=rid, target_uri=plan.target_uri, transferor=plan.transferor,
             decision=plan.decision, dial_template=self.anchored.dial,
@@ -415,9 +414,58 @@ class Referee:
                           "transfer failed")
             self._finish_unqueued(cid, rid, plan.fields, nosub)
             return HANDLED
+        if not nosub:
+            self._remember_dialog(cid, rid)
         _log(KSR.info, f"REFER {cid}/{rid} {plan.transferor} -> {plan.target_uri} accepted "
                        f"for anchored {asterisk} ({plan.decision.rule}); dial {job.dial}")
         return HANDLED
+
+    @property
+    def _dialogs_key(self) -> str:
+        """This node's anchored dialogs with renumbered CSeq: Call-ID -> refer id, so a
+        restarted Kamailio can restore their htable state (kept in the records)."""
+        return f"{self.settings.redis.prefix}:{{anchor:{self.anchored.node}}}:dialogs"
+
+    def _remember_dialog(self, cid: str, rid: str) -> None:
+        try:
+            self.client.pipeline([
+                ("HSET", self._dialogs_key, cid, rid),
+                ("EXPIRE", self._dialogs_key, DIALOGS_TTL_S),
+            ])
+        except RedisError as exc:
+            _log(KSR.warn, f"dialog {cid} not listed for a restart ({exc}): a restart "
+                           "before its end would leave Asterisk's requests unrenumbered")
+
+    def _forget_dialog(self, cid: str) -> None:
+        try:
+            self.client.call("HDEL", self._dialogs_key, cid)
+        except RedisError as exc:
+            _log(KSR.notice, f"dialog {cid} left in {self._dialogs_key} ({exc}); it expires")
+
+    def _rebuild_marks(self) -> None:
+        """After a start: the CSeq state and BYE mark of every anchored dialog this node
+        renumbers, from the transfer records (the htables are gone with the old process).
+        The next NOTIFY in such a dialog jumps kemi.cseq.REBUILD_MARGIN ahead, in case
+        Asterisk sent requests after the record was last written."""
+        listed = _pairs(self.client.call("HGETALL", self._dialogs_key) or [])
+        restored = 0
+        for cid, rid in listed.items():
+            if KSR.htable.sht_get(SHIFT_TABLE, cid) is not None:
+                continue  # live: this was a reload, not a restart
+            record = self.store.get(cid, rid)
+            if not record or not record.get("cs_state"):
+                self._forget_dialog(cid)
+                continue
+            try:
+                shift = CSeqShift.decode(record["cs_state"]).rebuilt()
+            except CSeqError as exc:
+                _log(KSR.err, f"dialog {cid}: CSeq state not restored: {exc}")
+                continue
+            KSR.htable.sht_sets(SHIFT_TABLE, cid, shift.encode())
+            self._mark_dialog(cid, record.get("from_tag", ""), rid, anchored_dialog=True)
+            restored += 1
+        if restored:
+            _log(KSR.notice, f"CSeq renumbering restored for {restored} anchored dialog(s)")
 
     def _finish_unqueued(self, cid: str, rid: str, record: dict, nosub: bool) -> None:
         fields = {"anchor_error": "job not queued"}
@@ -446,10 +494,14 @@ class Referee:
             return None
 
     def _notify_anchored(self, cid: str, rid: str, record: dict, code: int, reason: str,
-                         terminated: bool, expires_s: int) -> int | None:
+                         terminated: bool, expires_s: int, record_event=None) -> int | None:
         """Send A one NOTIFY in Asterisk's name; its CSeq number, or None if it could not
         be sent.  The dialog's CSeq state is updated under the htable slot lock, so a
-        request Asterisk sends at the same moment is numbered after it."""
+        request Asterisk sends at the same moment is numbered after it.
+
+        record_event (event, fields, detail): applied to the transfer once the NOTIFY is
+        numbered and before it leaves, so A's answer (a 481) is never recorded before
+        the NOTIFY it answers; the fields get the NOTIFY's CSeq and the CSeq state."""
         try:
             route_ = anchored.NotifyRoute.from_record(record)
         except ValueError as exc:
@@ -466,6 +518,13 @@ class Referee:
         finally:
             KSR.htable.sht_unlock(SHIFT_TABLE, cid)
         record["cs_state"] = shift.encode()
+        if record_event is not None:
+            event, fields, detail = record_event
+            fields = {**fields, "last_notify": str(code), "notify_cseq": str(cseq),
+                      "cs_state": record["cs_state"]}
+            if terminated:
+                fields["final_sipfrag"] = f"{code} {reason}"
+            self._apply(cid, rid, event, fields, detail)
         headers, body = anchored.notify_request(
             route_, cid, rid, cseq, code, reason, terminated, expires_s
         )
@@ -473,7 +532,7 @@ class Referee:
                                headers, body)
         if rc is not None and rc < 0:
             _log(KSR.err, f"NOTIFY {code} for {cid}/{rid} (CSeq {cseq}) not sent: tm {rc}")
-            return None
+            return None if record_event is None else cseq  # recorded already: not twice
         _log(KSR.info, f"NOTIFY {code} {reason} for {cid}/{rid} sent (CSeq {cseq}"
                        f"{', terminated' if terminated else ''})")
         return cseq
@@ -575,6 +634,9 @@ class Referee:
             return CONTINUE
         key = progress_key(self.settings.redis.prefix, self.anchored.node)
         try:
+            if not self._rebuilt:
+                self._rebuild_marks()
+                self._rebuilt = True
             if not self._progress_ready:
                 try:
                     self.client.call("XGROUP", "CREATE", key, PROGRESS_GROUP, "0", "MKSTREAM")
@@ -624,20 +686,18 @@ class Referee:
         detail = f"{p.code} {p.reason}" + (f" ({p.detail})" if p.detail else "")
         state = record.get("state", "")
         live = state in (State.REFER_SEEN, State.ACCEPTED, State.TRYING, State.RINGING)
+        event = anchored.progress_event(p, nosub)
         if not nosub and live:
             deadline = float(record.get("deadline") or 0) or time.time()
             cseq = self._notify_anchored(
                 p.call_id, p.refer_id, record, p.code, p.reason, p.final,
-                int(deadline - time.time()),
+                int(deadline - time.time()), record_event=(event, fields, detail),
             )
             if cseq is not None:
-                fields.update(last_notify=str(p.code), notify_cseq=str(cseq),
-                              cs_state=record["cs_state"])
-                if p.final:
-                    fields["final_sipfrag"] = f"{p.code} {p.reason}"
+                return
+            detail += "; NOTIFY not sent"
         elif not nosub:
             detail += f"; no NOTIFY (transfer {state})"
-        event = anchored.progress_event(p, nosub)
         self._apply(p.call_id, p.refer_id, event, fields, detail)
 
     def _redis_down_refer(self, plan: transfer.ReferPlan, exc: Exception) -> int:
@@ -926,6 +986,7 @@ class Referee:
                     KSR.htable.sht_rm(table, call_id)
                 except Exception:  # noqa: BLE001
                     pass
+            self._forget_dialog(call_id)
         return CONTINUE
 
 

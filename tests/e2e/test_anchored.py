@@ -14,7 +14,7 @@ import pytest
 
 from kemi.anchor import PROGRESS_GROUP, MoveJob, Progress, jobs_key, progress_key
 from tests.e2e.conftest import make_lab
-from tests.e2e.parties import finish, received, wait_for
+from tests.e2e.parties import finish, received, sip_messages, wait_for
 from tests.support import anchored as parties
 from tests.support.anchored import A_CSEQ, ASTERISK_CSEQ
 from tests.support.kamailio import free_udp_port
@@ -121,7 +121,9 @@ def _check_notify(n, ast_uri: str, a_tag: str, ast_tag: str, frag: str, terminat
 
 def test_accept_notifies_truthfully_and_asterisk_requests_are_renumbered(anchored_lab):
     al = anchored_lab()
-    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri), parties.Asterisk())
+    then = ["UPDATE", "INVITE", "BYE"]  # session refresh, a re-INVITE (+ ACK), release
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, then=then),
+                               parties.Asterisk(then=then))
     job = al.job()
     assert job is not None, al.lab.kamailio.log()[-4000:]
     assert job.call_id == call_id
@@ -141,29 +143,35 @@ def test_accept_notifies_truthfully_and_asterisk_requests_are_renumbered(anchore
     finish(al.lab, pa, pz)
 
     # A: 202 from referee, three NOTIFYs numbered right after Asterisk's INVITE, then
-    # Asterisk's UPDATE and BYE renumbered past them (A's scenario refuses any step back).
+    # Asterisk's UPDATE, re-INVITE (and its ACK) and BYE renumbered past them (A's
+    # scenario refuses any step back, and an ACK not matching its INVITE).
     [accepted] = received(pa, "REFER", status=202)
     assert accepted.header("Refer-Sub") is None
     notifies = received(pa, "NOTIFY")
     assert [n.cseq for n in notifies] == [ASTERISK_CSEQ + 1, ASTERISK_CSEQ + 2,
                                           ASTERISK_CSEQ + 3]
-    [invite] = received(pa, "INVITE")
+    invite = received(pa, "INVITE")[0]
     ast_tag = invite.header("From").split(";tag=")[1]
     a_tag = accepted.header("From").split(";tag=")[1]
     for n, frag, term in zip(notifies, ["100 Trying", "180 Ringing", "200 OK"],
                              [False, False, True], strict=True):
         _check_notify(n, al.asterisk_uri, a_tag, ast_tag, frag, term)
     [update] = received(pa, "UPDATE")
+    [_, reinvite] = received(pa, "INVITE")
+    [_, ack] = received(pa, "ACK")
     [bye] = received(pa, "BYE")
-    assert (update.cseq, bye.cseq) == (ASTERISK_CSEQ + 4, ASTERISK_CSEQ + 5)
-    assert received(pa, status=500) == []
+    assert [update.cseq, reinvite.cseq, ack.cseq, bye.cseq] == [
+        ASTERISK_CSEQ + 4, ASTERISK_CSEQ + 5, ASTERISK_CSEQ + 5, ASTERISK_CSEQ + 6]
+    assert all(m.status != 500 for m in sip_messages(pa.messages()))
 
     # Asterisk: never saw the REFER; A's replies carry Asterisk's own numbers.
     assert received(pz, "REFER") == []
     [ok_update] = received(pz, "UPDATE", status=200)
+    [_, ok_reinvite] = received(pz, "INVITE", status=200)
     [ok_bye] = received(pz, "BYE", status=200)
     assert ok_update.header("CSeq") == f"{ASTERISK_CSEQ + 1} UPDATE"
-    assert ok_bye.header("CSeq") == f"{ASTERISK_CSEQ + 2} BYE"
+    assert ok_reinvite.header("CSeq") == f"{ASTERISK_CSEQ + 2} INVITE"
+    assert ok_bye.header("CSeq") == f"{ASTERISK_CSEQ + 3} BYE"
 
     assert record["anchored"] == "pbx1" and record["anchor_mode"] == "accept"
     assert record["final_sipfrag"] == "200 OK"
@@ -261,3 +269,58 @@ def test_relay_mode_sends_the_refer_to_asterisk_with_x_transfer_id(anchored_lab)
     assert record["anchored"] == "pbx1" and record["anchor_mode"] == "relay"
     assert record["state"] == "accepted"
     assert al.lab.rcli.xlen(jobs_key(PREFIX, "pbx1")) == 0
+
+
+def test_a_481_to_a_notify_ends_the_subscription_and_the_outcome_is_still_recorded(
+        anchored_lab):
+    al = anchored_lab()
+    pa, pz, call_id = al.start(
+        parties.PbxA(al.asterisk_uri, notifies=2, notify_481_at=2, then=["BYE"]),
+        parties.Asterisk(then=["BYE"]),
+    )
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.state_is(call_id, job.refer_id, "trying")
+    al.progress(job, 180, "Ringing", False)
+    al.state_is(call_id, job.refer_id, "transferor-gone")
+    al.progress(job, 200, "OK", True)  # no NOTIFY any more: the subscription is over
+    record = al.state_is(call_id, job.refer_id, "succeeded")
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    assert len(received(pa, "NOTIFY")) == 2
+    [bye] = received(pa, "BYE")
+    assert bye.cseq == ASTERISK_CSEQ + 3
+    assert record["notify_reply"] == "481"
+    assert [e[:3] for e in al.events(call_id, job.refer_id)] == [
+        ("refer", "new", "refer-seen"),
+        ("refer-accepted", "refer-seen", "accepted"),
+        ("notify-trying", "accepted", "trying"),
+        ("notify-ringing", "trying", "ringing"),
+        ("notify-481", "ringing", "transferor-gone"),
+        ("notify-success", "transferor-gone", "succeeded"),
+        ("bye-transferee", "succeeded", "succeeded"),
+    ]
+
+
+def test_restart_between_the_final_notify_and_asterisks_bye_keeps_renumbering(
+        anchored_lab):
+    al = anchored_lab()
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, notifies=2, then=["BYE"]),
+                               parties.Asterisk(then=["BYE"]))
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.progress(job, 200, "OK", True)
+    al.state_is(call_id, job.refer_id, "succeeded")
+    al.lab.kamailio.stop()
+    al.lab.kamailio.start()  # same port; the htables start empty
+    restored = wait_for(lambda: call_id in al.lab.kamailio.kamcmd(
+        "htable.dump", "referee_x"), 3.0)
+    assert restored, al.lab.kamailio.log()[-3000:]
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    notifies = received(pa, "NOTIFY")
+    [bye] = received(pa, "BYE")
+    assert bye.cseq > notifies[-1].cseq  # a jump is legal; a step back is the failure
+    [ok_bye] = received(pz, "BYE", status=200)
+    assert ok_bye.cseq == ASTERISK_CSEQ + 1
+    al.htables_empty_of(call_id)

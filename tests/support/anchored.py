@@ -53,6 +53,7 @@ class PbxA:
     notifies: int = 3  # NOTIFYs expected (100, 180, final) before Asterisk's requests
     then: list[str] = field(default_factory=lambda: ["UPDATE", "BYE"])  # from Asterisk
     bye_after_refer: bool = False  # A hangs up itself after the REFER's answer
+    notify_481_at: int | None = None  # answer this NOTIFY (1-based) 481 and expect no more
 
     def xml(self) -> str:
         out = HEAD + '<scenario name="pbx A (transferor)">\n'
@@ -77,14 +78,32 @@ class PbxA:
         out += '  <recv response="100" optional="true"/>\n'
         out += f'  <recv response="{self.expect_refer}"/>\n'
         i = 1
-        for _ in range(self.notifies):
-            out += _strict_recv("NOTIFY", i) + _reply("200 OK", to_tag=False)
+        for n in range(1, self.notifies + 1):
+            answer = "481 Subscription Does Not Exist" if n == self.notify_481_at else "200 OK"
+            out += _strict_recv("NOTIFY", i) + _reply(answer, to_tag=False)
             i += 1
         if self.bye_after_refer:
             out += _send(self._in_dialog("BYE", A_CSEQ + 1, []), retrans=True)
             out += '  <recv response="200"/>\n'
         for method in self.then:
-            out += _strict_recv(method, i) + _reply("200 OK", to_tag=False)
+            if method == "INVITE":  # a re-INVITE: its ACK must carry the INVITE's number
+                out += _strict_recv(method, i)
+                out += _send(_reply_sdp("200 OK", to_tag=False), retrans=True)
+                out += (
+                    '  <recv request="ACK">\n    <action>\n'
+                    f'      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:"'
+                    f' assign_to="ack{i}"/>\n'
+                    f'      <todouble assign_to="ackd{i}" variable="ack{i}"/>\n'
+                    f'      <test assign_to="acklo{i}" variable="ackd{i}" compare="less_than"'
+                    f' variable2="csd{i}"/>\n'
+                    f'      <test assign_to="ackhi{i}" variable="ackd{i}"'
+                    f' compare="greater_than" variable2="csd{i}"/>\n'
+                    "    </action>\n  </recv>\n"
+                    f'  <nop next="badcseq" test="acklo{i}"/>\n'
+                    f'  <nop next="badcseq" test="ackhi{i}"/>\n'
+                )
+            else:
+                out += _strict_recv(method, i) + _reply("200 OK", to_tag=False)
             i += 1
         out += '  <nop next="end"/>\n'
         out += '  <label id="badcseq"/>\n' + _reply("500 Invalid CSeq", to_tag=False)
@@ -168,11 +187,20 @@ Max-Forwards: 70
         cseq = ASTERISK_CSEQ
         for method in self.then:
             cseq += 1
+            if method == "INVITE":
+                out += _send(_with_sdp(self._in_dialog(method, cseq, body=True)), retrans=True)
+                out += '  <recv response="100" optional="true"/>\n  <recv response="200"/>\n'
+                out += _send(self._in_dialog("ACK", cseq))
+                continue
             out += _send(self._in_dialog(method, cseq), retrans=True)
             out += '  <recv response="200"/>\n'
         return out + "</scenario>\n"
 
-    def _in_dialog(self, method: str, cseq: int) -> str:
+    def _in_dialog(self, method: str, cseq: int, body: bool = False) -> str:
+        text = self._headers(method, cseq)
+        return text if body else text + "Content-Length: 0\n"
+
+    def _headers(self, method: str, cseq: int) -> str:
         return f"""
 {method} [$acontact] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
@@ -183,7 +211,6 @@ Call-ID: [call_id]
 CSeq: {cseq} {method}
 Contact: <sip:asterisk@[local_ip]:[local_port]>
 Max-Forwards: 70
-Content-Length: 0
 """
 
 
