@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from agi.session import Reply, command_line
+from kemi.anchored import dial_string
 
 ANCHORED = "anchored"
 RELAYED = "relayed"
@@ -437,12 +438,13 @@ class AnchoredRun(_Base):
         return o
 
 
-DialFor = Callable[[dict[str, str]], str]
+DialFor = Callable[[str], str]
 
 
 def dial_template(template: str) -> DialFor:
-    """A relayed dial string from a template over the Refer-To: {user}, {host}, {uri}."""
-    return lambda parts: template.format(**parts)
+    """A relayed dial string from a template over the Refer-To: {user}, {host}, {uri}, filled
+    in exactly as for anchored transfers ([anchored] dial, kemi.anchored.dial_string)."""
+    return lambda uri: dial_string(template, uri)
 
 
 class RelayedRun(_Base):
@@ -471,7 +473,7 @@ class RelayedRun(_Base):
         dial = ""
         if refer_to:
             try:
-                dial = self.dial_for(refer_to_parts(refer_to)).strip()
+                dial = self.dial_for(refer_to_parts(refer_to)["uri"]).strip()
             except (KeyError, IndexError, ValueError) as exc:
                 problems.append(f"dial template failed: {exc}")
         options = "m"
