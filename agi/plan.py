@@ -269,6 +269,7 @@ class _Base:
         status = yield CHANNEL_STATUS
         if status is None:
             raise PlanAborted("CHANNEL STATUS: no reply")
+        self.hangup_seen = self.hangup_seen or status.hangup_seen
         if status.code == 511:
             self._step(f"{what}: -1, channel dead (511)")
             return True

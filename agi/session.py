@@ -340,8 +340,11 @@ class AGISession(AGI):
         return "" if value is None else value
 
     def variable(self, name: str) -> str | None:
-        """GET VARIABLE: the value, or None when Asterisk says result=0 (unset)."""
-        reply = self.run("GET VARIABLE", name)
+        """GET VARIABLE: the value, or None when Asterisk says result=0 (unset).  A name
+        with `${` in it is an expression and goes through GET FULL VARIABLE (GET VARIABLE
+        would look up a variable literally named so)."""
+        command = "GET FULL VARIABLE" if "${" in name else "GET VARIABLE"
+        reply = self.run(command, name)
         return reply.data if reply.result == 1 else None
 
     def get_full_variable(self, expr: str, channel: str | None = None) -> str:

@@ -71,6 +71,21 @@ def test_pyst2_itself_fails_off_the_main_thread():
     assert "e" in box
 
 
+def test_expressions_go_through_get_full_variable():
+    s, out = session_on(ENV + "200 result=1 (1)\n200 result=1 ()\n")
+    assert s.variable("${CHANNEL_EXISTS(PJSIP/pbx-1)}") == "1"
+    assert s.get_full_variable("${HASH(TRANSFER_DATA,X-Transfer-Id)}") == ""
+    assert out.getvalue() == ("GET FULL VARIABLE ${CHANNEL_EXISTS(PJSIP/pbx-1)}\n"
+                              "GET FULL VARIABLE ${HASH(TRANSFER_DATA,X-Transfer-Id)}\n")
+
+
+def test_pyst2_helpers_run_on_the_fixed_io():
+    s, out = session_on(ENV + "200 result=0 endpos=1234\n200 result=0\n")
+    assert s.stream_file("beep") == ""  # pyst2's own helper, our reader and writer
+    s.set_context("operator")
+    assert out.getvalue() == 'STREAM FILE beep "" 0\nSET CONTEXT operator\n'
+
+
 def test_no_stderr_noise(capsys):
     s, _ = session_on(ENV + "200 result=1 (x)\n")
     s.get_variable("X")
