@@ -95,6 +95,7 @@ def anchored_lab(request, tmp_path, redis_server):
         lab = make_lab(tmp_path, redis_server, request.param, kamailio=kamailio)
         conf = lab.kamailio.referee_config
         conf.write_text(conf.read_text() + anchored_settings(port, mode))
+        lab.kamailio.defines = ("WITH_ANCHORED",)  # kamailio.cfg's global reply route
         lab.kamailio.start()
         labs.append(lab)
         return AnchoredLab(lab, port)
