@@ -226,6 +226,7 @@ class AmiController:
                                    done_ttl_s=settings.transfer.done_ttl_s)
         self.logins = 0
         self.jobs_seen = 0
+        self._last_tick = 0.0
 
     # -- lifecycle
 
@@ -316,8 +317,10 @@ class AmiController:
             job: _Job = item[1]
             self._perform(self.follower.job(job.job, job.entry_id, now))
         deadline = self.follower.next_deadline()
-        if deadline is not None and deadline <= self.clock():
-            self._perform(self.follower.tick(self.clock()))
+        now = self.clock()
+        if (deadline is not None and deadline <= now) or now - self._last_tick >= 1.0:
+            self._last_tick = now
+            self._perform(self.follower.tick(now))
 
     def _perform(self, outputs: list[Output]) -> None:
         work = list(outputs)
@@ -325,6 +328,8 @@ class AmiController:
             out = work.pop(0)
             if isinstance(out, SendAction):
                 resp = self._send(out)
+                if resp is None:  # the session broke: session_restarted() decides
+                    continue
                 work[:0] = self.follower.response(out.action_id, resp, self.clock())
             elif isinstance(out, Publish):
                 self._publish(out)
@@ -333,14 +338,18 @@ class AmiController:
             elif isinstance(out, Ack):
                 self._ack(out.entry_id)
 
-    def _send(self, out: SendAction) -> dict[str, str]:
+    def _send(self, out: SendAction) -> dict[str, str] | None:
+        """The response's headers; None when the session broke (no answer is known)."""
         session = self.session
-        if session is None:
-            return {"Response": "Error", "Message": "AMI not connected"}
+        if session is None or not session.alive():
+            log.warning("AMI %s (%s) not sent: no session", out.action, out.action_id)
+            return None
         try:
             resp = session.send_action(dict(out.fields))
         except ManagerException as exc:
             log.error("AMI %s (%s) failed: %s", out.action, out.action_id, exc)
+            if session.broken or not session.alive():
+                return None
             return {"Response": "Error", "Message": f"AMI: {exc}"}
         headers = dict(resp.headers)
         if headers.get("Response") != "Success":

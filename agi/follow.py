@@ -109,6 +109,9 @@ class FollowSettings:
     follow_slack_s: float = 120.0
     # Hung-up channels are forgotten after this long.
     forget_after_s: float = 60.0
+    # A job older than this when read (the controller or AMI was down) is refused with
+    # a final 503 rather than moving a call whose parties have long moved on.
+    max_job_age_s: float = 120.0
 
 
 # --------------------------------------------------------------------------- channels
@@ -179,6 +182,9 @@ class Channels:
                 ch.bridge_peer = ch.peer_call_id = ""
         elif name == "CoreShowChannel":
             ch.bridge_id = ev.get("BridgeId", "")
+        elif name == "Rename" and ev.get("Newname"):
+            ch.name = ev["Newname"]
+            self.by_name[ch.name] = ch.uid
         elif name == "Hangup":
             ch.gone_at = now
             ch.cause = _int(ev.get("Cause"))
@@ -311,6 +317,11 @@ class Follower:
             return [Ack(entry_id)]
         tr = Transfer(job, entry_id, now)
         self.transfers[tr.key] = tr
+        age = now - job.created_at
+        if age > self.s.max_job_age_s:
+            log.error("transfer %s: job %s is %.0f s old (limit %.0f s); not run", tr.key,
+                      entry_id, age, self.s.max_job_age_s)
+            return self._fail_early(tr, now, "job-expired", f"job {age:.0f} s old, not run")
         pair = self.channels.find_pair(job.call_id)
         if pair is None:
             log.info("transfer %s: channels of Call-ID %s not known from events; asking "

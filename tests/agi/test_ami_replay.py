@@ -85,11 +85,20 @@ def replay(redis_server) -> Iterator:
                       dial_timeout_s=20, release_after_s=release_after_s,
                       on_failure=on_failure)
 
+        holder: dict[str, AmiController] = {}
+
         def push_job() -> None:
             # The REFER comes after the call is up: let the controller see the bridge first
             # (pyst2 reads the socket byte by byte; a job racing the events would be
             # looked up with CoreShowChannels, which these recordings do not answer).
-            time.sleep(0.1)
+            def seen() -> bool:
+                try:  # read from another thread: a table changing under us is "not yet"
+                    return "c" in holder and holder["c"].follower.channels.find_pair(
+                        who.call_id) is not None
+                except RuntimeError:
+                    return False
+
+            _wait(seen, timeout=5)
             fields = [x for kv in job.to_fields().items() for x in kv]
             RespClient(redis_server.url, timeout_s=2).call(
                 "XADD", jobs_key(PREFIX, "ast1"), "*", *fields)
@@ -105,6 +114,7 @@ def replay(redis_server) -> Iterator:
         )
         controller = AmiController(settings, block_ms=100, consumer="test",
                                    connect_timeout_s=1.0)
+        holder["c"] = controller
         controller.start()
         run = Run(peer, controller, who, job, redis, store)
         runs.append(run)
