@@ -410,3 +410,22 @@ def _hold_hangup(response):
     def wrapped(action_id, resp, now):
         return [] if resp is None else response(action_id, resp, now)
     return wrapped
+
+
+def test_stale_job_refused():
+    who = cast(transcript.ami("a-target-answers"))
+    f = Follower(S)
+    out = f.job(job_for(who, created_at=0.0), "1-0", S.max_job_age_s + 1)
+    assert [(o.progress.code, o.progress.final) for o in out if isinstance(o, Publish)] == [
+        (503, True)]
+    assert not [o for o in out if isinstance(o, SendAction)]
+    assert any(isinstance(o, Ack) for o in out)
+
+
+def test_rename_followed():
+    f = Follower(S)
+    f.event({"Event": "Newchannel", "Channel": "PJSIP/x-00000001", "Uniqueid": "1.1",
+             "Linkedid": "1.1"}, 0.0)
+    f.event({"Event": "Rename", "Channel": "PJSIP/x-00000001", "Newname": "PJSIP/y-00000002",
+             "Uniqueid": "1.1"}, 0.0)
+    assert f.channels.get("PJSIP/y-00000002").uid == "1.1"
