@@ -221,6 +221,7 @@ class _Base:
     def __init__(self):
         self.outcome = Outcome(ERROR)
         self.hangup_seen = False  # a HANGUP line came with some reply: P is gone
+        self.dialling = False  # EXEC Dial sent, its reply not yet in
 
     def _step(self, text: str) -> None:
         self.outcome.steps.append(text)
@@ -231,6 +232,10 @@ class _Base:
         if o.result == ERROR and not o.error:
             if o.dialstatus == "ANSWER":
                 o.result = BRIDGED
+            elif self.dialling:
+                # Dial was running (ringing, or the P-T call itself): Asterisk writes its
+                # result only when it returns, so the outcome is unknown here.
+                o.error = f"connection lost during EXEC Dial, outcome unknown: {reason}"
             else:
                 o.error = f"connection lost: {reason}"
         self._step(f"connection lost: {reason}")
@@ -294,7 +299,9 @@ class _Base:
     def _dial(self, plan: TransferPlan) -> Generator[Step, Reply | None, str]:
         """Dial the target; returns "answer", "gone" or "failed" (with the outcome filled)."""
         o = self.outcome
+        self.dialling = True
         r = self._check((yield exec_("Dial", plan.dial_data)), "EXEC Dial")
+        self.dialling = False
         o.dial_result = r.result
         if r.result == -2:
             raise PlanAborted("EXEC Dial: no such application (-2)")

@@ -83,6 +83,7 @@ def test_session_cut_by_the_limit_is_recorded(agi_server, store):
     assert peer.commands[-1] == b"EXEC Dial PJSIP/sttarget,50,m\n"
     o = wait_outcome(handler)
     assert o.result == "error" and "session limit 0.5 s" in o.error
+    assert "during EXEC Dial, outcome unknown" in o.error
     record = store.get("x-noans-3", "1")
     assert record["agi_result"] == "error" and "session limit" in record["agi_error"]
 
