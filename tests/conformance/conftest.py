@@ -8,6 +8,8 @@ the native drop-in with `@pytest.mark.parametrize("lab", BOTH_CONFIGS, indirect=
 
 from __future__ import annotations
 
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,24 +49,27 @@ class Run:
 
     def third_party(self, path: Path, *, register: str | None = None, service: str | None = None,
                     keys: dict[str, str] | None = None, extra: tuple[str, ...] = (),
-                    timeout_s: int = 15) -> Sipp:
+                    timeout_s: int = 15, calls: int = 1) -> Sipp:
         """A third-party scenario, unmodified, from ../shared/conformance; `register`: the
-        user it is reachable as at the proxy (a scenario that answers a call)."""
+        user it is reachable as at the proxy (a scenario that answers a call); `calls`:
+        its -m."""
         assert path.is_file(), f"third-party scenario missing: {path}"
         args = extra + (("-s", service) if service else ())
         sipp = Sipp(path, self.lab.tmp / "sipp", remote=self.lab.kamailio.address,
-                    keys=dict(keys or {}), extra=args, timeout_s=timeout_s)
+                    keys=dict(keys or {}), extra=args, timeout_s=timeout_s, calls=calls)
         if register:
             self.lab.register(register, sipp.port)
         self.parties.append(sipp)
         return sipp
 
     def ours(self, name: str, party: Party | Target, *, register: tuple[str, ...] = (),
-             timeout_s: int = 15) -> Sipp:
+             timeout_s: int = 15, calls: int = 1, extra: tuple[str, ...] = ()) -> Sipp:
+        """One of our parties; `calls`: how many calls it takes before it exits."""
         port = free_udp_port()
         for user in register:
             self.lab.register(user, port)
-        sipp = self.lab.party(name, party.xml(), port=port, timeout_s=timeout_s)
+        sipp = self.lab.party(name, party.xml(), port=port, timeout_s=timeout_s,
+                              calls=calls, extra=extra)
         self.parties.append(sipp)
         return sipp
 
@@ -74,6 +79,23 @@ class Run:
             sipp.start()
         codes = {caller.name: caller.run()}
         for sipp in listeners:
+            codes[sipp.name] = sipp.wait()
+        return codes
+
+    def play_twins(self, *listeners: Sipp, twin: Sipp, caller: Sipp) -> dict[str, int]:
+        """`play` for a SIPp 3PCC pair (both started with `-3pcc <twin_address>`): the
+        twin (the scenario that starts with recvCmd) listens for its controller, which
+        connects as it starts, so the twin starts first and the rest once it listens."""
+        twin.start()
+        port = int(next(a for a in twin.extra if a.startswith("127.0.0.1:")).split(":")[1])
+        deadline = time.monotonic() + 5
+        while not _listening(port):
+            assert twin.proc.poll() is None and time.monotonic() < deadline, twin.report()
+            time.sleep(0.02)
+        for sipp in listeners:
+            sipp.start()
+        codes = {caller.name: caller.run()}
+        for sipp in (*listeners, twin):
             codes[sipp.name] = sipp.wait()
         return codes
 
@@ -110,4 +132,48 @@ def run(lab) -> Run:
     return Run(lab)
 
 
-__all__ = ["ASTERISK", "BLIND", "BOTH_CONFIGS", "SHARED", "Run", "received"]
+# -- attended transfer: the dialog index on -----------------------------------------------
+INDEX_ON = "dialog_index = true"
+
+
+@pytest.fixture
+def dlab(request, tmp_path, redis_server):
+    """`lab` with the dialog index on: `[kamailio] dialog_index = true`, and for the
+    native cfg the WITH_DIALOG_INDEX define (as tests/e2e/test_attended.py starts it)."""
+    cfg = getattr(request, "param", "kamailio.cfg")
+    lab = make_lab(tmp_path, redis_server, cfg, kamailio=INDEX_ON)
+    if cfg == "kamailio-native.cfg":
+        lab.kamailio.defines = ("WITH_DIALOG_INDEX",)
+    lab.kamailio.start()
+    yield lab
+    lab.kamailio.stop()
+    errors = lab.kamailio.python_errors()
+    assert not errors, "a referee route raised:\n" + "\n".join(errors)
+
+
+@pytest.fixture
+def drun(dlab) -> Run:
+    return Run(dlab)
+
+
+def twin_address() -> str:
+    """A free loopback TCP address for a SIPp 3PCC pair's command link (-3pcc)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _listening(port: int) -> bool:
+    """Whether some process listens on TCP `port` (a SIPp twin binds it on every
+    address).  Read from /proc, not tried with a connect: the first connection a twin
+    accepts is taken for its controller's."""
+    want = f":{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(want) and fields[3] == "0A":
+            return True
+    return False
+
+
+__all__ = ["ASTERISK", "BLIND", "BOTH_CONFIGS", "INDEX_ON", "SHARED", "Run", "received",
+           "twin_address"]

@@ -38,7 +38,7 @@ a=rtpmap:0 PCMU/8000"""
 
 PHRASES = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted",
-    404: "Not Found", 408: "Request Timeout", 481: "Subscription Does Not Exist",
+    403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 481: "Subscription Does Not Exist",
     484: "Address Incomplete", 486: "Busy Here", 503: "Service Unavailable",
 }
 
@@ -103,15 +103,19 @@ class Party:
     from_: str = ""
     to: str = ""
     _labels: int = 0
+    # Global variables (shared by every SIPp call of the process): the flags one call
+    # raises and another waits for (`raises`, `waits_for`).
+    flags: list[str] = field(default_factory=list)
 
     def xml(self, name: str = "ours") -> str:
         body = "".join(self.steps)
         # SIPp refuses a variable that is set and never used: mark every one as used.
         names = sorted({v for group in re.findall(r'assign_to="([^"]+)"', body)
-                        for v in group.split(",")} - {"me"})
+                        for v in group.split(",")} - {"me", *self.flags})
         refs = f'  <Reference variables="{",".join(names)}"/>\n' if names else ""
+        shared = ",".join(["me", *self.flags])
         return (
-            HEAD + f'<scenario name="{name}">\n  <Global variables="me"/>\n'
+            HEAD + f'<scenario name="{name}">\n  <Global variables="{shared}"/>\n'
             f'  <nop><action><assignstr assign_to="me" value="{self.me}"/></action></nop>\n'
             + body + refs + "</scenario>\n"
         )
@@ -373,6 +377,157 @@ Content-Length: 0
         """Receive one NOTIFY (checking `expect` is in it) and answer 200."""
         check = f"    <action>\n{_contains(expect)}    </action>\n" if expect else ""
         return self._add(f'  <recv request="NOTIFY">\n{check}  </recv>\n' + _reply(200))
+
+    # -- attended transfer (RFC 3891): several calls in one process ---------------------
+    # SIPp starts every new Call-ID at the top of the scenario, so a party that takes
+    # two calls (the target: the consultation call, then the INVITE with Replaces) has
+    # one scenario with a branch per call, and its calls coordinate through global
+    # flags (`raises`, `waits_for`).
+    def label(self, name: str) -> Party:
+        return self._add(f'  <label id="{name}"/>\n')
+
+    def goto(self, name: str) -> Party:
+        return self._add(f'  <nop next="{name}"/>\n')
+
+    def raises(self, flag: str) -> Party:
+        """Set a flag every call of this process sees."""
+        if flag not in self.flags:
+            self.flags.append(flag)
+        return self._add(f'  <nop><action><assign assign_to="{flag}" value="1"/>'
+                         "</action></nop>\n")
+
+    def waits_for(self, flag: str, every_ms: int = 50) -> Party:
+        """Wait until another call of this process `raises` the flag."""
+        if flag not in self.flags:
+            self.flags.append(flag)
+        again, go = self._label(), self._label()
+        return self._add(f'  <label id="{again}"/>\n  <pause milliseconds="{every_ms}"/>\n'
+                         f'  <nop next="{go}" test="{flag}"/>\n  <nop next="{again}"/>\n'
+                         f'  <label id="{go}"/>\n')
+
+    def takes_invite(self, *, replacing: str | None = None, later: str | None = None
+                     ) -> Party:
+        """Receive a new call (Record-Route learnt) without answering it yet; jump to
+        label `replacing` if it carries Replaces, to `later` if it is not the first call
+        this process takes."""
+        actions = _ereg("From", ".*", "peer_from") + _ereg("To", ".*", "inv_to")
+        jumps = ""
+        if replacing:
+            actions += ('      <ereg regexp=".+" search_in="hdr" header="Replaces:"'
+                        ' check_it="false" assign_to="has_replaces"/>\n')
+            jumps += f'  <nop next="{replacing}" test="has_replaces"/>\n'
+        if later:
+            if "legs" not in self.flags:
+                self.flags.append("legs")
+            actions += ('      <add assign_to="legs" value="1"/>\n'
+                        '      <test assign_to="later_leg" variable="legs"'
+                        ' compare="greater_than" value="1"/>\n')
+            jumps += f'  <nop next="{later}" test="later_leg"/>\n'
+        self._add(f'  <recv request="INVITE" rrs="true">\n    <action>\n{actions}'
+                  "    </action>\n  </recv>\n" + jumps)
+        self.ruri, self.route = "[next_url]", "[routes]"
+        return self
+
+    def answers_it(self, *, ring: bool = True) -> Party:
+        """Answer the call `takes_invite` took (180, 200 with SDP, the ACK)."""
+        tag = f"[pid]{self.me}[call_number]"
+        if ring:
+            # A pause: the proxy's workers could relay a 180 and a 200 sent back to back
+            # in either order, and a 180 after the 200 aborts a third-party caller.
+            self._add(_reply(180, to_tag=tag)).pause(50)
+        self._add(_reply(200, to_tag=tag, sdp=True, retrans=True))
+        self.from_, self.to = f"[$inv_to];tag={tag}", "[$peer_from]"
+        return self._add('  <recv request="ACK"/>\n')
+
+    def takes_attended_refer(self, code: int = 202) -> Party:
+        """Receive a REFER whose Refer-To carries Replaces; keep the target URI, the
+        Replaces' parts and the Referred-By; answer `code`."""
+        self._add('  <recv request="REFER">\n    <action>\n'
+                  '      <ereg regexp=".*" search_in="hdr" header="Referred-By:"'
+                  ' check_it="false" assign_to="rby"/>\n'
+                  f'      <ereg regexp="{_xml(REFER_TO_REPLACES)}" search_in="msg"'
+                  ' check_it="true" assign_to="x,xuri,rcid1,rcid2,rtotag,rfromtag"/>\n'
+                  "    </action>\n  </recv>\n")
+        self._add(_reply(code))
+        return self.pause(100) if code < 300 else self
+
+    def calls_replacing(self, *, self_target: bool = False, final: int = 200) -> Party:
+        """The transferee's INVITE with Replaces to the Refer-To URI (through the proxy,
+        which is that URI's host), with the REFER's Referred-By; the target answers 200
+        (or the proxy `final`, >= 300) and we ACK.  self_target: the Refer-To names a
+        user this very process is (both of the transferor's calls reached the same UA),
+        so the proxy brings the INVITE back here, and SIPp maps it (Call-ID
+        `xfer///<ours>`) to this call, which then plays the target's side too: answers
+        it and takes the ACK."""
+        self._target = "[$xuri]"
+        self._add(_send(_sdp(f"""
+INVITE [$xuri] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:{self.me}@[remote_ip]>;tag=[pid]xfer[call_number]
+To: <[$xuri]>
+Call-ID: xfer///[call_id]
+CSeq: 1 INVITE
+Contact: <sip:{self.me}@[local_ip]:[local_port]>
+Referred-By: [$rby]
+Replaces: [$rcid1]@[$rcid2];to-tag=[$rtotag];from-tag=[$rfromtag]
+Max-Forwards: 70
+"""), retrans=True))
+        self._add('  <recv response="100" optional="true"/>\n')
+        if final >= 300:
+            return self.target_answers(final)
+        if self_target:
+            self._add('  <recv request="INVITE">\n    <action>\n'
+                      + _contains("Replaces: ") + "    </action>\n  </recv>\n")
+            self._add(_reply(200, to_tag=f"[pid]{self.me}target[call_number]", sdp=True,
+                             retrans=True))
+        else:
+            self._add('  <recv response="180" optional="true"/>\n')
+        self.target_answers(200)
+        return self._add('  <recv request="ACK"/>\n') if self_target else self
+
+    def hangs_up_replacing(self, *, self_target: bool = False) -> Party:
+        """BYE the call that replaced the other (self_target: and take it ourselves)."""
+        if not self_target:
+            return self.hangs_up_target()
+        self.xfer_cseq += 1
+        self._add(_send(self._xfer("BYE", self.xfer_cseq), retrans=True))
+        self._add('  <recv request="BYE"/>\n' + _reply(200))
+        return self._add('  <recv response="200"/>\n')
+
+    def accepts_replacing(self) -> Party:
+        """The target's side of the INVITE with Replaces `takes_invite` took: 200 with
+        SDP, the ACK, then the flag `replaced` that tells the replaced call to end."""
+        self._add(_reply(200, to_tag=f"[pid]{self.me}[call_number]", sdp=True, retrans=True))
+        return self._add('  <recv request="ACK"/>\n').raises("replaced")
+
+    # -- SIPp 3PCC (-3pcc): the twin scenario's commands ---------------------------------
+    def tells_twin(self, *lines: str) -> Party:
+        body = "\n".join(lines)
+        return self._add(f"  <sendCmd><![CDATA[\n{body}\n]]></sendCmd>\n")
+
+    def hears_twin(self) -> Party:
+        """The twin's answer as asterisk's referer.xml reads it: the URI, tags and the
+        Call-ID (split at its @) of the call the twin placed."""
+        def hdr(name: str, regexp: str, to: str) -> str:
+            return (f'      <ereg regexp="{regexp}" search_in="hdr" header="{name}:"'
+                    f' check_it="true" assign_to="{to}"/>\n')
+        return self._add(
+            "  <recvCmd>\n    <action>\n"
+            + hdr("Remote-URI", " (.+)", "x,remote_uri")
+            + hdr("Remote-To-Tag", " (.+)", "x,remote_to_tag")
+            + hdr("Remote-From-Tag", " (.+)", "x,remote_from_tag")
+            + hdr("Call-ID", " (.+)@(.+)", "x,twin_cid1,twin_cid2")
+            + "    </action>\n  </recvCmd>\n")
+
+
+# The Replaces a Refer-To carries, %-escaped in the URI's headers (RFC 3261 19.1.1), as
+# asterisk's referer.xml writes it: `<uri?Replaces=<a>%40<b>%3Bto-tag%3D<t>%3Bfrom-tag%3D<f>>`.
+# SIPp cannot unescape, so the parts are taken one by one (the Call-ID split at its @).
+REFER_TO_REPLACES = (r"<(sip:[^?>]+)\?Replaces=([^%>]+)%40([^%>]+)%3Bto-tag%3D([^%>]+)"
+                     r"%3Bfrom-tag%3D([^%>]+)>")
+# What a REFER naming the twin's call carries (hears_twin's variables).
+REFER_TO_TWIN = ("<[$remote_uri]?Replaces=REMOTE[$twin_cid1]%40[$twin_cid2]"
+                 "%3Bto-tag%3D[$remote_to_tag]%3Bfrom-tag%3D[$remote_from_tag]>")
 
 
 @dataclass
