@@ -15,7 +15,7 @@ import pytest
 from kemi.dialogs import DialogState, DialogStore
 from tests.e2e.conftest import make_lab, referee_cli
 from tests.e2e.parties import received
-from tests.e2e.test_attended import INDEX_ON, Call
+from tests.e2e.test_attended import INDEX_ON, Call, replace
 from tests.support.attended import Callee, Caller, _reply, cid_args
 from tests.support.kamailio import free_udp_port
 
@@ -107,3 +107,19 @@ def test_a_refer_with_replaces_naming_a_dialog_within_the_tenant_is_relayed(tlab
     assert len(received(original.callee, "REFER")) == 1  # McKenzie got it, and said 202
     assert received(original.caller, "REFER", status=202)
     consultation.finish()
+
+
+def test_an_invite_with_replaces_from_a_party_naming_its_cross_tenant_dialog_is_403(tlab):
+    """Andrew is a party to his call with Gina, so the RFC would let him replace it; his
+    tenant's replaces_scope does not."""
+    consultation = TenantCall(tlab, "andrew", "gina", callee_domain="globex.example")
+    consultation.wait_state(DialogState.CONFIRMED)
+
+    final = replace(tlab, "andrew", "gina", consultation.replaces(), 403)
+
+    warning = final.header("Warning") or ""
+    assert "Replaces across tenants: gina@globex.example" in warning, warning
+    assert "denied by tenant home: replaces_scope tenant" in warning
+    assert consultation.state() == DialogState.CONFIRMED
+    consultation.finish()
+    assert len(received(consultation.callee, "INVITE")) == 1  # the replacing one never came
