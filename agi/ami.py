@@ -21,9 +21,10 @@ pyst2 0.5.1 defects handled here (README §7, notes/asterisk-agi.md):
 * `connect()` has no timeout and the reader thread only ends on EOF: ours connects with
   a timeout and shuts the socket down to stop;
 * `Manager.redirect()` lacks Extra*: the dual Redirect goes through send_action;
-* `Command` keeps only the last Output line, a `ChanVariable` header kills the reader
-  thread (`dict.has_key`): the controller uses no Command, and a dead reader thread is
-  seen as a dropped session;
+* `Command` keeps only the last Output line: the controller uses no Command;
+* a `ChanVariable` header (manager.conf channelvars) raises in pyst2's message loop
+  (`dict.has_key`), after which no message is handled and nothing says so: the
+  controller Pings every `ping_every_s`, and a Ping without answer is a dropped session;
 * a synchronous Originate blocks the session: the recall is `Async: true`;
 * a Manager object connects once (its threads are created in __init__): each session
   is a new object.
@@ -164,6 +165,7 @@ class AmiSession(Manager):
                 pass
         if self._running.is_set():
             self._message_queue.put(None)
+            self._event_queue.put(None)  # the dispatcher waits here if message_loop died
             self._running.clear()
         for t in (self.message_thread, self.event_dispatch_thread):
             if t.is_alive() and t is not threading.current_thread():
@@ -199,6 +201,7 @@ class AmiController:
         claim_every_s: float = 60.0,
         action_timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
+        ping_every_s: float = 10.0,
         backoff_max_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         session_factory: Callable[[], AmiSession] | None = None,
@@ -213,6 +216,8 @@ class AmiController:
         self.claim_every_s = claim_every_s
         self.backoff_max_s = backoff_max_s
         self.connect_timeout_s = connect_timeout_s
+        self.ping_every_s = ping_every_s
+        self._last_ping = time.monotonic()
         self.clock = clock
         self.follower = Follower(follow or follow_settings(settings))
         self._session_factory = session_factory or (lambda: AmiSession(action_timeout_s))
@@ -265,6 +270,7 @@ class AmiController:
             return False
         self.session = session
         self.logins += 1
+        self._last_ping = time.monotonic()
         log.info("AMI logged in to %s:%s (%s %s)", self.a.ami_host, self.a.ami_port,
                  getattr(session, "title", "?"), getattr(session, "version", "?"))
         self.ready.set()
@@ -307,6 +313,20 @@ class AmiController:
                 self._handle(item)
             except Exception:  # noqa: BLE001 - the controller must outlive one bad input
                 log.exception("AMI controller: failed on %s", item[0])
+            if time.monotonic() - self._last_ping >= self.ping_every_s:
+                self._ping()
+
+    def _ping(self) -> None:
+        """Keepalive: a hung Asterisk, a half-open TCP or a dead pyst2 message loop all
+        show as a Ping without answer (the session is then marked broken)."""
+        self._last_ping = time.monotonic()
+        session = self.session
+        if session is None:
+            return
+        try:
+            session.send_action({"Action": "Ping"}, timeout_s=min(5.0, self.ping_every_s))
+        except ManagerException as exc:
+            log.error("AMI keepalive Ping failed: %s", exc)
 
     def _handle(self, item: tuple) -> None:
         kind = item[0]
