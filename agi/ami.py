@@ -186,6 +186,8 @@ def follow_settings(settings: Settings) -> FollowSettings:
 class _Job:
     job: MoveJob
     entry_id: str
+    reclaimed: bool = False
+    record: dict[str, str] | None = None
 
 
 class AmiController:
@@ -210,7 +212,8 @@ class AmiController:
         self.a = settings.asterisk
         self.prefix = settings.redis.prefix
         self.jobs_key = jobs_key(self.prefix, self.a.name)
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        # Stable across restarts: a restarted controller re-reads its own pending jobs.
+        self.consumer = consumer or f"{socket.gethostname()}-{self.a.name}"
         self.block_ms = block_ms
         self.claim_idle_ms = int(claim_idle_s * 1000)
         self.claim_every_s = claim_every_s
@@ -335,7 +338,10 @@ class AmiController:
             self._perform(self.follower.event(item[1], now))
         elif kind == "job":
             job: _Job = item[1]
-            self._perform(self.follower.job(job.job, job.entry_id, now))
+            if job.reclaimed:
+                self._perform(self.follower.reclaimed(job.job, job.entry_id, now, job.record))
+            else:
+                self._perform(self.follower.job(job.job, job.entry_id, now))
         deadline = self.follower.next_deadline()
         now = self.clock()
         if (deadline is not None and deadline <= now) or now - self._last_tick >= 1.0:
@@ -416,7 +422,7 @@ class AmiController:
     def _read_jobs(self) -> None:
         client = RespClient(self.settings.redis.url, timeout_s=self.block_ms / 1000 + 2.0)
         group_ready = False
-        backlog = True  # first our own pending entries (a restart), then new ones
+        backlog = "0"  # first our own pending entries (a restart), then new ones
         last_claim = 0.0
         while not self._stop.is_set():
             if not self.ready.wait(timeout=0.2):
@@ -424,7 +430,7 @@ class AmiController:
             try:
                 if not group_ready:
                     try:
-                        client.call("XGROUP", "CREATE", self.jobs_key, JOBS_GROUP, "$",
+                        client.call("XGROUP", "CREATE", self.jobs_key, JOBS_GROUP, "0",
                                     "MKSTREAM")
                     except RedisReplyError as exc:
                         if exc.code != "BUSYGROUP":
@@ -435,9 +441,9 @@ class AmiController:
                     self._claim(client)
                 if backlog:
                     reply = client.call("XREADGROUP", "GROUP", JOBS_GROUP, self.consumer,
-                                        "COUNT", 100, "STREAMS", self.jobs_key, "0")
+                                        "COUNT", 100, "STREAMS", self.jobs_key, backlog)
                     entries = _entries(reply)
-                    backlog = bool(entries)
+                    backlog = entries[-1][0] if entries else ""
                     self._take(client, entries, reclaimed=True)
                     continue
                 reply = client.call("XREADGROUP", "GROUP", JOBS_GROUP, self.consumer,
@@ -471,22 +477,20 @@ class AmiController:
                 log.error("job %s on %s unusable, dropped: %s", entry_id, self.jobs_key, exc)
                 client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
                 continue
-            if reclaimed and self._already_done(job):
-                log.info("job %s (%s) already finished before; acked", entry_id, job.xfer_id)
-                client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
-                continue
+            record = self._record(client, job) if reclaimed else None
             self.jobs_seen += 1
-            log.info("job %s: transfer %s to %s (reply to %s)", entry_id, job.xfer_id,
-                     job.dial, job.reply_to)
-            self._queue.put(("job", _Job(job, entry_id)))
+            log.info("job %s: transfer %s to %s (reply to %s)%s", entry_id, job.xfer_id,
+                     job.dial, job.reply_to, " [reclaimed]" if reclaimed else "")
+            self._queue.put(("job", _Job(job, entry_id, reclaimed, record)))
 
-    def _already_done(self, job: MoveJob) -> bool:
+    def _record(self, client: RespClient, job: MoveJob) -> dict[str, str] | None:
+        """The transfer record (its ami_* notes say how far a reclaimed job had got)."""
         try:
-            record = TransferStore(RespClient(self.settings.redis.url, timeout_s=2.0),
-                                   prefix=self.prefix).get(job.call_id, job.refer_id)
-        except RedisError:
-            return False
-        return bool(record and record.get("ami_final"))
+            return TransferStore(client, prefix=self.prefix).get(job.call_id, job.refer_id)
+        except RedisError as exc:
+            log.warning("record of reclaimed job %s unreadable (%s); running it afresh",
+                        job.xfer_id, exc)
+            return None
 
 
 def _s(value: Any) -> str:

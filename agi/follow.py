@@ -309,6 +309,39 @@ class Follower:
 
     # -- inputs
 
+    def reclaimed(self, job: MoveJob, entry_id: str, now: float,
+                  record: Mapping[str, str] | None) -> list[Output]:
+        """A job left pending by a controller that stopped (or crashed) mid-way, with the
+        transfer record's ami_* notes: what was already done is not done again."""
+        rec = record or {}
+        result, final = rec.get("ami_result", ""), rec.get("ami_final", "")
+        if not rec.get("ami_p_uid") and not final:
+            return self.job(job, entry_id, now)  # nothing was done: run it
+        if result not in ("moved", "target-answered") or (final and final != "200"):
+            log.info("reclaimed job %s (%s): already %s; acked", entry_id, job.xfer_id,
+                     result or f"final {final}")
+            return [Ack(entry_id)]
+        tr = Transfer(job, entry_id, now, final_sent=bool(final))
+        self.transfers[tr.key] = tr
+        tr.p = self._adopt(rec.get("ami_p_channel", ""), rec.get("ami_p_uid", ""))
+        tr.a = self._adopt(rec.get("ami_a_channel", ""), rec.get("ami_a_uid", ""))
+        if final == "200":
+            log.warning("reclaimed job %s (%s): target had answered; releasing A now",
+                        entry_id, job.xfer_id)
+            return self._release_a(tr, now, "reclaimed after the answer")
+        log.warning("reclaimed job %s (%s): channels moved, following again from here",
+                    entry_id, job.xfer_id)
+        tr.phase = Phase.DIALING
+        tr.deadline = now + job.dial_timeout_s + self.s.follow_slack_s
+        return [self._note(tr, {"ami_reclaimed": f"{now:.3f}"}, "job reclaimed")]
+
+    def _adopt(self, name: str, uid: str) -> Channel:
+        ch = self.channels.get(uid)
+        if ch is None:
+            ch = self.channels.by_uid[uid] = Channel(name, uid)
+            self.channels.by_name[name] = uid
+        return ch
+
     def job(self, job: MoveJob, entry_id: str, now: float) -> list[Output]:
         """A new MoveJob read from the jobs stream."""
         if job.xfer_id in self.transfers:

@@ -337,3 +337,27 @@ def test_reconnects_after_ami_drop(replay, redis_server):
         assert store.get(who.call_id, REFER_ID)["ami_result"] == "reconnected"
     finally:
         second.stop()
+
+
+def test_restart_reads_own_pending_jobs(replay, redis_server):
+    """A controller that stopped after reading a job (never acked) starts again under the
+    same consumer name: it re-reads the job, sees in the record that the transfer was
+    already finished, and acks it without touching Asterisk."""
+    who = cast(transcript.ami("a-target-answers"))
+    r = RespClient(redis_server.url, timeout_s=2)
+    key = jobs_key(PREFIX, "ast1")
+    r.call("XGROUP", "CREATE", key, JOBS_GROUP, "0", "MKSTREAM")
+    job = MoveJob(call_id=who.call_id, refer_id="9", target="sip:2000@x", dial="PJSIP/t",
+                  transferor="a", reply_to=progress_key(PREFIX, "k"), created_at=time.time())
+    r.call("XADD", key, "*", *[x for kv in job.to_fields().items() for x in kv])
+    r.call("XREADGROUP", "GROUP", JOBS_GROUP, "test", "STREAMS", key, ">")  # the crash
+    store = TransferStore(r, prefix=PREFIX)
+    store.create(who.call_id, "9", {}, time.time(), time.time() + 600)
+    store.annotate(who.call_id, "9", time.time(), {"ami_p_uid": who.p_uid,
+                                                   "ami_result": "a-released",
+                                                   "ami_final": "200"})
+    run = replay("a-target-answers", set(), wait_done=False)
+    assert _wait(lambda: int(r.call("XPENDING", key, JOBS_GROUP)[0]) == 0)
+    assert run.controller.jobs_seen == 1
+    assert [x.action for x in run.peer.received] == ["Login"]
+    assert r.call("XLEN", progress_key(PREFIX, "k")) == 0

@@ -429,3 +429,32 @@ def test_rename_followed():
     f.event({"Event": "Rename", "Channel": "PJSIP/x-00000001", "Newname": "PJSIP/y-00000002",
              "Uniqueid": "1.1"}, 0.0)
     assert f.channels.get("PJSIP/y-00000002").uid == "1.1"
+
+
+# ------------------------------------------------------------------ reclaimed jobs
+
+
+def test_reclaimed_jobs_resume_from_the_record():
+    who = cast(transcript.ami("b-target-busy-bridge-app"))
+    job = job_for(who)
+    # Finished before the crash: acked, nothing sent.
+    f = Follower(S)
+    assert f.reclaimed(job, "1-0", 5.0, {"ami_p_uid": who.p_uid, "ami_result": "reconnected",
+                                         "ami_final": "486"}) == [Ack("1-0")]
+    # Answered, A not yet released: released now.
+    f = Follower(S)
+    out = f.reclaimed(job, "1-0", 5.0, {"ami_p_uid": who.p_uid, "ami_p_channel": who.p,
+                                        "ami_a_uid": who.a_uid, "ami_a_channel": who.a,
+                                        "ami_result": "target-answered", "ami_final": "200"})
+    (hangup,) = [o for o in out if isinstance(o, SendAction)]
+    assert hangup.fields["Channel"] == who.a and not [o for o in out if isinstance(o, Publish)]
+    # Moved, target still ringing: followed again from the record's channels.
+    d = Driver("b-target-busy-bridge-app")
+    d._do(d.f.reclaimed(d.job, "1-0", 3.5, {
+        "ami_p_uid": who.p_uid, "ami_p_channel": who.p, "ami_a_uid": who.a_uid,
+        "ami_a_channel": who.a, "ami_result": "moved"}), 3.5)
+    for t, ev in d.events:
+        if t > 3.5:
+            d._do(d.f.event(ev, t), t)
+    assert d.progress() == [(486, True)]
+    assert d.notes()["ami_result"] == "reconnected" and d.acked()
