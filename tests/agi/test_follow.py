@@ -458,3 +458,29 @@ def test_reclaimed_jobs_resume_from_the_record():
             d._do(d.f.event(ev, t), t)
     assert d.progress() == [(486, True)]
     assert d.notes()["ami_result"] == "reconnected" and d.acked()
+
+
+def _recorded_error(action: str) -> dict[str, str]:
+    msgs = messages(transcript.ami("e-ami-errors"))
+    for i, m in enumerate(msgs):
+        if m.side == "S" and m.action == action:
+            return next(r.headers for r in msgs[i + 1:] if r.action_id == m.action_id
+                        and "Response" in r.headers)
+    raise LookupError(action)
+
+
+def test_bridge_refused_then_recall_refused():
+    """AMI Bridge answered "Channel2 does not exist" (e-ami-errors): A is gone, so A is
+    recalled; the Originate answered with an error (as a synchronous one was, recorded):
+    recall-failed and P hung up, nothing left parked."""
+    bridge_err = _recorded_error("Bridge")
+    assert bridge_err["Message"].startswith("Channel2 does not exist")
+    orig_err = {"Response": "Error", "Message": "Originate failed"}
+
+    def answer(a):
+        return {"Bridge": bridge_err, "Originate": orig_err}.get(a.action, OK)
+
+    d = Driver("b-target-busy-ami-bridge", answer=answer).run(until=5.0)
+    assert [a["Action"] for a in d.actions()][-3:] == ["Bridge", "Originate", "Hangup"]
+    assert d.actions("Hangup")[0]["Channel"] == d.who.p
+    assert d.notes()["ami_result"] == "recall-failed" and d.acked()
