@@ -429,3 +429,22 @@ def test_a_lost_deadline_update_delays_an_expiry_but_loses_nothing(cluster, clie
     assert s.due(NOW + 100) == []  # late...
     assert s.due(NOW + 900) == [(cid, "1")]  # ...but there, and the record with it
     assert s.apply(cid, "1", Event.EXPIRY, NOW + 900).new == State.EXPIRED
+
+
+def test_password_reaches_every_node(cluster):
+    for node in cluster.nodes:
+        node.call("CONFIG", "SET", "requirepass", "s3cr%t")
+    try:
+        authed = RespClient(cluster.url.replace("//", "//:s3cr%25t@", 1), timeout_s=1)
+        assert isinstance(authed, ClusterClient)
+        assert authed.pipeline([("SET", f"k{i}", i) for i in range(30)]) == ["OK"] * 30
+        assert len(authed.masters) == 3
+        with pytest.raises(RedisUnavailable, match="AUTH/SELECT refused"):
+            RespClient(cluster.url.replace("//", "//:nope@", 1), timeout_s=1).call("GET", "k1")
+    finally:
+        for node in cluster.nodes:
+            plain = node.client
+            plain.close()
+            RespClient(f"redis://:s3cr%25t@127.0.0.1:{node.port}/0", timeout_s=5).call(
+                "CONFIG", "SET", "requirepass", "")
+            assert plain.call("PING") == "PONG"
