@@ -296,7 +296,16 @@ class Transfer:
 
 
 class Follower:
-    """Every transfer this controller runs, and the channels they live on."""
+    """Every transfer this controller runs, and the channels they live on.
+
+    Inputs (each returns the outputs to perform, in order):
+        job(job, entry_id, now)              a MoveJob read from the jobs stream
+        reclaimed(job, entry_id, now, rec)   a job left pending by a stopped controller
+        event(headers, now)                  any AMI event
+        response(action_id, headers, now)   the response to a SendAction of ours
+        tick(now)                            timers (next_deadline() says when)
+        session_restarted(now) / resume(now) the AMI session dropped / is back
+    """
 
     def __init__(self, settings: FollowSettings | None = None, name: str = "referee"):
         self.s = settings or FollowSettings()
