@@ -393,17 +393,9 @@ class ScriptStore:
         return self._call("EVAL", text, len(keys), *keys, *args)
 
     def _pipeline(self, commands: list[tuple]) -> list:
-        """Commands in one round trip (grouped by node on a Cluster); an error reply raises
-        (after all ran), as `call` would."""
-        pipeline = getattr(self._client, "pipeline", None) if hasattr(self._client, "call") \
-            else None
-        if pipeline is not None:
-            replies = pipeline(commands)
-        else:  # redis-py
-            p = self._client.pipeline(transaction=False)
-            for c in commands:
-                p.execute_command(*c)
-            replies = p.execute(raise_on_error=False)
+        """Commands in one round trip (the Cluster path only: ClusterClient groups them by
+        node); an error reply raises after all ran, as `call` would."""
+        replies = self._client.pipeline(commands)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
