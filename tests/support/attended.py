@@ -97,6 +97,9 @@ class Callee:
         out = HEAD + f'<scenario name="{self.me} answers">\n'
         out += '  <recv request="INVITE"/>\n'
         out += _reply("180 Ringing", self.me, self.tag)
+        # Kamailio's UDP workers may relay a 180 and a 200 sent back to back in either
+        # order, and a caller that sees the 180 after the 200 aborts: leave a gap.
+        out += '  <pause milliseconds="50"/>\n'
         out += _reply("200 OK", self.me, self.tag, sdp=True)
         out += '  <recv request="ACK"/>\n  <recv request="BYE"/>\n'
         out += _reply("200 OK", self.me, "", tagged=False)
