@@ -432,7 +432,7 @@ class Referee:
                 ("HSET", self._dialogs_key, cid, rid),
                 ("EXPIRE", self._dialogs_key, DIALOGS_TTL_S),
             ])
-        except RedisError as exc:
+        except Exception as exc:  # noqa: BLE001 - the 202 is out: never fail the route now
             _log(KSR.warn, f"dialog {cid} not listed for a restart ({exc}): a restart "
                            "before its end would leave Asterisk's requests unrenumbered")
 
@@ -659,10 +659,9 @@ class Referee:
         if start == "0" and not entries:
             self._progress_pending = False
         for entry_id, raw in entries:
-            if raw is None:
-                continue  # deleted meanwhile
             try:
-                self._progress_one(_text(entry_id), _pairs(raw))
+                if raw is not None:  # None: trimmed away while pending; just acknowledged
+                    self._progress_one(_text(entry_id), _pairs(raw))
             except RedisError as exc:
                 _log(KSR.warn, f"progress {_text(entry_id)} left pending (Redis: {exc})")
                 self._progress_pending = True

@@ -90,11 +90,11 @@ def anchored_settings(port: int, mode: str = "accept") -> str:
 def anchored_lab(request, tmp_path, redis_server):
     labs = []
 
-    def start(mode: str = "accept", kamailio: str = "") -> AnchoredLab:
+    def start(mode: str = "accept", kamailio: str = "", more: str = "") -> AnchoredLab:
         port = free_udp_port()
         lab = make_lab(tmp_path, redis_server, request.param, kamailio=kamailio)
         conf = lab.kamailio.referee_config
-        conf.write_text(conf.read_text() + anchored_settings(port, mode))
+        conf.write_text(conf.read_text() + anchored_settings(port, mode) + more)
         lab.kamailio.defines = ("WITH_ANCHORED",)  # kamailio.cfg's global reply route
         lab.kamailio.start()
         labs.append(lab)
@@ -147,6 +147,7 @@ def test_accept_notifies_truthfully_and_asterisk_requests_are_renumbered(anchore
     # Asterisk's UPDATE, re-INVITE (and its ACK) and BYE renumbered past them (A's
     # scenario refuses any step back, and an ACK not matching its INVITE).
     [accepted] = received(pa, "REFER", status=202)
+    assert accepted.header("Server") == "referee"  # answered by the proxy itself
     assert accepted.header("Refer-Sub") is None
     notifies = received(pa, "NOTIFY")
     assert [n.cseq for n in notifies] == [ASTERISK_CSEQ + 1, ASTERISK_CSEQ + 2,
@@ -325,3 +326,21 @@ def test_restart_between_the_final_notify_and_asterisks_bye_keeps_renumbering(
     [ok_bye] = received(pz, "BYE", status=200)
     assert ok_bye.cseq == ASTERISK_CSEQ + 1
     al.htables_empty_of(call_id)
+
+
+def test_no_outcome_from_asterisk_expires_and_referee_ends_the_subscription(anchored_lab):
+    al = anchored_lab(more="[transfer]\nmax_open_s = 2\n")
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, notifies=2, then=["BYE"]),
+                               parties.Asterisk(then=["BYE"]))
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.state_is(call_id, job.refer_id, "expired", timeout_s=6.0)
+    final = wait_for(lambda: len(received(pa, "NOTIFY")) == 2, 3.0)
+    assert final, pa.messages()[-3000:]
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    last = received(pa, "NOTIFY")[-1]
+    assert last.body == "SIP/2.0 408 Request Timeout"
+    assert last.header("Subscription-State") == "terminated;reason=noresource"
+    [bye] = received(pa, "BYE")
+    assert bye.cseq == ASTERISK_CSEQ + 3
