@@ -400,6 +400,7 @@ class Referee:
         if not nosub:
             self._notify_anchored(cid, rid, plan.fields, 100, "Trying", False, expires,
                                   record_event=(Event.NOTIFY_TRYING, {}, "100 Trying (referee)"))
+            self._remember_dialog(cid, rid)  # renumbered from now on: listed for a restart
         job = anchored.move_job(
             call_id=cid, refer_id=rid, target_uri=plan.target_uri, transferor=plan.transferor,
             decision=plan.decision, dial_template=self.anchored.dial,
@@ -414,8 +415,6 @@ class Referee:
                           "transfer failed")
             self._finish_unqueued(cid, rid, plan.fields, nosub)
             return HANDLED
-        if not nosub:
-            self._remember_dialog(cid, rid)
         _log(KSR.info, f"REFER {cid}/{rid} {plan.transferor} -> {plan.target_uri} accepted "
                        f"for anchored {asterisk} ({plan.decision.rule}); dial {job.dial}")
         return HANDLED
