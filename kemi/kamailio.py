@@ -399,7 +399,7 @@ class Referee:
         expires = int(min(plan.expiry_s, self.settings.transfer.max_open_s))
         if not nosub:
             self._notify_anchored(cid, rid, plan.fields, 100, "Trying", False, expires,
-                                  record_event=(Event.NOTIFY_TRYING, {}, "100 Trying (referee)"))
+                                  event=Event.NOTIFY_TRYING, detail="100 Trying (referee)")
             self._remember_dialog(cid, rid)  # renumbered from now on: listed for a restart
         job = anchored.move_job(
             call_id=cid, refer_id=rid, target_uri=plan.target_uri, transferor=plan.transferor,
@@ -471,10 +471,9 @@ class Referee:
         if nosub:
             self._apply(cid, rid, Event.INVITE_FAILED, fields, "503 job not queued")
             return
-        cseq = self._notify_anchored(cid, rid, record, 503, "Service Unavailable", True, 0)
-        if cseq is not None:
-            fields.update(last_notify="503", final_sipfrag="503 Service Unavailable")
-        self._apply(cid, rid, Event.NOTIFY_FAILURE, fields, "503 job not queued")
+        self._notify_anchored(cid, rid, record, 503, "Service Unavailable", True, 0,
+                              event=Event.NOTIFY_FAILURE, detail="503 job not queued",
+                              fields=fields)
 
     def _last_cseq(self, call_id: str) -> int | None:
         """The last CSeq an Asterisk sent in this dialog (the cfg or on_asterisk_request
@@ -493,14 +492,39 @@ class Referee:
             return None
 
     def _notify_anchored(self, cid: str, rid: str, record: dict, code: int, reason: str,
-                         terminated: bool, expires_s: int, record_event=None) -> int | None:
+                         terminated: bool, expires_s: int, event: Event | None = None,
+                         detail: str = "", fields: dict | None = None,
+                         record_first: bool = False) -> int | None:
         """Send A one NOTIFY in Asterisk's name; its CSeq number, or None if it could not
-        be sent.  The dialog's CSeq state is updated under the htable slot lock, so a
-        request Asterisk sends at the same moment is numbered after it.
+        be sent.  Numbered and sent under the htable slot lock of the dialog's CSeq
+        state, so a request Asterisk sends meanwhile is numbered after it.
 
-        record_event (event, fields, detail): applied to the transfer once the NOTIFY is
-        numbered and before it leaves, so A's answer (a 481) is never recorded before
-        the NOTIFY it answers; the fields get the NOTIFY's CSeq and the CSeq state."""
+        `event` (with `fields`, `detail`) is recorded whether or not the NOTIFY could be
+        sent: after it, with its CSeq and the CSeq state (one round trip), or with
+        record_first before it -- then A's answer (a 481) can never be recorded before
+        the NOTIFY it answers, and the CSeq state follows as an annotation.  Nothing is
+        recorded between numbering and sending: a Redis round trip there would let a
+        request of Asterisk's, numbered after the NOTIFY, overtake it on the wire."""
+        fields = {**(fields or {}), "last_notify": str(code)}
+        if terminated:
+            fields["final_sipfrag"] = f"{code} {reason}"
+        if event is not None and record_first:
+            self._apply(cid, rid, event, fields, detail)
+        cseq = self._number_and_send(cid, rid, record, code, reason, terminated, expires_s)
+        cs_fields = {} if cseq is None else {
+            "notify_cseq": str(cseq), "cs_state": record["cs_state"]}
+        if event is not None and not record_first:
+            self._apply(cid, rid, event, {**fields, **cs_fields}, detail)
+        elif event is not None and cs_fields:
+            try:
+                self.store.annotate(cid, rid, time.time(), cs_fields, f"NOTIFY CSeq {cseq}")
+            except RedisError as exc:
+                _log(KSR.warn, f"CSeq state of {cid} not stored ({exc}); a restart now "
+                               "would resume with a margin")
+        return cseq
+
+    def _number_and_send(self, cid: str, rid: str, record: dict, code: int, reason: str,
+                         terminated: bool, expires_s: int) -> int | None:
         try:
             route_ = anchored.NotifyRoute.from_record(record)
         except ValueError as exc:
@@ -513,25 +537,19 @@ class Referee:
                 _log(KSR.err, f"NOTIFY for {cid}/{rid} not sent: Asterisk's CSeq unknown")
                 return None
             cseq = shift.next_notify()
+            headers, body = anchored.notify_request(
+                route_, cid, rid, cseq, code, reason, terminated, expires_s
+            )
+            rc = KSR.tm.t_uac_send("NOTIFY", route_.ruri, route_.nexthop, route_.socket,
+                                   headers, body)
+            if rc is not None and rc < 0:
+                _log(KSR.err, f"NOTIFY {code} for {cid}/{rid} (CSeq {cseq}) not sent: "
+                              f"tm {rc}")
+                return None  # the number stays unused: a gap is legal, a repeat is not
             KSR.htable.sht_sets(SHIFT_TABLE, cid, shift.encode())
         finally:
             KSR.htable.sht_unlock(SHIFT_TABLE, cid)
         record["cs_state"] = shift.encode()
-        if record_event is not None:
-            event, fields, detail = record_event
-            fields = {**fields, "last_notify": str(code), "notify_cseq": str(cseq),
-                      "cs_state": record["cs_state"]}
-            if terminated:
-                fields["final_sipfrag"] = f"{code} {reason}"
-            self._apply(cid, rid, event, fields, detail)
-        headers, body = anchored.notify_request(
-            route_, cid, rid, cseq, code, reason, terminated, expires_s
-        )
-        rc = KSR.tm.t_uac_send("NOTIFY", route_.ruri, route_.nexthop, route_.socket,
-                               headers, body)
-        if rc is not None and rc < 0:
-            _log(KSR.err, f"NOTIFY {code} for {cid}/{rid} (CSeq {cseq}) not sent: tm {rc}")
-            return None if record_event is None else cseq  # recorded already: not twice
         _log(KSR.info, f"NOTIFY {code} {reason} for {cid}/{rid} sent (CSeq {cseq}"
                        f"{', terminated' if terminated else ''})")
         return cseq
@@ -687,14 +705,13 @@ class Referee:
         event = anchored.progress_event(p, nosub)
         if not nosub and live:
             deadline = float(record.get("deadline") or 0) or time.time()
-            cseq = self._notify_anchored(
+            self._notify_anchored(
                 p.call_id, p.refer_id, record, p.code, p.reason, p.final,
-                int(deadline - time.time()), record_event=(event, fields, detail),
+                int(deadline - time.time()), event=event, detail=detail, fields=fields,
+                record_first=True,
             )
-            if cseq is not None:
-                return
-            detail += "; NOTIFY not sent"
-        elif not nosub:
+            return
+        if not nosub:
             detail += f"; no NOTIFY (transfer {state})"
         self._apply(p.call_id, p.refer_id, event, fields, detail)
 
