@@ -134,6 +134,7 @@ class Referee:
         self._progress_ready = False  # consumer group made (progress timer process)
         self._progress_pending = True  # claim our own unacknowledged entries first
         self._rebuilt = False  # htable marks of anchored dialogs restored after a start
+        self._anchored_ready = False  # the cfg has the anchored-mode htables
 
     # -- process lifecycle -------------------------------------------------------------
     def child_init(self, rank: int) -> int:
@@ -145,12 +146,17 @@ class Referee:
         self._progress_pending = True
         self._rebuilt = False
         # The cfg recognises an Asterisk's requests by source address in this table.
+        self._anchored_ready = bool(self.asterisk_sources)
         for addr, name in self.asterisk_sources.items():
             try:
-                KSR.htable.sht_sets(AST_TABLE, addr, name)
+                if KSR.htable.sht_sets(AST_TABLE, addr, name) < 0:
+                    raise LookupError(f"no htable {AST_TABLE}")
             except Exception as exc:  # noqa: BLE001 - htable missing: anchored mode off
-                _log(KSR.err, f"htable '{AST_TABLE}' unusable, anchored mode cannot work: "
-                              f"{exc}")
+                if rank == 1:
+                    _log(KSR.err, f"htable '{AST_TABLE}' unusable ({exc}): [anchored] "
+                                  "REFERs are relayed (kamailio-native.cfg needs "
+                                  "-A WITH_ANCHORED)")
+                self._anchored_ready = False
                 break
         return 0
 
@@ -357,7 +363,11 @@ class Referee:
             return None, None
         mode = self.anchored.mode
         fields = {"anchored": name}
-        if mode == "accept" and not plan.nosub_requested and self._last_cseq(plan.call_id) is None:
+        if mode == "accept" and not self._anchored_ready:
+            mode = "relay"  # the cfg lacks the anchored-mode lines (logged at start)
+            fields["anchor_fallback"] = "cfg-without-anchored-mode"
+        elif mode == "accept" and not plan.nosub_requested \
+                and self._last_cseq(plan.call_id) is None:
             # Without Asterisk's last CSeq toward A no NOTIFY can be numbered safely: let
             # Asterisk take the REFER itself rather than break the dialog.
             _log(KSR.warn, f"REFER {plan.call_id}/{plan.refer_id} to anchored {name}: no "

@@ -356,3 +356,30 @@ def test_no_outcome_from_asterisk_expires_and_referee_ends_the_subscription(anch
     assert last.header("Subscription-State") == "terminated;reason=noresource"
     [bye] = received(pa, "BYE")
     assert bye.cseq == ASTERISK_CSEQ + 3
+
+
+def test_native_cfg_without_with_anchored_relays_and_says_why(tmp_path, redis_server):
+    """[anchored] set but the drop-in started without -A WITH_ANCHORED: ordinary calls
+    keep paying nothing, and a REFER to the Asterisk is relayed rather than accepted
+    with NOTIFYs nobody could number."""
+    port = free_udp_port()
+    lab = make_lab(tmp_path, redis_server, "kamailio-native.cfg")
+    conf = lab.kamailio.referee_config
+    conf.write_text(conf.read_text() + anchored_settings(port, "accept"))
+    lab.kamailio.start()
+    try:
+        al = AnchoredLab(lab, port)
+        pa, pz, call_id = al.start(
+            parties.PbxA(al.asterisk_uri, notifies=0, then=["BYE"]),
+            parties.Asterisk(expect_refer=True, wait_for_go=False, then=["BYE"]),
+        )
+        finish(lab, pa, pz)
+        [refer] = received(pz, "REFER")
+        assert refer.header("X-Transfer-Id") == f"{A_CSEQ}@{call_id}"
+        record = lab.store.get(call_id, A_CSEQ)
+        assert record["anchor_mode"] == "relay"
+        assert record["anchor_fallback"] == "cfg-without-anchored-mode"
+        assert "needs -A WITH_ANCHORED" in lab.kamailio.log()
+    finally:
+        lab.kamailio.stop()
+    assert not lab.kamailio.python_errors(), "\n".join(lab.kamailio.python_errors())
