@@ -587,7 +587,10 @@ class Referee:
         need nothing: referee never sends in A's name, so A's numbers stay A's."""
         method = (_get("$rm") or "").upper()
         if method == "CANCEL":
-            return CONTINUE  # tm builds the CANCEL from the (renumbered) INVITE it relayed
+            # tm builds the CANCEL it sends, and the hop-by-hop ACK of a failed re-INVITE,
+            # from the INVITE it relayed -- renumbered already (tm reparse_invite = 1, the
+            # default).  The ACK of a 2xx is end to end: it passes here, as its INVITE did.
+            return CONTINUE
         cid = _get("$ci") or ""
         try:
             orig = parse_cseq_number(_get("$cs"))
