@@ -42,7 +42,7 @@ def _logging() -> None:
 
 
 def _agi_server(settings):
-    """The colleague's FastAGI server with the transfer handler; None if not installed."""
+    """The FastAGI server with the transfer handler; None if agi/ is not installed."""
     try:
         from agi.fastagi import FastAGIServer
         from agi.handler import TransferHandler
@@ -55,7 +55,11 @@ def _agi_server(settings):
     r, a = settings.redis, settings.asterisk
     store = TransferStore(RespClient(r.url, timeout_s=max(r.timeout_ms / 1000, 0.5)),
                           prefix=r.prefix, done_ttl_s=settings.transfer.done_ttl_s)
-    handler = TransferHandler(store=store, relayed_dial=settings.anchored.dial)
+    handler = TransferHandler(
+        store=store, relayed_dial=settings.anchored.dial,
+        relayed_timeout_s=a.relayed_timeout_s, relayed_announce=a.relayed_announce,
+        replaces_predial=a.replaces_predial,
+    )
     return FastAGIServer(a.agi_host, a.agi_port, handler, a.agi_session_limit_s)
 
 

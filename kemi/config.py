@@ -88,8 +88,17 @@ class AsteriskSettings:
     ami_secret: str = ""
     agi_host: str = "127.0.0.1"
     agi_port: int = 4573
-    # An AGI session is cut after this long whatever happens (seconds).
-    agi_session_limit_s: float = 600.0
+    # An AGI session is cut after this long whatever happens (seconds).  Dial with
+    # music on hold keeps the session open for the whole answered call, so this must
+    # exceed the dial timeout plus the longest call you expect (default 4 h).
+    agi_session_limit_s: float = 14400.0
+    # The relayed path (Asterisk accepted the REFER itself): the Dial timeout, an
+    # optional sound played first, and the pre-dial handler (context^exten^priority)
+    # that puts the Replaces header on the INVITE for `external_replaces`
+    # (config-examples/asterisk/extensions.conf).
+    relayed_timeout_s: int = 30
+    relayed_announce: str = ""
+    replaces_predial: str = "referee-add-replaces^s^1"
     # Dialplan locations the controller redirects to (config-examples/asterisk/).
     transfer_context: str = "referee-transfer"
     hold_context: str = "referee-hold"
