@@ -64,9 +64,13 @@ class AnchoredLab:
         return record
 
     def notified(self, a, count: int, timeout_s: float = 5.0) -> None:
-        """Wait until A has received `count` NOTIFYs (a transfer is recorded before its
-        NOTIFY leaves, so its state alone does not say the NOTIFY is out)."""
-        ok = wait_for(lambda: len(received(a, "NOTIFY")) >= count, timeout_s)
+        """Wait until A has answered `count` NOTIFYs (a transfer is recorded before its
+        NOTIFY leaves, so its state alone does not say the NOTIFY is out; and A's SIPp
+        must be past the NOTIFY before Asterisk's next request reaches it)."""
+        def answered():
+            return len({m.cseq for m in sip_messages(a.messages())
+                        if m.direction == "sent" and m.status and m.method == "NOTIFY"})
+        ok = wait_for(lambda: answered() >= count, timeout_s)
         assert ok, a.messages()[-3000:]
 
     def events(self, call_id: str, refer_id: str) -> list[tuple[str, str, str, str]]:
