@@ -35,10 +35,14 @@ def test_a_refer_to_naming_the_consultation_aor_is_routed_by_the_registrar_and_s
     marsha.wait_state(s_call, "confirmed")
 
     invite = parse_sip(s_call.messages[0])["headers"]
-    ok = next(
-        parse_sip(m)["headers"] for m in consult.messages
-        if m.startswith("SIP/2.0 200") and "INVITE" in parse_sip(m)["headers"].get("cseq", "")
-    )
+
+    def answer_seen():  # the phone logs the message a moment after it reports the state
+        return next((parse_sip(m)["headers"] for m in list(consult.messages)
+                     if m.startswith("SIP/2.0 200")
+                     and "INVITE" in parse_sip(m)["headers"].get("cseq", "")), None)
+
+    ok = wait_for(answer_seen, 5)
+    assert ok, consult.messages
     consult_id = invite["call-id"]
     replaces = f"{consult_id};to-tag={_tag(ok['to'])};from-tag={_tag(ok['from'])}"
     # The AoR (what Andrew dialled), not Marsha's Contact: only the registrar knows where.
