@@ -688,10 +688,20 @@ class Referee:
             entries.extend(items or ())
         if start == "0" and not entries:
             self._progress_pending = False
+        # One NOTIFY per transfer per tick: a 180 and a final reported together would
+        # otherwise leave back to back, and a transferor still answering the first takes
+        # the second for an unexpected request.  The rest waits (pending) for the next.
+        notified: set[tuple[str, str]] = set()
         for entry_id, raw in entries:
+            fields = _pairs(raw) if raw is not None else None
+            which = (fields.get("call_id", ""), fields.get("refer_id", "")) if fields else None
+            if which in notified:
+                self._progress_pending = True
+                break
             try:
-                if raw is not None:  # None: trimmed away while pending; just acknowledged
-                    self._progress_one(_text(entry_id), _pairs(raw))
+                if fields is not None:  # None: trimmed away while pending; just acknowledged
+                    self._progress_one(_text(entry_id), fields)
+                    notified.add(which)
             except RedisError as exc:
                 _log(KSR.warn, f"progress {_text(entry_id)} left pending (Redis: {exc})")
                 self._progress_pending = True

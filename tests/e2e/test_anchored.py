@@ -229,6 +229,29 @@ def test_target_fails_final_notify_486_and_record_failed(anchored_lab):
         "refer", "refer-accepted", "notify-trying", "notify-failure", "bye-transferee"]
 
 
+def test_progress_reported_together_is_notified_one_per_tick_in_order(anchored_lab):
+    """The Asterisk side may report ringing and the outcome within one poll; A still gets
+    them one at a time (the next a tick later, after it answered the first), in order."""
+    al = anchored_lab()
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, notifies=3, then=["BYE"]),
+                               parties.Asterisk(then=["BYE"]))
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.notified(pa, 1)
+    al.progress(job, 180, "Ringing", False)
+    al.progress(job, 486, "Busy Here", True)
+    al.state_is(call_id, job.refer_id, "failed")
+    al.notified(pa, 3)
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    notifies = received(pa, "NOTIFY")
+    assert [n.body for n in notifies] == [
+        "SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "SIP/2.0 486 Busy Here"]
+    times = [m.at for m in sip_messages(pa.messages())
+             if m.direction == "received" and m.is_request and m.method == "NOTIFY"]
+    assert (times[2] - times[1]).total_seconds() >= 0.1, times  # a progress tick apart
+
+
 def test_refer_sub_false_gets_202_echo_and_no_notify_at_all(anchored_lab):
     al = anchored_lab()
     pa, pz, call_id = al.start(
