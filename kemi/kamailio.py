@@ -32,7 +32,7 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi import anchored, config, replaces, transfer
+from kemi import anchored, config, replaces, ruri, transfer
 from kemi.anchor import PROGRESS_GROUP, AnchorError, Progress, jobs_key, progress_key, xfer_id
 from kemi.cseq import CSeqError, CSeqShift, parse_cseq_number
 from kemi.dialogs import DialogEvent, DialogStore, response_event
@@ -905,8 +905,11 @@ class Referee:
     def on_invite(self) -> int:
         if _get("$tt"):
             return CONTINUE  # re-INVITE: not a triggered request
+        pasted = self._repair_request_uri()
+        if isinstance(pasted, int):
+            return pasted
         if self.dialog_index:
-            rc = self._check_invite_replaces()
+            rc = self._check_invite_replaces(pasted)
             if rc is not None:
                 return rc
             self._record(DialogEvent.INVITE)
@@ -917,10 +920,38 @@ class Referee:
             return CONTINUE  # an ordinary call pays nothing
         return self._tie_referred_invite()
 
-    def _check_invite_replaces(self) -> int | None:
+    def _repair_request_uri(self) -> int | list[str] | None:
+        """ua-quirks: header fields pasted into an initial INVITE's Request-URI (kemi.ruri):
+        the Request-URI loses them, a pasted Replaces becomes the header it meant (then
+        checked like any other); the Replaces values to judge, or the reply sent."""
+        ruri_text = _get("$ru") or ""
+        if "?" not in ruri_text:
+            return None
+        call_id = _get("$ci") or ""
+        fix = ruri.repair_request_uri(ruri_text, _headers("Replaces"))
+        if fix is None:
+            return None
+        if isinstance(fix, transfer.Reply):
+            _log(KSR.notice, f"INVITE {call_id} with headers in its Request-URI answered "
+                             f"{fix.code}: {fix.warning}")
+            return _send(fix)
+        KSR.pv.sets("$ru", fix.request_uri)
+        added: list[str] = []
+        if fix.replaces is not None:
+            KSR.hdr.append(f"Replaces: {fix.replaces}\r\n")
+            require = ",".join(_headers("Require")).lower()
+            if "replaces" not in require:
+                KSR.hdr.append("Require: replaces\r\n")
+            added = [fix.replaces]
+        _log(KSR.notice, f"INVITE {call_id}: Request-URI repaired to {fix.request_uri} "
+                         f"({fix.describe()})")
+        return added or None
+
+    def _check_invite_replaces(self, repaired: list[str] | None = None) -> int | None:
         """RFC 3891 for an INVITE carrying Replaces, answered here before the target sees
-        it; None: no Replaces, or a Replaces to relay (tied to its transfer if any)."""
-        values = _headers("Replaces")
+        it; None: no Replaces, or a Replaces to relay (tied to its transfer if any).
+        `repaired`: the Replaces referee itself just added (not yet readable as a header)."""
+        values = repaired or _headers("Replaces")
         if not values:
             return None
         call_id = _get("$ci") or ""

@@ -11,6 +11,7 @@ along the route set learnt from Record-Route.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from tests.support.scenarios import HEAD, SDP, _send, _with_sdp
 
@@ -115,21 +116,27 @@ class Replacer:
     target: str
     replaces: str
     expect: int
+    # The quirk of ua-quirks.md: the Replaces pasted into the Request-URI (escaped, with
+    # Require=replaces), no Replaces header.
+    in_ruri: bool = False
 
     def xml(self) -> str:
         out = HEAD + f'<scenario name="{self.me} replaces">\n'
+        ruri = f"sip:{self.target}@[remote_ip]:[remote_port]"
+        header = f"\nReplaces: {self.replaces}\nRequire: replaces"
+        if self.in_ruri:
+            ruri += "?Require=replaces&Replaces=" + quote(self.replaces, safe="")
+            header = ""
         out += _send(
             _with_sdp(
                 f"""
-INVITE sip:{self.target}@[remote_ip]:[remote_port] SIP/2.0
+INVITE {ruri} SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 From: <sip:{self.me}@[remote_ip]>;tag=[pid]{self.me}[call_number]
 To: <sip:{self.target}@[remote_ip]>
 Call-ID: [call_id]
 CSeq: 1 INVITE
-Contact: <sip:{self.me}@[local_ip]:[local_port]>
-Replaces: {self.replaces}
-Require: replaces
+Contact: <sip:{self.me}@[local_ip]:[local_port]>{header}
 Max-Forwards: 70
 """
             ),
