@@ -185,6 +185,33 @@ def test_noanswer_cause_zero_and_timeout_without_hangup():
     assert d.progress() == [(180, False), (480, True)]
 
 
+@pytest.mark.parametrize("dialstatus,cause,code", [
+    ("CHANUNAVAIL", "1", 404),  # unallocated number: the target does not exist
+    ("CHANUNAVAIL", "20", 503),  # subscriber absent (no contact, no answer to INVITE)
+    ("CONGESTION", "34", 503),  # no circuit
+])
+def test_unreachable_target_final_carries_the_status_its_cause_names(dialstatus, cause, code):
+    """An unreachable target never rings: A is told 100 then the failure, with the status
+    Asterisk's cause names, and P goes back to A as for a busy target."""
+    d = Driver("b-target-busy-bridge-app")
+
+    def inject(t, ev):
+        name = ev.get("Event")
+        if name == "DialState":
+            return []  # no ringing
+        if name in ("HangupRequest", "Hangup") and ev.get("Cause") == "17":
+            return [{**ev, "Cause": cause}]
+        if name == "DialEnd" and ev.get("DialStatus") == "BUSY":
+            return [{**ev, "DialStatus": dialstatus}]
+        return [ev]
+
+    d.run(inject=inject)
+    assert d.progress() == [(code, True)]
+    n = d.notes()
+    assert (n["ami_dialstatus"], n["ami_cause"]) == (dialstatus, cause)
+    assert n["ami_result"] == "reconnected"
+
+
 def test_userevent_xferfailed_when_dialend_is_filtered():
     d = Driver("b-target-busy-bridge-app")
     d.run(inject=lambda t, ev: [] if ev.get("Event") in ("DialEnd", "HangupRequest",
