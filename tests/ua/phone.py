@@ -1410,6 +1410,10 @@ publish=0
             raise PhoneError("linphonec cannot add headers to a REFER")
         self._send(f"transfer {call.id} {target}")
 
+    def _do_transfer_replaces(self, call, dest):
+        # linphonec's attended form: REFER on `call` naming `dest`'s peer with Replaces.
+        self._send(f"transfer {call.id} --to-call {dest.id}")
+
     def _do_hangup(self, call):
         self._send(f"terminate {call.id}")
 
