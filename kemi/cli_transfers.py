@@ -6,7 +6,7 @@ import time
 
 from kemi.cli import Failed, UsageError
 from kemi.resp import RedisError, RespClient
-from kemi.store import TransferStore
+from kemi.store import SEP, TransferStore
 
 
 def register(subparsers) -> None:
@@ -58,7 +58,8 @@ def format_record(record: dict[str, str], log: list[str]) -> str:
     """The record's fields, then its event log as a timeline."""
     lines = [f"transfer {record.get('call_id')} / {record.get('refer_id')}: {record.get('state')}"]
     for key in sorted(record):
-        lines.append(f"  {key:16} {record[key]}")
+        # "<call-id>\x1f<refer-id>" members (tie_field) read as the ladder names them.
+        lines.append(f"  {key:16} {record[key].replace(SEP, ' / ')}")
     lines.append("events (as referee applied them):")
     start = None
     for entry in log:
