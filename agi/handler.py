@@ -28,6 +28,7 @@ from agi.plan import (
     AnchoredRun,
     Note,
     Outcome,
+    PlanAborted,
     RelayedRun,
     dial_template,
 )
@@ -115,6 +116,11 @@ class TransferHandler:
             return
         self.notes_written += 1
 
+    def _record_end(self, outcome: Outcome, name: str) -> None:
+        plan = outcome.plan
+        self._annotate(plan.xfer_id if plan else "", Note(outcome.fields(), outcome.detail()),
+                       name)
+
     # -- the session
 
     def make_run(self, session: AGISession):
@@ -148,16 +154,27 @@ class TransferHandler:
                     self._annotate(plan.xfer_id if plan else "", step, name)
                     step = gen.send(None)
                 else:
-                    reply = session.command(step.line, raise_errors=False)
+                    try:
+                        line = step.line
+                    except ValueError as exc:
+                        # A value read from the channel that cannot go on the wire (CR/LF):
+                        # the plan ends as an error, through its own path (recorded).
+                        step = gen.throw(PlanAborted(f"{step.name}: {exc}"))
+                        continue
+                    reply = session.command(line, raise_errors=False)
                     step = gen.send(reply)
         except StopIteration as stop:
             outcome = stop.value
         except (AGIHangup, AGIError, OSError) as exc:
             reason = getattr(session, "cut_reason", "") or f"{type(exc).__name__}: {exc}"
             outcome = run.lost(reason)
-            plan = outcome.plan
-            self._annotate(plan.xfer_id if plan else "", Note(outcome.fields(),
-                                                               outcome.detail()), name)
+            self._record_end(outcome, name)
+        except Exception as exc:  # noqa: BLE001 - a bug in a plan must still be recorded
+            log.exception("%s: %s transfer plan failed", name, run.mode)
+            outcome = run.outcome
+            outcome.result = ERROR
+            outcome.error = outcome.error or f"internal error: {type(exc).__name__}: {exc}"
+            self._record_end(outcome, name)
         log.info("%s: %s transfer %s: %s (%s)", name, run.mode,
                  outcome.plan.xfer_id if outcome.plan else "-", outcome.result,
                  outcome.detail())

@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
@@ -346,24 +347,35 @@ class RespClient:
 
     # -- internals
 
-    def _breaker_open(self) -> RedisUnavailable:
-        return RedisUnavailable(
-            f"circuit breaker open for {self.address} after {self.breaker.failures} "
-            f"failures; next try in {self.breaker.retry_in:.1f} s"
-        )
+    # What `_bounded` counts as the call failing (a ClusterClient adds its own).
+    _FAILURES: tuple[type[BaseException], ...] = _TRANSPORT
 
-    def _round_trip(self, commands: Sequence[Sequence]) -> list:
+    def _bounded(self, work: Callable[[float], Any]) -> Any:
+        """`work(deadline)` as one call: refused at once while the breaker is open, bounded
+        by one `timeout_s` deadline, its outcome reported to the breaker, and any failure
+        in `_FAILURES` raised as RedisUnavailable (see `_failed`)."""
         if not self.breaker.allow():
-            raise self._breaker_open()
+            raise RedisUnavailable(
+                f"circuit breaker open for {self.address} after {self.breaker.failures} "
+                f"failures; next try in {self.breaker.retry_in:.1f} s"
+            )
         deadline = time.monotonic() + self.timeout_s
         try:
-            handshake = self._start(commands, deadline)
-            replies = self._finish(len(commands), handshake, deadline)
-        except _TRANSPORT as exc:
+            result = work(deadline)
+        except self._FAILURES as exc:
             self.breaker.failure()
-            raise _unavailable(exc, self.address, self.timeout_s) from None
+            raise self._failed(exc) from None
         self.breaker.success()
-        return replies
+        return result
+
+    def _failed(self, exc: BaseException) -> RedisUnavailable:
+        return _unavailable(exc, self.address, self.timeout_s)
+
+    def _round_trip(self, commands: Sequence[Sequence]) -> list:
+        return self._bounded(lambda deadline: self._exchange(commands, deadline))
+
+    def _exchange(self, commands: Sequence[Sequence], deadline: float) -> list:
+        return self._finish(len(commands), self._start(commands, deadline), deadline)
 
     def _start(self, commands: Sequence[Sequence], deadline: float) -> int:
         """Connect if need be and send the commands (the handshake first on a new
@@ -586,6 +598,10 @@ def command_key(args: Sequence) -> str | bytes | None:
     return args[1]
 
 
+class _ClusterTrouble(Exception):
+    """The cluster as a whole cannot serve the call (CLUSTERDOWN, endless redirects)."""
+
+
 class _NodeFailed(Exception):
     def __init__(self, address: str, cause: BaseException):
         super().__init__(address)
@@ -629,18 +645,7 @@ class ClusterClient(RespClient):
         self.map_loads = 0  # for tests and metrics
         self.redirects = 0
 
-    # -- public
-
-    def call(self, *args: str | bytes | int | float):
-        (value,) = self._run([args])
-        if isinstance(value, RedisReplyError):
-            raise value
-        return value
-
-    def pipeline(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list:
-        if not commands:
-            return []
-        return self._run(commands)
+    # -- public (call and pipeline are RespClient's: they end in `_round_trip`)
 
     def close(self) -> None:
         for node in self._nodes.values():
@@ -661,18 +666,14 @@ class ClusterClient(RespClient):
     def on_each_master(self, *args: str | bytes | int | float) -> dict[str, object]:
         """Run one keyless command on every master (KEYS, FLUSHALL, SCRIPT FLUSH, INFO):
         for operators and tests, never on the SIP path."""
-        if not self.breaker.allow():
-            raise self._breaker_open()
-        deadline = time.monotonic() + self.timeout_s
-        try:
+        def work(deadline: float) -> dict[str, object]:
             if self._map_stale:
                 self._load_map(deadline)
             groups = {addr: [(0, tuple(args), False)] for addr in self._masters}
             got = self._send_groups(groups, deadline)
-        except _NodeFailed as exc:
-            self._node_failed(exc)
-        self.breaker.success()
-        return {addr: got[addr][0] for addr in self._masters}
+            return {addr: got[addr][0] for addr in groups}
+
+        return self._bounded(work)
 
     # -- internals
 
@@ -683,25 +684,19 @@ class ClusterClient(RespClient):
             self._nodes[addr] = node
         return node
 
-    def _node_failed(self, exc: _NodeFailed):
-        self.breaker.failure()
-        self._map_stale = True  # the node may have failed over: ask again next time
-        raise _unavailable(exc.cause, exc.address, self.timeout_s) from None
+    _FAILURES = (_NodeFailed, _ClusterTrouble)
 
-    def _run(self, commands: Sequence[Sequence]) -> list:
-        if not self.breaker.allow():
-            raise self._breaker_open()
-        deadline = time.monotonic() + self.timeout_s
-        try:
-            replies = self._route(commands, deadline)
-        except _NodeFailed as exc:
-            self._node_failed(exc)
+    def _failed(self, exc: BaseException) -> RedisUnavailable:
+        self._map_stale = True  # a node may have failed over: ask again next time
+        if isinstance(exc, _NodeFailed):
+            return _unavailable(exc.cause, exc.address, self.timeout_s)
+        return RedisUnavailable(f"cluster {self.address}: {exc}")
+
+    def _exchange(self, commands: Sequence[Sequence], deadline: float) -> list:
+        replies = self._route(commands, deadline)
         for reply in replies:
             if isinstance(reply, RedisReplyError) and reply.code == "CLUSTERDOWN":
-                self.breaker.failure()
-                self._map_stale = True
-                raise RedisUnavailable(f"cluster {self.address}: {reply.message}")
-        self.breaker.success()
+                raise _ClusterTrouble(reply.message)
         return replies
 
     def _addr_for(self, command: Sequence) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 
@@ -125,3 +126,72 @@ def test_handler_survives_a_peer_that_vanishes(agi_server, store):
         s.recv(100)  # GET VARIABLE XFER_ID
     o = wait_outcome(handler)
     assert o.result == "error" and "connection lost" in o.error
+
+
+# -- a session whose replies are scripted (no socket): what reaches the record
+
+
+class _Notes:
+    """A TransferStore stand-in that keeps what annotate() was given."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, dict]] = []
+
+    def annotate(self, call_id, refer_id, now, fields, detail=""):
+        self.calls.append((call_id, refer_id, dict(fields)))
+        return True
+
+
+ANCHORED_ENV = "agi_network_script: anchored\nagi_channel: PJSIP/p-00000001\n\n"
+
+
+def _anchored_replies(target: str, after: list[str]) -> str:
+    values = ["200 result=1 (1@c1)", "200 result=1 (PJSIP/a-00000002)",
+              "200 result=1 (1700000000.2)", f"200 result=1 ({target})", "200 result=0",
+              "200 result=0", "200 result=0", "200 result=0"]
+    return "".join(f"{v}\n" for v in values + after)
+
+
+def _run(store, replies: str):
+    from agi.session import AGISession
+
+    out = io.StringIO()
+    session = AGISession(rfile=io.StringIO(ANCHORED_ENV + replies), wfile=out, name="t")
+    handler = TransferHandler(store)
+    handler(session)
+    return handler.outcomes[0][1], out.getvalue().splitlines()
+
+
+def test_a_value_that_cannot_be_sent_ends_the_plan_as_a_recorded_error():
+    """XFER_TARGET with a CR inside: no Dial line can carry it; the plan stops before the
+    Dial and the record says why (the handler must not die with a ValueError)."""
+    notes = _Notes()
+    o, sent = _run(notes, _anchored_replies("PJSIP/20\r00", ["200 result=6"]))
+    assert not any(line.startswith("EXEC Dial") for line in sent)
+    assert o.result == "error" and "CR/LF" in o.error
+    assert notes.calls[-1][:2] == ("c1", "1")
+    assert notes.calls[-1][2]["agi_result"] == "error"
+
+
+def test_garbage_from_asterisk_mid_session_is_recorded_as_an_error():
+    notes = _Notes()
+    o, sent = _run(notes, _anchored_replies("PJSIP/2000", ["this is not AGI"]))
+    assert sent[-1] == "CHANNEL STATUS"
+    assert o.result == "error" and "not an AGI reply" in o.error
+    assert notes.calls[-1][2]["agi_result"] == "error"
+
+
+def test_a_bug_in_the_plan_is_logged_and_recorded(monkeypatch, caplog):
+    from agi.plan import AnchoredRun
+
+    def broken(self, plan):
+        raise RuntimeError("boom")
+        yield
+
+    monkeypatch.setattr(AnchoredRun, "_announce", broken)
+    notes = _Notes()
+    o, _ = _run(notes, _anchored_replies("PJSIP/2000", []))
+    assert o.result == "error" and "RuntimeError: boom" in o.error
+    assert notes.calls[-1][2] == {"agi_result": "error",
+                                  "agi_error": "internal error: RuntimeError: boom"}
+    assert "transfer plan failed" in caplog.text
