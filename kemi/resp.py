@@ -709,7 +709,7 @@ class ClusterClient(RespClient):
             self._load_map(deadline)
         replies: list = [None] * len(commands)
         todo = [(i, tuple(c), self._addr_for(c), False) for i, c in enumerate(commands)]
-        for attempt in range(MAX_REDIRECTS + 1):
+        for _attempt in range(MAX_REDIRECTS + 1):
             groups: dict[str, list[tuple[int, tuple, bool]]] = {}
             for i, cmd, addr, asking in todo:
                 groups.setdefault(addr, []).append((i, cmd, asking))
@@ -718,23 +718,22 @@ class ClusterClient(RespClient):
             for addr, items in groups.items():
                 for (i, cmd, _asking), reply in zip(items, got[addr], strict=True):
                     replies[i] = reply
-                    if not isinstance(reply, RedisReplyError) or attempt == MAX_REDIRECTS:
+                    redirect = _redirect(reply, addr)
+                    if redirect is None:
                         continue
-                    code = reply.code
-                    if code in ("MOVED", "ASK"):
-                        parts = reply.message.split()
-                        if len(parts) != 3:
-                            continue
-                        target = _node_address(parts[2], addr)
-                        if code == "MOVED":
-                            self._slots[int(parts[1])] = target
-                            self._map_stale = True  # more slots likely moved too
-                        self.redirects += 1
-                        redo.append((i, cmd, target, code == "ASK"))
+                    slot, target, ask = redirect
+                    if not ask:
+                        self._slots[slot] = target
+                        self._map_stale = True  # more slots likely moved too
+                    self.redirects += 1
+                    redo.append((i, cmd, target, ask))
             if not redo:
-                break
+                return replies
             todo = sorted(redo)  # commands to one node keep their order
-        return replies
+        # Still redirected after MAX_REDIRECTS: a cluster being resharded under us or
+        # nodes that disagree; the map is reloaded on the next call.
+        raise _ClusterTrouble(f"still redirected after {MAX_REDIRECTS} redirects "
+                              f"(last: {replies[todo[0][0]].message})")
 
     def _send_groups(self, groups: dict[str, list[tuple[int, tuple, bool]]],
                      deadline: float) -> dict[str, list]:
@@ -782,22 +781,49 @@ class ClusterClient(RespClient):
                 continue
             if isinstance(reply, RedisReplyError):
                 raise RedisReplyError(f"{addr} gave no slot map: {reply.message}")
-            slots: list[str | None] = [None] * SLOTS
-            masters: dict[str, None] = {}
-            for entry in reply or ():
-                start, end, master = int(entry[0]), int(entry[1]), entry[2]
-                host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
-                target = _node_address(f"{host}:{int(master[1])}", addr)
-                masters[target] = None
-                for slot in range(start, end + 1):
-                    slots[slot] = target
+            try:
+                slots, masters = _slot_map(reply, addr)
+            except (TypeError, ValueError, IndexError, AttributeError):
+                bad = RedisProtocolError(f"unreadable CLUSTER SLOTS reply {str(reply)[:80]}")
+                failure = _NodeFailed(addr, bad)
+                continue  # another seed may answer sense
             self._slots = slots
-            self._masters = list(masters)
+            self._masters = masters
             self._map_stale = False
             self.map_loads += 1
             return
         assert failure is not None
         raise failure
+
+
+def _slot_map(reply: object, asked: str) -> tuple[list[str | None], list[str]]:
+    """The slot -> master table and the masters of a CLUSTER SLOTS reply (IndexError,
+    TypeError or ValueError for one that is not)."""
+    if not isinstance(reply, list):
+        raise TypeError("not an array")
+    slots: list[str | None] = [None] * SLOTS
+    masters: dict[str, None] = {}
+    for entry in reply:
+        start, end, master = int(entry[0]), int(entry[1]), entry[2]
+        if not 0 <= start <= end < SLOTS:
+            raise ValueError(f"slot range {start}-{end}")
+        host = master[0].decode() if isinstance(master[0], bytes) else str(master[0])
+        target = _node_address(f"{host}:{int(master[1])}", asked)
+        masters[target] = None
+        for slot in range(start, end + 1):
+            slots[slot] = target
+    return slots, list(masters)
+
+
+def _redirect(reply: object, asked: str) -> tuple[int, str, bool] | None:
+    """(slot, node, is ASK) of a well-formed "MOVED <slot> <host:port>" or "ASK ..." error
+    reply; None for any other reply (a malformed redirect stays the error it is)."""
+    if not isinstance(reply, RedisReplyError) or reply.code not in ("MOVED", "ASK"):
+        return None
+    parts = reply.message.split()
+    if len(parts) != 3 or not parts[1].isdigit() or int(parts[1]) >= SLOTS:
+        return None
+    return int(parts[1]), _node_address(parts[2], asked), reply.code == "ASK"
 
 
 def _node_address(text: str, asked: str) -> str:
@@ -828,8 +854,8 @@ def _parse_cluster_url(url: str) -> tuple[list[str], str]:
             host = f"[{host}]"
         else:
             host, _, port = item.partition(":")
-        if not host or (port and not port.isdigit()):
-            raise ValueError(f"{url}: bad seed node {item!r} (want host:port)")
+        if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError(f"{url}: bad seed node {item!r} (want host:port, port 1-65535)")
         seeds.append(f"{host}:{port or 6379}")
     if not seeds:
         raise ValueError(f"{url}: no seed node")

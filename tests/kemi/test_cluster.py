@@ -448,3 +448,110 @@ def test_password_reaches_every_node(cluster):
             RespClient(f"redis://:s3cr%25t@127.0.0.1:{node.port}/0", timeout_s=5).call(
                 "CONFIG", "SET", "requirepass", "")
             assert plain.call("PING") == "PONG"
+
+
+# ----------------------------------------------------------------- a cluster that misbehaves
+
+
+class FakeNode:
+    """One loopback "cluster node" that answers each command with `answer(args)` (raw RESP
+    bytes): enough to play a cluster that redirects forever or sends a nonsense slot map."""
+
+    def __init__(self, answer):
+        import socket
+        import threading
+
+        self.answer = answer
+        self.commands: list[list[bytes]] = []
+        self._srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self._srv.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from kemi.resp import NEED_MORE, RespParser
+
+        while True:
+            try:
+                conn, _ = self._srv.accept()
+            except OSError:
+                return
+            parser = RespParser()
+            with conn:
+                while data := conn.recv(65536):
+                    parser.feed(data)
+                    while (cmd := parser.get()) is not NEED_MORE:
+                        self.commands.append(cmd)
+                        conn.sendall(self.answer(cmd))
+
+    def close(self) -> None:
+        self._srv.close()
+
+
+def _slots_to(port: int) -> bytes:
+    return (b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:%d\r\n" % port)
+
+
+@pytest.fixture
+def fake_node():
+    nodes: list[FakeNode] = []
+
+    def make(answer) -> FakeNode:
+        nodes.append(FakeNode(answer))
+        return nodes[-1]
+
+    yield make
+    for n in nodes:
+        n.close()
+
+
+def test_a_moved_loop_ends_as_unavailable_after_max_redirects(fake_node):
+    port = []
+    node = fake_node(lambda cmd: _slots_to(port[0]) if cmd[0] == b"CLUSTER"
+                     else b"-MOVED 866 127.0.0.1:%d\r\n" % port[0])
+    port.append(node.port)
+    c = RespClient(f"redis+cluster://127.0.0.1:{node.port}", timeout_s=1,
+                   breaker=CircuitBreaker(5, open_s=5))
+    t0 = time.monotonic()
+    with pytest.raises(RedisUnavailable, match=r"still redirected after 5 redirects "
+                       r"\(last: MOVED 866 127.0.0.1"):
+        c.call("GET", "x")
+    assert time.monotonic() - t0 < 1
+    assert sum(1 for cmd in node.commands if cmd[0] == b"GET") == 6  # first try + 5
+    assert c.breaker._count == 1  # counted as a failure of the call
+    c.close()
+
+
+def test_a_malformed_redirect_is_returned_as_the_error_it_is(fake_node):
+    port = []
+    node = fake_node(lambda cmd: _slots_to(port[0]) if cmd[0] == b"CLUSTER"
+                     else b"-MOVED soon somewhere\r\n")
+    port.append(node.port)
+    c = RespClient(f"redis+cluster://127.0.0.1:{node.port}", timeout_s=1)
+    with pytest.raises(RedisReplyError, match="MOVED soon somewhere"):
+        c.call("GET", "x")
+    assert c.redirects == 0
+    c.close()
+
+
+def test_an_unreadable_slot_map_is_unavailable_and_the_next_seed_is_asked(fake_node):
+    bad = fake_node(lambda cmd: b"*1\r\n*3\r\n:0\r\n:99999\r\n*0\r\n")
+    port = []
+    good = fake_node(lambda cmd: _slots_to(port[0]) if cmd[0] == b"CLUSTER" else b"$1\r\nv\r\n")
+    port.append(good.port)
+    only_bad = RespClient(f"redis+cluster://127.0.0.1:{bad.port}", timeout_s=1)
+    with pytest.raises(RedisUnavailable, match="unreadable CLUSTER SLOTS reply"):
+        only_bad.call("GET", "x")
+    only_bad.close()  # the fake serves one connection at a time
+    both = RespClient(f"redis+cluster://127.0.0.1:{bad.port},127.0.0.1:{good.port}",
+                      timeout_s=1)
+    assert both.call("GET", "x") == b"v"
+    assert both.masters == [f"127.0.0.1:{good.port}"]
+    both.close()
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:0", "redis+cluster://h:65536",
+                                 "redis+cluster://h:70a", "redis+cluster://:7000"])
+def test_a_bad_seed_is_refused_when_the_client_is_built(url):
+    with pytest.raises(ValueError, match="bad seed node"):
+        RespClient(url)
