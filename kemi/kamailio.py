@@ -133,6 +133,7 @@ class Referee:
         }
         self._progress_ready = False  # consumer group made (progress timer process)
         self._progress_pending = True  # claim our own unacknowledged entries first
+        self._progress_down = False  # Redis failing for the progress timer (logged once)
         self._rebuilt = False  # htable marks of anchored dialogs restored after a start
         self._anchored_ready = False  # the cfg has the anchored-mode htables
 
@@ -144,6 +145,7 @@ class Referee:
         self._client = None
         self._progress_ready = False
         self._progress_pending = True
+        self._progress_down = False
         self._rebuilt = False
         # The cfg recognises an Asterisk's requests by source address in this table.
         self._anchored_ready = bool(self.asterisk_sources)
@@ -682,7 +684,13 @@ class Referee:
         except RedisError as exc:
             if "NOGROUP" in str(exc):
                 self._progress_ready = False  # the stream expired or was deleted
+            if not self._progress_down:  # once per outage, not every tick
+                _log(KSR.warn, f"anchored progress not read ({exc}); NOTIFYs wait for Redis")
+                self._progress_down = True
             return CONTINUE
+        if self._progress_down:
+            _log(KSR.notice, "anchored progress read again")
+            self._progress_down = False
         entries = []
         for _stream, items in reply or ():
             entries.extend(items or ())
@@ -691,22 +699,37 @@ class Referee:
         # One NOTIFY per transfer per tick: a 180 and a final reported together would
         # otherwise leave back to back, and a transferor still answering the first takes
         # the second for an unexpected request.  The rest waits (pending) for the next.
+        # Entries not acknowledged stay pending and are read again ("0") on a later tick.
         notified: set[tuple[str, str]] = set()
         for entry_id, raw in entries:
-            fields = _pairs(raw) if raw is not None else None
-            which = (fields.get("call_id", ""), fields.get("refer_id", "")) if fields else None
-            if which in notified:
-                self._progress_pending = True
-                break
+            eid = _text(entry_id)
             try:
-                if fields is not None:  # None: trimmed away while pending; just acknowledged
-                    self._progress_one(_text(entry_id), fields)
+                fields = _pairs(raw) if raw is not None else None
+                which = (fields.get("call_id", ""), fields.get("refer_id", "")) if fields \
+                    else None
+                if which in notified:
+                    self._progress_pending = True
+                    break
+                if fields is None:
+                    _log(KSR.warn, f"progress {eid} trimmed from the stream before it was "
+                                   "handled: acknowledged without a NOTIFY")
+                else:
+                    self._progress_one(eid, fields)
                     notified.add(which)
             except RedisError as exc:
-                _log(KSR.warn, f"progress {_text(entry_id)} left pending (Redis: {exc})")
+                _log(KSR.warn, f"progress {eid} left pending (Redis: {exc})")
                 self._progress_pending = True
                 break
-            self.client.call("XACK", key, PROGRESS_GROUP, _text(entry_id))
+            except Exception as exc:  # noqa: BLE001 - one bad entry must not stall the rest
+                _log(KSR.err, f"progress {eid} dropped (acknowledged without effect): "
+                              f"{exc!r}\n{traceback.format_exc()}")
+            try:
+                self.client.call("XACK", key, PROGRESS_GROUP, eid)
+            except RedisError as exc:
+                _log(KSR.warn, f"progress {eid} handled but not acknowledged ({exc}): it is "
+                               "read again, and a NOTIFY for it may repeat")
+                self._progress_pending = True
+                break
         return CONTINUE
 
     def _progress_one(self, entry_id: str, raw: dict) -> None:

@@ -76,3 +76,92 @@ def test_a_route_that_returns_nothing_still_returns_an_int(glue):
             return None
 
     assert Routes().quiet(object(), "rtimer-extra-argument") == 1
+
+
+# -- the referee_progress rtimer: one bad entry, a failed XACK or Redis away ---------------
+class FakeClient:
+    """XREADGROUP answers `batches` in turn; XACK fails while `ack_fails`."""
+
+    def __init__(self, batches, ack_fails=False, down=False):
+        self.batches, self.ack_fails, self.down = list(batches), ack_fails, down
+        self.acked: list[str] = []
+
+    def call(self, *args):
+        from kemi.resp import RedisUnavailable
+
+        if self.down:
+            raise RedisUnavailable("connection refused")
+        if args[0] == "XREADGROUP":
+            return [("stream", self.batches.pop(0))] if self.batches else []
+        if args[0] == "XACK":
+            if self.ack_fails:
+                raise RedisUnavailable("timeout")
+            self.acked.append(args[3])
+        return 1
+
+
+def _progress_referee(mod, client, handle):
+    from dataclasses import replace
+
+    from kemi.config import AnchoredSettings, Settings
+
+    settings = replace(Settings(), anchored=AnchoredSettings(asterisk={"pbx1": "192.0.2.20:5060"}))
+    r = object.__new__(mod.Referee)
+    r.settings, r.anchored, r._client = settings, settings.anchored, client
+    r._rebuilt = r._progress_ready = True
+    r._progress_pending, r._progress_down = False, False
+    r._progress_one = handle
+    return r
+
+
+def _entry(eid, call_id):
+    return (eid, ["call_id", call_id, "refer_id", "1"])
+
+
+def test_an_entry_that_fails_unexpectedly_is_logged_acked_and_the_rest_go_on(glue):
+    mod, ksr = glue
+    seen = []
+
+    def handle(eid, fields):
+        seen.append(eid)
+        if eid == "1-0":
+            raise KeyError("n_from")
+
+    client = FakeClient([[_entry("1-0", "a"), _entry("2-0", "b")]])
+    r = _progress_referee(mod, client, handle)
+    assert r.referee_progress(object(), "rtimer") == mod.CONTINUE
+    assert seen == ["1-0", "2-0"] and client.acked == ["1-0", "2-0"]
+    assert any("progress 1-0 dropped (acknowledged without effect): KeyError" in t
+               for t in ksr.logged)
+
+
+def test_an_entry_trimmed_while_pending_is_acked_with_a_log(glue):
+    mod, ksr = glue
+    client = FakeClient([[("1-0", None)]])
+    r = _progress_referee(mod, client, lambda *a: pytest.fail("nothing to handle"))
+    r.referee_progress(object(), "rtimer")
+    assert client.acked == ["1-0"]
+    assert any("1-0 trimmed" in t for t in ksr.logged)
+
+
+def test_a_failed_xack_leaves_the_entry_to_be_read_again(glue):
+    mod, ksr = glue
+    seen = []
+    client = FakeClient([[_entry("1-0", "a"), _entry("2-0", "b")]], ack_fails=True)
+    r = _progress_referee(mod, client, lambda eid, f: seen.append(eid))
+    assert r.referee_progress(object(), "rtimer") == mod.CONTINUE
+    assert seen == ["1-0"] and r._progress_pending  # the next tick reads pending ("0")
+    assert any("1-0 handled but not acknowledged" in t for t in ksr.logged)
+
+
+def test_redis_down_is_logged_once_per_outage(glue):
+    mod, ksr = glue
+    client = FakeClient([], down=True)
+    r = _progress_referee(mod, client, lambda *a: None)
+    for _ in range(3):
+        assert r.referee_progress(object(), "rtimer") == mod.CONTINUE
+    assert sum("progress not read" in t for t in ksr.logged) == 1
+    client.down = False
+    r.referee_progress(object(), "rtimer")
+    assert any("progress read again" in t for t in ksr.logged)
+
