@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kemi.anchor import MoveJob, Progress, progress_key
+from kemi.anchor import AnchorError, MoveJob, Progress, progress_key
 from kemi.sip.errors import SipParseError
 from kemi.sip.uri import parse_uri
 from kemi.state import Event, notify_event
@@ -139,14 +139,19 @@ def progress_event(progress: Progress, nosub: bool) -> Event:
 
 
 def dial_string(template: str, target_uri: str) -> str:
-    """[anchored] dial with {user}, {host} and {uri} of the approved Refer-To filled in."""
+    """[anchored] dial with {user}, {host} and {uri} of the approved Refer-To filled in;
+    AnchorError for a template that names anything else."""
     user = host = ""
     try:
         uri = parse_uri(target_uri)
         user, host = uri.user or "", uri.host or ""
     except (SipParseError, ValueError):
         pass
-    return template.format(user=user, host=host, uri=target_uri)
+    try:
+        return template.format(user=user, host=host, uri=target_uri)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise AnchorError(f"[anchored] dial {template!r} unusable: {exc!r} (only {{user}}, "
+                          "{host} and {uri} are filled in)") from None
 
 
 def _caller_number(choice: str, transferor: str) -> str:

@@ -405,6 +405,21 @@ class Referee:
         KSR.sl.send_reply(202, "Accepted")
         if duplicate:
             return HANDLED  # a retransmission: everything below was done the first time
+        try:
+            self._after_202(plan, asterisk, now)
+        except Exception as exc:  # noqa: BLE001 - the 202 is out: a 500 now would be a
+            # second final response; A hears of the failure by NOTIFY, if one can go out
+            _log(KSR.err, f"REFER {cid}/{rid} accepted for anchored {asterisk}, then failed: "
+                          f"{exc!r}\n{traceback.format_exc()}")
+            try:
+                self._finish_unqueued(cid, rid, plan.fields, nosub, f"failed: {exc!r}")
+            except Exception as exc2:  # noqa: BLE001
+                _log(KSR.err, f"REFER {cid}/{rid}: failure not notified either ({exc2!r}); "
+                              "the expiry sweep closes it")
+        return HANDLED
+
+    def _after_202(self, plan: transfer.ReferPlan, asterisk: str, now: float) -> None:
+        cid, rid, nosub = plan.call_id, plan.refer_id, plan.nosub_requested
         self._mark_dialog(cid, _get("$ft") or "", rid, anchored_dialog=True)
         event = Event.REFER_ACCEPTED_NOSUB if nosub else Event.REFER_ACCEPTED
         self._apply(cid, rid, event, {"refer_reply": "202"}, "202 by referee (anchored)")
@@ -413,23 +428,23 @@ class Referee:
             self._notify_anchored(cid, rid, plan.fields, 100, "Trying", False, expires,
                                   event=Event.NOTIFY_TRYING, detail="100 Trying (referee)")
             self._remember_dialog(cid, rid)  # renumbered from now on: listed for a restart
-        job = anchored.move_job(
-            call_id=cid, refer_id=rid, target_uri=plan.target_uri, transferor=plan.transferor,
-            decision=plan.decision, dial_template=self.anchored.dial,
-            prefix=self.settings.redis.prefix, node=self.anchored.node, now=now,
-        )
-        flat = [x for kv in job.to_fields().items() for x in kv]
         try:
+            job = anchored.move_job(
+                call_id=cid, refer_id=rid, target_uri=plan.target_uri,
+                transferor=plan.transferor, decision=plan.decision,
+                dial_template=self.anchored.dial, prefix=self.settings.redis.prefix,
+                node=self.anchored.node, now=now,
+            )
+            flat = [x for kv in job.to_fields().items() for x in kv]
             self.client.call("XADD", jobs_key(self.settings.redis.prefix, asterisk),
                              "MAXLEN", "~", JOBS_MAXLEN, "*", *flat)
-        except RedisError as exc:
+        except (RedisError, AnchorError) as exc:
             _log(KSR.err, f"REFER {cid}/{rid}: move job for {asterisk} not queued ({exc}); "
                           "transfer failed")
             self._finish_unqueued(cid, rid, plan.fields, nosub)
-            return HANDLED
+            return
         _log(KSR.info, f"REFER {cid}/{rid} {plan.transferor} -> {plan.target_uri} accepted "
                        f"for anchored {asterisk} ({plan.decision.rule}); dial {job.dial}")
-        return HANDLED
 
     @property
     def _dialogs_key(self) -> str:
@@ -478,13 +493,14 @@ class Referee:
         if restored:
             _log(KSR.notice, f"CSeq renumbering restored for {restored} anchored dialog(s)")
 
-    def _finish_unqueued(self, cid: str, rid: str, record: dict, nosub: bool) -> None:
-        fields = {"anchor_error": "job not queued"}
+    def _finish_unqueued(self, cid: str, rid: str, record: dict, nosub: bool,
+                         why: str = "job not queued") -> None:
+        fields = {"anchor_error": why}
         if nosub:
-            self._apply(cid, rid, Event.INVITE_FAILED, fields, "503 job not queued")
+            self._apply(cid, rid, Event.INVITE_FAILED, fields, f"503 {why}")
             return
         self._notify_anchored(cid, rid, record, 503, "Service Unavailable", True, 0,
-                              event=Event.NOTIFY_FAILURE, detail="503 job not queued",
+                              event=Event.NOTIFY_FAILURE, detail=f"503 {why}",
                               fields=fields)
 
     def _last_cseq(self, call_id: str) -> int | None:

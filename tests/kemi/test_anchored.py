@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kemi.anchor import MoveJob, Progress, progress_key
+from kemi.anchor import AnchorError, MoveJob, Progress, progress_key
 from kemi.anchored import (
     NotifyRoute,
     asterisk_for,
@@ -111,6 +111,14 @@ def test_dial_string():
         "PJSIP/2000@pbx.example"
     assert dial_string("PJSIP/trunk/{uri}", "sip:2000@h") == "PJSIP/trunk/sip:2000@h"
     assert dial_string("PJSIP/{user}", "tel:+4930123") == "PJSIP/+4930123"
+
+
+@pytest.mark.parametrize("template", ["PJSIP/{exten}", "PJSIP/{0}", "PJSIP/{user", "{uri.x}"])
+def test_a_dial_template_naming_anything_else_is_an_anchor_error(template):
+    # Raised after the 202 is out: kemi.kamailio turns it into a failure NOTIFY, never
+    # into an exception that would answer the accepted REFER 500 as well.
+    with pytest.raises(AnchorError, match="dial"):
+        dial_string(template, "sip:2000@pbx.example")
 
 
 @dataclass

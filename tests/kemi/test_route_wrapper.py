@@ -165,3 +165,21 @@ def test_redis_down_is_logged_once_per_outage(glue):
     r.referee_progress(object(), "rtimer")
     assert any("progress read again" in t for t in ksr.logged)
 
+
+def test_a_failure_after_the_anchored_202_is_notified_never_answered_500(glue):
+    mod, ksr = glue
+    from kemi.transfer import ReferPlan
+
+    r = object.__new__(mod.Referee)
+    finished = []
+    r._after_202 = lambda *a: (_ for _ in ()).throw(KeyError("dial"))
+    r._finish_unqueued = lambda cid, rid, rec, nosub, why: finished.append((cid, rid, why))
+    plan = object.__new__(ReferPlan)
+    object.__setattr__(plan, "call_id", "c1")
+    object.__setattr__(plan, "refer_id", "7")
+    object.__setattr__(plan, "nosub_requested", False)
+    object.__setattr__(plan, "fields", {})
+    assert r._accept_anchored(plan, "pbx1", duplicate=False, now=0.0) == mod.HANDLED
+    assert [c[1] for c in ksr.sl.calls] == [202]  # one final response, the 202
+    assert finished == [("c1", "7", "failed: KeyError('dial')")]
+    assert any("accepted for anchored pbx1, then failed" in t for t in ksr.logged)
