@@ -298,9 +298,14 @@ class AmiController:
         backoff = 0.5
         while not self._stop.is_set():
             if self.session is None or not self.session.alive():
-                if self.session is not None:
-                    self._session_lost(self.session.broken or "connection closed")
-                if not self._login():
+                try:
+                    if self.session is not None:
+                        self._session_lost(self.session.broken or "connection closed")
+                    logged_in = self._login()
+                except Exception:  # noqa: BLE001 - the loop must outlive a failed login
+                    log.exception("AMI controller: login or session restart failed")
+                    logged_in = False
+                if not logged_in:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.backoff_max_s)
                     continue
