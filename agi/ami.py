@@ -455,9 +455,16 @@ class AmiController:
                                     "COUNT", 10, "BLOCK", self.block_ms,
                                     "STREAMS", self.jobs_key, ">")
                 self._take(client, _entries(reply), reclaimed=False)
-            except RedisError as exc:
-                log.error("jobs stream %s: %s; retrying", self.jobs_key, exc)
+            except Exception as exc:  # noqa: BLE001 - the reader must outlive one failure
+                if isinstance(exc, RedisError):
+                    log.error("jobs stream %s: %s; retrying", self.jobs_key, exc)
+                else:
+                    log.exception("jobs stream %s: reading failed; retrying", self.jobs_key)
                 group_ready = False
+                # Entries Redis delivered before the failure (a reply lost to a timeout, a
+                # batch cut short) are pending for us: read them again, never wait for the
+                # idle reclaim.  Ones still being followed are ignored by the core.
+                backlog = "0"
                 self._stop.wait(1.0)
         client.close()
 
@@ -480,7 +487,10 @@ class AmiController:
                 job = MoveJob.from_fields(raw)
             except AnchorError as exc:
                 log.error("job %s on %s unusable, dropped: %s", entry_id, self.jobs_key, exc)
-                client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+                try:
+                    client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+                except RedisError as ack_exc:  # the rest of the batch still goes on
+                    log.error("job %s not acked (read again later): %s", entry_id, ack_exc)
                 continue
             record = self._record(client, job) if reclaimed else None
             self.jobs_seen += 1

@@ -322,6 +322,10 @@ class Follower:
                   record: Mapping[str, str] | None) -> list[Output]:
         """A job left pending by a controller that stopped (or crashed) mid-way, with the
         transfer record's ami_* notes: what was already done is not done again."""
+        if job.xfer_id in self.transfers:
+            # Read again while still being followed (the reader re-reads its pending
+            # entries after a failure): the running transfer acks it when it ends.
+            return []
         rec = record or {}
         result, final = rec.get("ami_result", ""), rec.get("ami_final", "")
         if not rec.get("ami_p_uid") and not final:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 
 import pytest
 
 from agi.ami import AmiController
+from kemi.anchor import JOBS_GROUP, MoveJob, jobs_key, progress_key
 from kemi.config import AsteriskSettings, RedisSettings, Settings
+from kemi.resp import RespClient
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:asterisk.manager")
 
@@ -39,3 +43,39 @@ def test_loop_survives_a_login_that_raises():
         assert c._threads[0].is_alive()
     finally:
         c.stop()
+
+
+def test_job_reader_survives_a_failure_and_reads_the_job_again(redis_server, monkeypatch):
+    """An unexpected error after XREADGROUP delivered a job: the reader keeps going and the
+    job (pending for us, never acked) is read again at once, not after the idle reclaim."""
+    c = AmiController(_settings(redis_server.url), consumer="t", block_ms=100)
+    real_take = AmiController._take
+    failures = []
+
+    def take(self, client, entries, reclaimed):
+        if entries and not failures:
+            failures.append(entries)
+            raise RuntimeError("boom")
+        return real_take(self, client, entries, reclaimed)
+
+    monkeypatch.setattr(AmiController, "_take", take)
+    c.claim_every_s = 3600.0  # only the re-read can bring the job back
+    c.ready.set()
+    reader = threading.Thread(target=c._read_jobs, daemon=True)
+    reader.start()
+    try:
+        job = MoveJob("c1", "3", "sip:2000@h", "PJSIP/2000", "a@h",
+                      progress_key("referee", "k1"), time.time())
+        key = jobs_key("referee", "ast1")
+        redis = RespClient(redis_server.url)
+        assert _wait(lambda: redis.call("EXISTS", key) == 1)  # the group is created
+        redis.call("XADD", key, "*", *[x for kv in job.to_fields().items() for x in kv])
+        kind, item = c._queue.get(timeout=5)
+        assert failures and kind == "job" and item.job == job and item.reclaimed
+        assert reader.is_alive()
+        assert int(redis.call("XPENDING", key, JOBS_GROUP)[0]) == 1
+    except queue.Empty:
+        pytest.fail("the job was not read again after the failure")
+    finally:
+        c._stop.set()
+        reader.join(timeout=5)

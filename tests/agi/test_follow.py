@@ -487,6 +487,20 @@ def test_reclaimed_jobs_resume_from_the_record():
     assert d.notes()["ami_result"] == "reconnected" and d.acked()
 
 
+def test_a_job_read_again_while_followed_is_ignored():
+    """The reader re-reads its pending entries after a failure: a job still being followed
+    must neither be acked early nor replaced by a fresh Transfer."""
+    who = cast(transcript.ami("b-target-busy-bridge-app"))
+    job = job_for(who)
+    f = Follower(S)
+    f.job(job, "1-0", 1.0)
+    running = f.transfers[job.xfer_id]
+    for rec in (None, {"ami_p_uid": who.p_uid, "ami_p_channel": who.p, "ami_a_uid": who.a_uid,
+                       "ami_a_channel": who.a, "ami_result": "moved"}):
+        assert f.reclaimed(job, "1-0", 2.0, rec) == []
+        assert f.transfers[job.xfer_id] is running
+
+
 def _recorded_error(action: str) -> dict[str, str]:
     msgs = messages(transcript.ami("e-ami-errors"))
     for i, m in enumerate(msgs):
