@@ -8,6 +8,7 @@ allowed, and operators already edit kamailio.cfg-like text files.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 
@@ -166,20 +167,78 @@ def parse(text: str, where: str = "<config>") -> Settings:
         raise ConfigError(f"{where} [kamailio] redis_fail_mode must be 'open' or 'closed'")
     if not isinstance(settings.kamailio.dialog_index, bool):
         raise ConfigError(f"{where} [kamailio] dialog_index must be true or false")
-    anchored = settings.anchored
-    if anchored.mode not in ("accept", "relay"):
-        raise ConfigError(f"{where} [anchored] mode must be 'accept' or 'relay'")
-    if not isinstance(anchored.asterisk, dict):
-        raise ConfigError(f"{where} [anchored] asterisk must be a table of name = \"host:port\"")
-    for name, addr in anchored.asterisk.items():
-        host, _, port = str(addr).rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(
-                f"{where} [anchored] asterisk.{name} = {addr!r}: expected \"host:port\""
-            )
+    _check_anchored(settings.anchored, f"{where} [anchored]")
+    _check_asterisk(settings.asterisk, f"{where} [asterisk]")
     if settings.redis.timeout_ms <= 0:
         raise ConfigError(f"{where} [redis] timeout_ms must be > 0")
     return settings
+
+
+# A name that goes into a Redis key's hash tag ({anchor:<name>}) and a consumer name.
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NAME_RULE = "1-64 letters, digits, '.', '_' or '-'"
+_DIAL_FIELDS = {"user": "", "host": "", "uri": ""}
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _port(value: object, what: str) -> None:
+    _need(type(value) is int and 0 < value < 65536, f"{what} = {value!r}: must be a port, 1-65535")
+
+
+def _seconds(value: object, what: str, low: float, high: float, integer: bool = False) -> None:
+    ok = type(value) is int or (type(value) is float and not integer)
+    _need(ok and low <= value <= high,  # type: ignore[operator]
+          f"{what} = {value!r}: must be {'a whole number of ' if integer else ''}seconds, "
+          f"{low:g}-{high:g}")
+
+
+def _text(value: object, what: str, empty: bool = False) -> None:
+    _need(isinstance(value, str) and (empty or bool(value.strip())),
+          f"{what} = {value!r}: must be {'a' if empty else 'a non-empty'} string")
+
+
+def _check_anchored(a: AnchoredSettings, where: str) -> None:
+    _need(a.mode in ("accept", "relay"), f"{where} mode = {a.mode!r}: must be 'accept' or 'relay'")
+    _need(isinstance(a.asterisk, dict),
+          f"{where} asterisk must be a table of name = \"host:port\"")
+    for name, addr in a.asterisk.items():
+        _need(bool(_NAME_RE.fullmatch(name)), f"{where} asterisk.{name}: a name is {_NAME_RULE}")
+        host, _, port = addr.rpartition(":") if isinstance(addr, str) else ("", "", "")
+        _need(bool(host) and port.isdigit() and 0 < int(port) < 65536,
+              f"{where} asterisk.{name} = {addr!r}: expected \"host:port\", port 1-65535")
+    _text(a.dial, f"{where} dial")
+    try:
+        a.dial.format(**_DIAL_FIELDS)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{where} dial = {a.dial!r}: unusable template ({exc!r}); only "
+                          "{user}, {host} and {uri} are filled in") from None
+    _need(isinstance(a.node, str) and bool(_NAME_RE.fullmatch(a.node)),
+          f"{where} node = {a.node!r}: must be {_NAME_RULE} (it names a Redis stream)")
+
+
+def _check_asterisk(a: AsteriskSettings, where: str) -> None:
+    _need(isinstance(a.name, str) and bool(_NAME_RE.fullmatch(a.name)),
+          f"{where} name = {a.name!r}: must be {_NAME_RULE} (it names a Redis stream)")
+    for key in ("ami_host", "agi_host", "ami_user", "transfer_context", "hold_context",
+                "hold_exten", "recall_context"):
+        _text(getattr(a, key), f"{where} {key}")
+    for key in ("ami_secret", "relayed_announce", "replaces_predial"):
+        _text(getattr(a, key), f"{where} {key}", empty=True)
+    _port(a.ami_port, f"{where} ami_port")
+    _port(a.agi_port, f"{where} agi_port")
+    _seconds(a.agi_session_limit_s, f"{where} agi_session_limit_s", 1, 7 * 86400)
+    _seconds(a.relayed_timeout_s, f"{where} relayed_timeout_s", 1, 600, integer=True)
+    _seconds(a.release_after_s, f"{where} release_after_s", 0, 3600)
+    _need(a.replaces_predial == "" or len(a.replaces_predial.split("^")) == 3,
+          f"{where} replaces_predial = {a.replaces_predial!r}: must be "
+          "context^exten^priority (or \"\" for none)")
+    _need(a.agi_session_limit_s > a.relayed_timeout_s,
+          f"{where} agi_session_limit_s ({a.agi_session_limit_s:g}) must exceed "
+          f"relayed_timeout_s ({a.relayed_timeout_s}): the session would end before the dial")
 
 
 def load(path: str | None = None) -> Settings:
