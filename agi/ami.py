@@ -59,7 +59,7 @@ from agi.follow import (
     Publish,
     SendAction,
 )
-from kemi.anchor import JOBS_GROUP, AnchorError, MoveJob, jobs_key
+from kemi.anchor import JOBS_GROUP, AnchorError, MoveJob, Progress, jobs_key
 from kemi.config import Settings
 from kemi.resp import RedisError, RedisReplyError, RespClient
 from kemi.store import TransferStore
@@ -488,6 +488,7 @@ class AmiController:
             except AnchorError as exc:
                 log.error("job %s on %s unusable, dropped: %s", entry_id, self.jobs_key, exc)
                 try:
+                    self._refuse(client, raw, str(exc))
                     client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
                 except RedisError as ack_exc:  # the rest of the batch still goes on
                     log.error("job %s not acked (read again later): %s", entry_id, ack_exc)
@@ -497,6 +498,23 @@ class AmiController:
             log.info("job %s: transfer %s to %s (reply to %s)%s", entry_id, job.xfer_id,
                      job.dial, job.reply_to, " [reclaimed]" if reclaimed else "")
             self._queue.put(("job", _Job(job, entry_id, reclaimed, record)))
+
+    def _refuse(self, client: RespClient, raw: dict[str, str], why: str) -> None:
+        """An unusable job that still names its transfer and reply stream: the transferor is
+        told 503 at once (not the subscription's expiry) and the record says why."""
+        call_id, refer_id = raw.get("call_id", ""), raw.get("refer_id", "")
+        reply_to = raw.get("reply_to", "")
+        if not call_id or not refer_id.isdigit():
+            return
+        now = self.clock()
+        if reply_to:
+            progress = Progress(call_id, refer_id, 503, "Service Unavailable", True, now,
+                                "move job unusable")
+            args = [x for kv in progress.to_fields().items() for x in kv]
+            client.call("XADD", reply_to, "MAXLEN", "~", 10000, "*", *args)
+        TransferStore(client, prefix=self.prefix).annotate(
+            call_id, refer_id, now, {"ami_result": "job-unusable", "ami_error": why},
+            "move job unusable")
 
     def _record(self, client: RespClient, job: MoveJob) -> dict[str, str] | None:
         """The transfer record (its ami_* notes say how far a reclaimed job had got)."""

@@ -79,3 +79,37 @@ def test_job_reader_survives_a_failure_and_reads_the_job_again(redis_server, mon
     finally:
         c._stop.set()
         reader.join(timeout=5)
+
+
+def test_an_unusable_job_is_refused_with_a_503_and_noted(redis_server):
+    """A MoveJob with a bad field that still names its transfer: the transferor hears 503 at
+    once (not the subscription's expiry), the record says why, the entry is acked."""
+    from kemi.anchor import Progress
+    from kemi.store import TransferStore
+
+    redis = RespClient(redis_server.url)
+    store = TransferStore(redis, prefix="referee")
+    now = time.time()
+    store.create("c9", "4", {}, now=now, deadline=now + 600)
+    c = AmiController(_settings(redis_server.url), consumer="t", block_ms=100)
+    job = MoveJob("c9", "4", "sip:2000@h", "PJSIP/2000", "a@h", progress_key("referee", "k1"),
+                  now)
+    key = jobs_key("referee", "ast1")
+    redis.call("XGROUP", "CREATE", key, JOBS_GROUP, "0", "MKSTREAM")
+    fields = {**job.to_fields(), "on_failure": "voicemail"}
+    redis.call("XADD", key, "*", *[x for kv in fields.items() for x in kv])
+    c.ready.set()
+    reader = threading.Thread(target=c._read_jobs, daemon=True)
+    reader.start()
+    try:
+        assert _wait(lambda: (store.get("c9", "4") or {}).get("ami_result") == "job-unusable")
+        assert "on_failure" in store.get("c9", "4")["ami_error"]
+        entries = redis.call("XRANGE", job.reply_to, "-", "+")
+        (p,) = [Progress.from_fields(dict(zip(b[0::2], b[1::2], strict=True)))
+                for _, b in entries]
+        assert (p.call_id, p.refer_id, p.code, p.final) == ("c9", "4", 503, True)
+        assert _wait(lambda: int(redis.call("XPENDING", key, JOBS_GROUP)[0]) == 0)
+        assert c._queue.empty()
+    finally:
+        c._stop.set()
+        reader.join(timeout=5)
