@@ -609,6 +609,10 @@ class Referee:
             # from the INVITE it relayed -- renumbered already (tm reparse_invite = 1, the
             # default).  The ACK of a 2xx is end to end: it passes here, as its INVITE did.
             return CONTINUE
+        if method != "INVITE" and not _get("$tt"):
+            # Only INVITE dialogs carry a REFER: out-of-dialog requests (qualify OPTIONS,
+            # REGISTER, ...: a new Call-ID each) would only fill CSEQ_TABLE for a day.
+            return CONTINUE
         cid = _get("$ci") or ""
         try:
             orig = parse_cseq_number(_get("$cs"))

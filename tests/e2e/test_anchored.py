@@ -410,3 +410,28 @@ def test_native_cfg_without_with_anchored_relays_and_says_why(tmp_path, redis_se
     finally:
         lab.kamailio.stop()
     assert not lab.kamailio.python_errors(), "\n".join(lab.kamailio.python_errors())
+
+
+def test_asterisks_out_of_dialog_requests_leave_no_cseq_behind(anchored_lab):
+    """Only INVITE dialogs carry a REFER: a qualify OPTIONS (a new Call-ID each minute)
+    from a listed Asterisk must not sit in referee_cs for a day."""
+    import socket
+    import uuid
+
+    al = anchored_lab()
+    port = al.lab.kamailio.port
+    call_id = f"qualify-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", al.asterisk_port))
+        s.settimeout(2.0)
+        s.sendto((
+            f"OPTIONS sip:pbxa@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{al.asterisk_port};branch=z9hG4bK{uuid.uuid4().hex}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:asterisk@127.0.0.1>;tag={uuid.uuid4().hex[:8]}\r\n"
+            f"To: <sip:pbxa@127.0.0.1:{port}>\r\n"
+            f"Call-ID: {call_id}\r\n"
+            "CSeq: 4711 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), ("127.0.0.1", port))
+        assert s.recv(65535).startswith(b"SIP/2.0 ")  # answered: the cfg has run
+    assert call_id not in al.lab.kamailio.kamcmd("htable.dump", "referee_cs")
