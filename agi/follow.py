@@ -24,21 +24,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agi import plan
 from kemi.anchor import MoveJob, Progress, final_status
 
 log = logging.getLogger("referee.ami")
 
-# The channel variables the FastAGI side (agi/session.py, agi/plan.py) reads on P.
-XFER_VARS = (
-    "XFER_ID", "XFER_PEER", "XFER_PEER_UID", "XFER_TARGET", "XFER_RECONNECT",
-    "XFER_DIAL_TIMEOUT", "XFER_ANNOUNCE", "XFER_CALLERID", "XFER_FALLBACK",
-)
+# The channel variables the FastAGI side (agi/plan.py) reads on P: its own list, plus
+# XFER_FALLBACK (read there only for XFER_RECONNECT=fallback, always set here).
+XFER_VARS = (*plan.XFER_VARS, "XFER_FALLBACK")
 # XFER_RECONNECT: the AGI reconnects P to A itself with EXEC Bridge (11 ms after the
 # target fails in the recordings); an AMI Bridge while the AGI runs strands the AGI on a
 # Surrogate channel (README §6), so the controller bridges only after XFER_RESULT=WAIT.
 RECONNECT_MODE = "bridgeapp"
-FAILED_DIALSTATUS = ("BUSY", "NOANSWER", "CONGESTION", "CHANUNAVAIL", "CANCEL", "DONTCALL",
-                     "TORTURE", "INVALIDARGS")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -815,7 +812,6 @@ class Follower:
     def _originate_response(self, tr: Transfer, ev: Mapping[str, str],
                             now: float) -> list[Output]:
         if ev.get("Response") == "Success":
-            tr.recall_answered = True
             return self._check_reconnected(tr, now)
         return self._recall_failed(tr, now, f"OriginateResponse {ev.get('Response')} "
                                             f"reason {ev.get('Reason')}")
