@@ -392,12 +392,9 @@ class AmiController:
     # -- Redis writes (the loop thread's own RespClient)
 
     def _publish(self, out: Publish) -> None:
-        args: list[str] = []
-        for k, v in out.progress.to_fields().items():
-            args += [k, v]
         for attempt in (1, 2):
             try:
-                self._redis.call("XADD", out.stream, "MAXLEN", "~", 10000, "*", *args)
+                _xadd_progress(self._redis, out.stream, out.progress)
                 return
             except RedisError as exc:
                 log.error("progress %d for %s@%s not published (try %d): %s",
@@ -508,10 +505,8 @@ class AmiController:
             return
         now = self.clock()
         if reply_to:
-            progress = Progress(call_id, refer_id, 503, "Service Unavailable", True, now,
-                                "move job unusable")
-            args = [x for kv in progress.to_fields().items() for x in kv]
-            client.call("XADD", reply_to, "MAXLEN", "~", 10000, "*", *args)
+            _xadd_progress(client, reply_to, Progress(
+                call_id, refer_id, 503, "Service Unavailable", True, now, "move job unusable"))
         TransferStore(client, prefix=self.prefix).annotate(
             call_id, refer_id, now, {"ami_result": "job-unusable", "ami_error": why},
             "move job unusable")
@@ -524,6 +519,11 @@ class AmiController:
             log.warning("record of reclaimed job %s unreadable (%s); running it afresh",
                         job.xfer_id, exc)
             return None
+
+
+def _xadd_progress(client: RespClient, stream: str, progress: Progress) -> None:
+    args = [x for kv in progress.to_fields().items() for x in kv]
+    client.call("XADD", stream, "MAXLEN", "~", 10000, "*", *args)
 
 
 def _s(value: Any) -> str:
