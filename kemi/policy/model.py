@@ -63,9 +63,11 @@ def _need(cond: bool, message: str) -> None:
 
 
 def _int(value: Any, what: str, *, low: int, high: int | None = None) -> None:
-    _need(isinstance(value, int) and not isinstance(value, bool), f"{what} must be an integer")
+    _need(isinstance(value, int) and not isinstance(value, bool),
+          f"{what} must be an integer, not {value!r}")
     _need(value >= low and (high is None or value <= high),
-          f"{what} must be {low}..{high}" if high is not None else f"{what} must be >= {low}")
+          (f"{what} must be {low}..{high}" if high is not None else f"{what} must be >= {low}")
+          + f", not {value}")
 
 
 def _flag(value: Any, what: str) -> None:

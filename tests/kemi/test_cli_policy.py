@@ -237,7 +237,7 @@ def test_a_hand_edited_nonsense_plan_is_listed_as_invalid(cli):
     raw.commit()
     invalid = cli.ok("policy", "list").split("INVALID ROWS (skipped): 2\n")[1].splitlines()
     assert invalid == [
-        "  rules row 50: dial_timeout_s must be 1..600",
+        "  rules row 50: dial_timeout_s must be 1..600, not -5",
         "  rules row 51: on_failure 'fallback:voice mail,s,1': context 'voice mail' must be "
         "1-79 letters, digits, '_' or '-'",
     ]

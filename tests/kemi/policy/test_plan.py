@@ -126,7 +126,7 @@ def test_a_hand_edited_nonsense_plan_row_is_skipped_and_reported():
     pol = Policy.from_rows(2, [tenant], rows, [])
     assert [r.name for r in pol.rules] == ["ok"]
     assert [str(e) for e in pol.errors] == [
-        "rules row 1: dial_timeout_s must be 1..600",
+        "rules row 1: dial_timeout_s must be 1..600, not -5",
         "rules row 2: caller_id '+44 20' must be keep, transferor, or a number "
         "('+' optional, 2-15 digits, no spaces)",
         "rules row 3: on_failure 'voicemail' must be 'reconnect' or "
