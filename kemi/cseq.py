@@ -7,7 +7,8 @@ request to A (a session-timer UPDATE, a re-INVITE, the BYE) would reuse that num
 A would answer ``500 Invalid CSeq`` (RFC 3261 12.2.2; recorded in
 asterisk-ami/h-proxy-notify-cseq-collision).  So for the rest of the dialog Kamailio
 shifts the CSeq of every request Asterisk sends to A by the number of NOTIFYs referee
-put in front of it, and shifts A's replies back before they reach Asterisk.
+put in front of it; A's replies go back to Asterisk with the request's original number,
+kept per transaction by the glue (kemi.kamailio, $avp(rf_cs)).
 
 Only Asterisk -> A needs this: requests A -> Asterisk keep A's own numbers (referee never
 sends in A's name, so Asterisk's view of A's CSeq space is untouched).
@@ -98,17 +99,6 @@ class CSeqShift:
         self.last_sent = n
         self.offset = n - self.last_orig
         return n
-
-    @staticmethod
-    def on_reply(translated: int, original: int | None) -> int:
-        """The CSeq Asterisk must see on A's reply: the original number of the request the
-        reply answers (kept per transaction when the request was translated)."""
-        return translated if original is None else original
-
-    @property
-    def active(self) -> bool:
-        """Whether any request was ever put in front of Asterisk's (translation matters)."""
-        return self.offset != 0 or self.last_sent != self.last_orig
 
     def rebuilt(self, margin: int = REBUILD_MARGIN) -> CSeqShift:
         """The state to resume from after a restart, from a copy that may be stale: the
