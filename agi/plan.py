@@ -58,7 +58,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from agi.session import Reply, command_line
 from kemi.anchored import dial_string
@@ -204,15 +203,13 @@ def parse_fallback(value: str) -> tuple[str, str, str] | None:
     return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
-def refer_to_parts(uri: str) -> dict[str, str]:
-    """{uri, user, host} of a Refer-To as SIPREFERTOHDR gives it (bare or in <>)."""
-    text = uri.strip()
+def bare_uri(refer_to: str) -> str:
+    """The URI of a Refer-To as SIPREFERTOHDR gives it (bare, or in <> with parameters
+    after); its user and host are read by kemi.anchored.dial_string."""
+    text = refer_to.strip()
     if text.startswith("<") and ">" in text:
         text = text[1:text.index(">")]
-    bare = text.split("?", 1)[0].split(";", 1)[0]
-    rest = bare.split(":", 1)[1] if ":" in bare else bare
-    user, _, host = rest.rpartition("@")
-    return {"uri": text, "user": unquote(user), "host": host}
+    return text
 
 
 class _Base:
@@ -481,7 +478,7 @@ class RelayedRun(_Base):
         dial = ""
         if refer_to:
             try:
-                dial = self.dial_for(refer_to_parts(refer_to)["uri"]).strip()
+                dial = self.dial_for(bare_uri(refer_to)).strip()
             except (KeyError, IndexError, ValueError) as exc:
                 problems.append(f"dial template failed: {exc}")
         options = "m"

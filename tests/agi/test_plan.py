@@ -16,9 +16,9 @@ from agi.plan import (
     Command,
     Note,
     RelayedRun,
+    bare_uri,
     dial_template,
     drive,
-    refer_to_parts,
 )
 from agi.session import Reply, parse_reply
 
@@ -288,12 +288,12 @@ def test_connection_lost_keeps_what_was_known():
 # -- relayed
 
 
-def relayed(answers, hangup_after=None, **kw):
+def relayed(answers, hangup_after=None, dial_for="PJSIP/{user}", **kw):
     script = Script({"SIPREFERTOHDR": val("sip:2000@127.0.0.1"),
                      "BLINDTRANSFER": val("PJSIP/pbx-00000045"),
                      "GET FULL VARIABLE ${HASH(TRANSFER_DATA,X-Transfer-Id)}": val(XID),
                      **answers}, hangup_after=hangup_after)
-    run = RelayedRun(dial_template("PJSIP/{user}"), 20, **kw)
+    run = RelayedRun(dial_template(dial_for), 20, **kw)
     outcome, steps = drive(run, script)
     return outcome, script.sent, [s for s in steps if isinstance(s, Note)]
 
@@ -331,7 +331,14 @@ def test_relayed_without_refer_to_dials_nothing():
     assert o.result == ERROR and not any("Dial" in s for s in sent)
 
 
-def test_refer_to_parts():
-    assert refer_to_parts("sip:2000@127.0.0.1") == {"uri": "sip:2000@127.0.0.1",
-                                                    "user": "2000", "host": "127.0.0.1"}
-    assert refer_to_parts("<sip:%2B49301@h;user=phone?Replaces=x>")["user"] == "+49301"
+def test_relayed_dial_string_from_the_refer_to():
+    """SIPREFERTOHDR bare or in <> with header parameters: {user} and {host} come from
+    kemi.anchored.dial_string, as for anchored transfers."""
+    assert bare_uri("sip:2000@127.0.0.1") == "sip:2000@127.0.0.1"
+    assert bare_uri(" <sip:2000@h;user=phone>;x=1?Replaces=x") == "sip:2000@h;user=phone"
+    for header, dial in (("<sip:2000@h;user=phone>", "PJSIP/2000@h"),
+                         ("sip:2001@h", "PJSIP/2001@h")):
+        o, sent, _ = relayed({"SIPREFERTOHDR": val(header),
+                              f"EXEC Dial {dial},20,m": "200 result=0",
+                              "DIALSTATUS": val("ANSWER")}, dial_for="PJSIP/{user}@{host}")
+        assert f"EXEC Dial {dial},20,m" in sent and o.result == BRIDGED
