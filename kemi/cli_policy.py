@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
         "`tenant set`), no announcement, 30 s, reconnect.")
     plan.add_argument("--announcement", metavar="SOUND",
                       help="Asterisk sound played to the transferee first, e.g. custom/hold")
-    plan.add_argument("--caller-id", dest="plan_caller_id", metavar="keep|transferor|NUMBER",
+    plan.add_argument("--caller-id", dest="caller_id", metavar="keep|transferor|NUMBER",
                       help="caller-ID presented to the target: the transferee's own (keep), "
                            "the transferor's, or this number")
     plan.add_argument("--dial-timeout", dest="dial_timeout_s", type=_natural, metavar="S",
@@ -288,10 +288,9 @@ def cmd_policy_list(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_PLAN_OPTIONS = {"announcement": "announcement", "caller_id": "caller-id",
-                 "dial_timeout_s": "dial-timeout", "on_failure": "on-failure",
-                 "release_after_s": "release-after"}
-assert set(_PLAN_OPTIONS) == set(PLAN_FIELDS)
+def _plan_option(field_name: str) -> str:
+    """The `policy add` option of a plan field: dial_timeout_s -> --dial-timeout."""
+    return "--" + field_name.removesuffix("_s").replace("_", "-")
 
 
 def _default_name(action: str, kind: str, value: str | None) -> str:
@@ -304,12 +303,9 @@ def cmd_policy_add(ctx: Context, args: argparse.Namespace) -> int:
     kind, value = next(((k, v) for k, v in kinds if v is not None), ("any", None))
     if args.action == "allow" and args.code is not None:
         raise UsageError("--code is for deny rules only")
-    plan = {"announcement": args.announcement, "caller_id": args.plan_caller_id,
-            "dial_timeout_s": args.dial_timeout_s, "on_failure": args.on_failure,
-            "release_after_s": args.release_after_s}
-    plan = {k: v for k, v in plan.items() if v is not None}
+    plan = {k: getattr(args, k) for k in PLAN_FIELDS if getattr(args, k) is not None}
     if args.action == "deny" and plan:
-        options = ", ".join("--" + _PLAN_OPTIONS[k] for k in plan)
+        options = ", ".join(_plan_option(k) for k in plan)
         raise UsageError(f"a deny rule takes no transfer plan ({options})")
     code = (args.code or 403) if args.action == "deny" else None
     reason = args.reason if args.reason is not None else (
