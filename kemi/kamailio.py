@@ -741,8 +741,8 @@ class Referee:
                 self._progress_pending = True
                 break
             except Exception as exc:  # noqa: BLE001 - one bad entry must not stall the rest
-                _log(KSR.err, f"progress {eid} dropped (acknowledged without effect): "
-                              f"{exc!r}\n{traceback.format_exc()}")
+                _log(KSR.err, f"progress {eid} failed and is acknowledged (its NOTIFY may "
+                              f"not have gone out): {exc!r}\n{traceback.format_exc()}")
             try:
                 self.client.call("XACK", key, PROGRESS_GROUP, eid)
             except RedisError as exc:

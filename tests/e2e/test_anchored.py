@@ -8,7 +8,9 @@ and mode relay (the REFER goes to Asterisk with X-Transfer-Id)."""
 
 from __future__ import annotations
 
+import socket
 import time
+import uuid
 
 import pytest
 
@@ -415,9 +417,6 @@ def test_native_cfg_without_with_anchored_relays_and_says_why(tmp_path, redis_se
 def test_asterisks_out_of_dialog_requests_leave_no_cseq_behind(anchored_lab):
     """Only INVITE dialogs carry a REFER: a qualify OPTIONS (a new Call-ID each minute)
     from a listed Asterisk must not sit in referee_cs for a day."""
-    import socket
-    import uuid
-
     al = anchored_lab()
     port = al.lab.kamailio.port
     call_id = f"qualify-{uuid.uuid4().hex}"
