@@ -23,33 +23,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.scenarios import HEAD, _send
+from tests.support.scenarios import _with_sdp as _sdp
 from tests.support.siplog import SipMessage, sip_messages
 
-HEAD = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
 PROXY_ROUTE = "Route: <sip:[remote_ip]:[remote_port];lr>"
-
-SDP = """v=0
-o=ours 53655765 2353687637 IN IP4 [local_ip]
-s=-
-c=IN IP4 [local_ip]
-t=0 0
-m=audio [auto_media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000"""
 
 PHRASES = {
     100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted",
     403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 481: "Subscription Does Not Exist",
     484: "Address Incomplete", 486: "Busy Here", 503: "Service Unavailable",
 }
-
-
-def _send(text: str, *, retrans: bool = False) -> str:
-    r = ' retrans="500"' if retrans else ""
-    return f"  <send{r}><![CDATA[\n{text.strip()}\n\n]]></send>\n"
-
-
-def _sdp(headers: str) -> str:
-    return headers.strip() + "\nContent-Type: application/sdp\nContent-Length: [len]\n\n" + SDP
 
 
 def _xml(text: str) -> str:

@@ -195,16 +195,16 @@ def test_the_index_stays_off_by_default(tmp_path, redis_server):
 
 
 
-@pytest.fixture
-def pjsua_phones(alab, tmp_path):
-    """andrew, mckenzie, marsha: pjsua2 phones registered with the lab's proxy."""
-    require_kind("pjsua2")
+def registered_phones(lab, tmp_path, kinds: dict[str, str]):
+    """Phones of the given kinds (name -> "pjsua2" / "linphone") registered with the
+    lab's proxy; yields them in order and stops them after the test."""
+    for kind in set(kinds.values()):
+        require_kind(kind)
     made = []
-    for name in ("andrew", "mckenzie", "marsha"):
-        phone = make_phone(
-            "pjsua2", name, name, "127.0.0.1", alab.kamailio.port, alab.kamailio.address,
-            workdir=tmp_path / "phones" / name, auto_ringing=False,
-        )
+    for name, kind in kinds.items():
+        extra = {"auto_ringing": False} if kind == "pjsua2" else {}
+        phone = make_phone(kind, name, name, "127.0.0.1", lab.kamailio.port,
+                           lab.kamailio.address, workdir=tmp_path / "phones" / name, **extra)
         made.append(phone)
         phone.start()
     for phone in made:
@@ -217,20 +217,35 @@ def pjsua_phones(alab, tmp_path):
             pass
 
 
-def test_pjsua2_attended_transfer_succeeds_and_the_record_keeps_the_replaced_dialog(
-    alab, pjsua_phones
-):
-    andrew, mckenzie, marsha = pjsua_phones
+@pytest.fixture
+def pjsua_phones(alab, tmp_path):
+    """andrew, mckenzie, marsha: pjsua2 phones registered with the lab's proxy."""
+    yield from registered_phones(
+        alab, tmp_path, {"andrew": "pjsua2", "mckenzie": "pjsua2", "marsha": "pjsua2"})
+
+
+def consultation(andrew, mckenzie, marsha):
+    """Andrew calls McKenzie and holds her, then calls Marsha (the consultation call);
+    both calls answered.  Returns (a_call, m_call, consult, s_call): Andrew's and
+    McKenzie's ends of the first call, Andrew's and Marsha's of the second."""
     a_call = andrew.call(mckenzie.aor)
     m_call = mckenzie.wait_incoming(5)
     mckenzie.answer(m_call, 200)
     andrew.wait_state(a_call, "confirmed")
     assert andrew.hold(a_call) == 200
-    consult = andrew.call(marsha.aor)  # the consultation call
+    consult = andrew.call(marsha.aor)
     s_call = marsha.wait_incoming(5)
     marsha.answer(s_call, 200)
     andrew.wait_state(consult, "confirmed")
     marsha.wait_state(s_call, "confirmed")
+    return a_call, m_call, consult, s_call
+
+
+def test_pjsua2_attended_transfer_succeeds_and_the_record_keeps_the_replaced_dialog(
+    alab, pjsua_phones
+):
+    andrew, mckenzie, marsha = pjsua_phones
+    a_call, _m_call, consult, s_call = consultation(andrew, mckenzie, marsha)
     consult_id = parse_sip(s_call.messages[0])["headers"]["call-id"]
 
     andrew.transfer_replaces(a_call, consult)

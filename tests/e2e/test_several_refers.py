@@ -59,12 +59,17 @@ def test_a_failed_refer_then_a_second_one_are_two_transfers_kept_apart(lab, phon
     assert failed["final_sipfrag"].startswith("486"), failed
     assert (succeeded["state"], succeeded["target"]) == ("succeeded", aor(mary)), succeeded
     assert succeeded["final_sipfrag"].startswith("200"), succeeded
-    # Nothing of the second transfer was applied to the first after it closed.
-    store = lab.store
-    assert not [
-        line for line in store.log(failed["call_id"], failed["refer_id"])
-        if line.split("|")[4] == "illegal"
-    ]
+    # No NOTIFY of one was counted against the other: the first's ladder holds no
+    # success (the second's 200) and nothing refused; the second's holds no failure.
+    def ladder(record):
+        return [line.split("|") for line in lab.store.log(record["call_id"], record["refer_id"])]
+
+    first_ladder, second_ladder = ladder(failed), ladder(succeeded)
+    assert "notify-failure" in [e[1] for e in first_ladder], first_ladder
+    assert "notify-success" not in [e[1] for e in first_ladder], first_ladder
+    assert "illegal" not in [e[4] for e in first_ladder], first_ladder
+    assert "notify-success" in [e[1] for e in second_ladder], second_ladder
+    assert "notify-failure" not in [e[1] for e in second_ladder], second_ladder
 
     hang_up(andrew, a_call)
     mckenzie.wait_state(m_call, "disconnected")

@@ -21,10 +21,11 @@ def _send(text: str, retrans: bool = False, extra: str = "") -> str:
     return f"  <send{r}{extra}><![CDATA[\n{text.strip()}\n\n]]></send>\n"
 
 
-def _reply(code: str, extra_headers: str = "", to_tag: bool = True) -> str:
+def _reply_head(code: str, to_tag: bool) -> str:
+    """A response's start line and the headers it copies from the request, plus our
+    Contact (`me`); to_tag: add our To tag (a dialog-forming response)."""
     to = "[last_To:];tag=[pid]SIPpTag01[call_number]" if to_tag else "[last_To:]"
-    return _send(
-        f"""
+    return f"""
 SIP/2.0 {code}
 [last_Via:]
 [last_From:]
@@ -33,10 +34,11 @@ SIP/2.0 {code}
 [last_CSeq:]
 [last_Record-Route:]
 Contact: <sip:[$me]@[local_ip]:[local_port]>
-{extra_headers}
-Content-Length: 0
 """
-    )
+
+
+def _reply(code: str, extra_headers: str = "", to_tag: bool = True) -> str:
+    return _send(_reply_head(code, to_tag) + f"{extra_headers}\nContent-Length: 0\n")
 
 
 SDP = """v=0
@@ -417,19 +419,7 @@ def _phrase(code: int) -> str:
 
 
 def _reply_sdp(code: str, to_tag: bool) -> str:
-    to = "[last_To:];tag=[pid]SIPpTag01[call_number]" if to_tag else "[last_To:]"
-    return _with_sdp(
-        f"""
-SIP/2.0 {code}
-[last_Via:]
-[last_From:]
-{to}
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:[$me]@[local_ip]:[local_port]>
-"""
-    )
+    return _with_sdp(_reply_head(code, to_tag))
 
 
 def write(path: Path, xml: str) -> Path:

@@ -24,7 +24,7 @@ _ESC = re.compile(rb"\\(x[0-9a-fA-F]{2}|r|n|\\)")
 
 def unescape(text: str) -> bytes:
     """The bytes a transcript line stands for."""
-    raw = text.encode("latin-1") if text.isascii() else text.encode("utf-8")
+    raw = text.encode("utf-8")  # escapes are ASCII; anything else stands for itself
 
     def sub(m: re.Match) -> bytes:
         code = m.group(1)
