@@ -171,7 +171,21 @@ def parse(text: str, where: str = "<config>") -> Settings:
     _check_asterisk(settings.asterisk, f"{where} [asterisk]")
     if settings.redis.timeout_ms <= 0:
         raise ConfigError(f"{where} [redis] timeout_ms must be > 0")
+    _check_redis_url(settings.redis.url, f"{where} [redis] url")
     return settings
+
+
+def _check_redis_url(url: object, where: str) -> None:
+    """The URL as the client will read it (building one parses, never connects), so a
+    typo stops the start with the file and key named rather than the first SIP worker."""
+    from kemi.resp import RespClient
+
+    _text(url, where)
+    try:
+        RespClient(url)  # type: ignore[arg-type]
+    except ValueError as exc:
+        text = str(exc) if str(url) in str(exc) else f"{url}: {exc}"
+        raise ConfigError(f"{where}: {text}") from None
 
 
 # A name that goes into a Redis key's hash tag ({anchor:<name>}) and a consumer name.

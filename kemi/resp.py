@@ -498,6 +498,12 @@ def _remaining(deadline: float) -> float:
     return left
 
 
+def _db_number(url: str, text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{url}: database {text!r} is not a number")
+    return int(text)
+
+
 def _parse_url(url: str):
     """(family, sockaddr, printable address, db, auth args or None) from a Redis URL."""
     parts = urlsplit(url)
@@ -507,7 +513,7 @@ def _parse_url(url: str):
     if parts.scheme == "unix":
         if not parts.path:
             raise ValueError(f"{url}: unix:// URL without a socket path")
-        db = int(query.get("db", ["0"])[0])
+        db = _db_number(url, query.get("db", ["0"])[0])
         if "password" in query:
             password = query["password"][0]
         family, sockaddr, address = socket.AF_UNIX, parts.path, f"unix:{parts.path}"
@@ -515,11 +521,12 @@ def _parse_url(url: str):
         host = parts.hostname or "127.0.0.1"
         port = parts.port or 6379
         path = parts.path.strip("/")
-        db = int(path) if path else int(query.get("db", ["0"])[0])
+        db = _db_number(url, path or query.get("db", ["0"])[0])
         family, sockaddr = socket.AF_INET, (host, port)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     else:
-        raise ValueError(f"{url}: unsupported scheme (use redis:// or unix://)")
+        raise ValueError(f"{url}: unsupported scheme (use redis://, unix:// or "
+                         f"{CLUSTER_SCHEME})")
     auth = None
     if password is not None:
         auth = (user, password) if user else (password,)

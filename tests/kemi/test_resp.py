@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import re
 import time
 
 import pytest
@@ -210,6 +211,18 @@ def test_construction_never_connects():
     assert not c.connected
     with pytest.raises(RedisUnavailable, match="refused by 127.0.0.1:1"):
         c.call("PING")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://x", "unsupported scheme (use redis://, unix:// or redis+cluster://)"),
+    ("redis://h/x", "database 'x' is not a number"),
+    ("redis://h:1/?db=a", "database 'a' is not a number"),
+    ("unix:///tmp/r.sock?db=-1", "database '-1' is not a number"),
+    ("unix://", "without a socket path"),
+])
+def test_a_bad_url_is_refused_by_name_when_the_client_is_built(url, message):
+    with pytest.raises(ValueError, match=re.escape(f"{url}: ") + ".*" + re.escape(message)):
+        RespClient(url)
 
 
 def test_url_forms(redis_server):
