@@ -17,6 +17,7 @@ import pytest
 
 from tests.conformance.counterparts import Party, Target, received
 from tests.e2e.conftest import Lab, make_lab
+from tests.e2e.test_attended import INDEX_ON, start_node
 from tests.support.kamailio import REPO, free_udp_port
 from tests.support.sipp import Sipp
 
@@ -133,18 +134,11 @@ def run(lab) -> Run:
 
 
 # -- attended transfer: the dialog index on -----------------------------------------------
-INDEX_ON = "dialog_index = true"
-
-
 @pytest.fixture
 def dlab(request, tmp_path, redis_server):
     """`lab` with the dialog index on: `[kamailio] dialog_index = true`, and for the
-    native cfg the WITH_DIALOG_INDEX define (as tests/e2e/test_attended.py starts it)."""
-    cfg = getattr(request, "param", "kamailio.cfg")
-    lab = make_lab(tmp_path, redis_server, cfg, kamailio=INDEX_ON)
-    if cfg == "kamailio-native.cfg":
-        lab.kamailio.defines = ("WITH_DIALOG_INDEX",)
-    lab.kamailio.start()
+    native cfg the WITH_DIALOG_INDEX define (tests/e2e/test_attended.py's start_node)."""
+    lab = start_node(tmp_path, redis_server, getattr(request, "param", "kamailio.cfg"))
     yield lab
     lab.kamailio.stop()
     errors = lab.kamailio.python_errors()
