@@ -37,9 +37,6 @@ class KamailioSettings:
     retry_after_s: int = 30
     # Where events Redis could not take are spooled until the sweep replays them.
     journal_dir: str = "/var/spool/referee"
-    # Accepting 2xx code the transferee is allowed to use is not ours to choose; this is
-    # the code referee uses when *it* must invent a reply on the transferee's behalf.
-    log_prefix: str = "referee"
     # Index every INVITE dialog in Redis (kemi.dialogs) so a Replaces is checked here,
     # against dialogs set up through any node (RFC 3891).  Costs one Redis write per
     # initial INVITE, per tagged response to it and per BYE, on every call.  Off: only
@@ -105,9 +102,9 @@ class AsteriskSettings:
     hold_context: str = "referee-hold"
     hold_exten: str = "hold"
     recall_context: str = "referee-recall"
-    # After the target answered, the transferor's leg is hung up after this long unless
-    # it hung up first (carriers use about 32 s), so no PBX trunk stays busy.
-    release_after_s: float = 32.0
+    # (How long after the target answered the transferor's leg is released is policy, per
+    # rule or tenant -- `policy add --release-after`, `tenant set --bye-wait` -- carried
+    # by each MoveJob, not a setting here.)
 
 
 @dataclass(frozen=True)
@@ -246,7 +243,6 @@ def _check_asterisk(a: AsteriskSettings, where: str) -> None:
     _port(a.agi_port, f"{where} agi_port")
     _seconds(a.agi_session_limit_s, f"{where} agi_session_limit_s", 1, 7 * 86400)
     _seconds(a.relayed_timeout_s, f"{where} relayed_timeout_s", 1, 600, integer=True)
-    _seconds(a.release_after_s, f"{where} release_after_s", 0, 3600)
     _need(a.replaces_predial == "" or len(a.replaces_predial.split("^")) == 3,
           f"{where} replaces_predial = {a.replaces_predial!r}: must be "
           "context^exten^priority (or \"\" for none)")
