@@ -24,6 +24,9 @@ class Sipp:
     extra: tuple[str, ...] = ()
     calls: int = 1
     timeout_s: int = 30
+    # SIPp answers an INFO/NOTIFY/OPTIONS/UPDATE it does not expect 200 (-aa); a party
+    # that must fail on a NOTIFY out of order turns this off.
+    auto_answer: bool = True
     proc: subprocess.Popen | None = None
 
     @property
@@ -44,8 +47,10 @@ class Sipp:
             "-m", str(self.calls), "-nostdin", "-timeout", f"{self.timeout_s}s", "-timeout_error",
             "-trace_msg", "-message_file", str(self.messages_path),
             "-trace_err", "-error_file", str(self.errors_path),
-            "-max_recv_loops", "1000", "-aa",
+            "-max_recv_loops", "1000",
         ]
+        if self.auto_answer:
+            cmd.append("-aa")
         for k, v in self.keys.items():
             cmd += ["-key", k, str(v)]
         cmd += list(self.extra)
