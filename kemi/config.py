@@ -43,6 +43,26 @@ class KamailioSettings:
     # transfers touch Redis.  A native kamailio-native.cfg must be started with the
     # define WITH_DIALOG_INDEX too, or those messages never reach Python.
     dialog_index: bool = False
+    # The order of a transfer's messages (kemi.order).  A NOTIFY that reaches the proxy
+    # before the REFER's 2xx has been relayed, or right after another NOTIFY of its
+    # dialog, is held (tm t_suspend) and relayed in turn.  order_grace_ms: how long after
+    # a worker decided to relay a message referee takes it to be on the wire;
+    # order_window_ms: how long a NOTIFY that may have an earlier one still in another
+    # worker waits for it (ms).
+    order_grace_ms: int = 20
+    order_window_ms: int = 50
+    # A NOTIFY the transferor answers 491 Request Pending (linphone does while a
+    # transaction of its own in the dialog is open) is sent again, this many times, this
+    # long apart; a progress NOTIFY still refused is answered 200 to the transferee by
+    # referee, so the subscription lives on and its final NOTIFY still reaches the
+    # transferor.
+    notify_491_retries: int = 2
+    notify_491_retry_ms: int = 250
+    # Put a tie token into the Refer-To of every REFER relayed (an embedded header,
+    # <sip:target?X-Referee-Tie=...>): a transferee that copies it into its INVITE (RFC
+    # 3261 19.1.5; pjsua2 does) has that INVITE tied to its transfer exactly.  Without it
+    # the INVITE is tied by what else names the transfer, or recorded as untied.
+    tie_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,8 +182,10 @@ def parse(text: str, where: str = "<config>") -> Settings:
     )
     if settings.kamailio.redis_fail_mode not in ("open", "closed"):
         raise ConfigError(f"{where} [kamailio] redis_fail_mode must be 'open' or 'closed'")
-    if not isinstance(settings.kamailio.dialog_index, bool):
-        raise ConfigError(f"{where} [kamailio] dialog_index must be true or false")
+    for key in ("dialog_index", "tie_token"):
+        if not isinstance(getattr(settings.kamailio, key), bool):
+            raise ConfigError(f"{where} [kamailio] {key} must be true or false")
+    _check_order(settings.kamailio, f"{where} [kamailio]")
     _check_anchored(settings.anchored, f"{where} [anchored]")
     _check_asterisk(settings.asterisk, f"{where} [asterisk]")
     if settings.redis.timeout_ms <= 0:
@@ -210,6 +232,18 @@ def _seconds(value: object, what: str, low: float, high: float, integer: bool = 
 def _text(value: object, what: str, empty: bool = False) -> None:
     _need(isinstance(value, str) and (empty or bool(value.strip())),
           f"{what} = {value!r}: must be {'a' if empty else 'a non-empty'} string")
+
+
+def _whole(value: object, what: str, low: int, high: int, unit: str) -> None:
+    _need(type(value) is int and low <= value <= high,
+          f"{what} = {value!r}: must be a whole number of {unit}, {low}-{high}")
+
+
+def _check_order(k: KamailioSettings, where: str) -> None:
+    _whole(k.order_grace_ms, f"{where} order_grace_ms", 1, 1000, "ms")
+    _whole(k.order_window_ms, f"{where} order_window_ms", 1, 5000, "ms")
+    _whole(k.notify_491_retries, f"{where} notify_491_retries", 0, 5, "retries")
+    _whole(k.notify_491_retry_ms, f"{where} notify_491_retry_ms", 10, 5000, "ms")
 
 
 def _check_anchored(a: AnchoredSettings, where: str) -> None:

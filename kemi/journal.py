@@ -41,7 +41,8 @@ class Journal:
         return self.dir / f"{prefix}{os.getpid()}.jsonl"
 
     def append(self, op: str, **entry) -> None:
-        """Spool one store call ('create' or 'apply'); raises OSError if the disk refuses."""
+        """Spool one store call ('create', 'apply' or 'annotate'); raises OSError if the
+        disk refuses."""
         line = json.dumps({"op": op, **entry}, separators=(",", ":")) + "\n"
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path(PENDING), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -118,10 +119,14 @@ class Journal:
                 max_per_call=None, transferor=e.get("transferor"), rate_limit=None,
                 transferee=e.get("transferee"), target=e.get("target"),
             )
+        elif e["op"] == "annotate":
+            store.annotate(e["call_id"], e["refer_id"], e["now"], e["fields"],
+                           e.get("detail", ""))
         elif e["op"] == "apply":
             store.apply(
                 e["call_id"], e.get("refer_id"), Event(e["event"]), e["now"],
                 fields=e.get("fields"), deadline=e.get("deadline"), detail=e.get("detail", ""),
+                seq=e.get("seq"),
             )
         else:
             raise ValueError(f"unknown op {e['op']!r}")

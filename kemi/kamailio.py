@@ -27,6 +27,8 @@ that dialog is renumbered (kemi.cseq) and A's replies are numbered back.
 from __future__ import annotations
 
 import functools
+import json
+import secrets
 import time
 import traceback
 
@@ -37,8 +39,10 @@ from kemi.anchor import PROGRESS_GROUP, AnchorError, Progress, jobs_key, progres
 from kemi.cseq import CSeqError, CSeqShift, parse_cseq_number
 from kemi.dialogs import DialogEvent, DialogStore, response_event
 from kemi.journal import Journal
+from kemi.order import Timing
 from kemi.policy.cache import PolicyCache, PolicyUnavailable
 from kemi.resp import CircuitBreaker, RedisError, RespClient
+from kemi.sequencer import Deferred, Sequencer
 from kemi.state import Event, State
 from kemi.store import TransferStore
 
@@ -53,6 +57,9 @@ SHIFT_TABLE = "referee_x"  # Call-ID -> kemi.cseq state of a dialog referee NOTI
 JOBS_MAXLEN = 10000
 DIALOGS_TTL_S = 86400  # as the htables' autoexpire
 PROGRESS_BATCH = 50
+# Held NOTIFYs resumed per tick by kamailio-native.cfg's while loop (Kamailio ends a
+# loop after max_while_loops, 100 by default): the rest go on the next tick.
+NATIVE_BATCH = 64
 REPLY_ROUTE = "referee_reply"
 FAILURE_ROUTE = "referee_failure"
 
@@ -136,6 +143,15 @@ class Referee:
         self._progress_down = False  # Redis failing for the progress timer (logged once)
         self._rebuilt = False  # htable marks of anchored dialogs restored after a start
         self._anchored_ready = False  # the cfg has the anchored-mode htables
+        k = self.settings.kamailio
+        self.order = Sequencer(
+            Timing(grace_s=k.order_grace_ms / 1000.0, window_s=k.order_window_ms / 1000.0),
+            lambda text: _log(KSR.warn, text),
+        )
+        self.later = Deferred(lambda text: _log(KSR.warn, text))
+        self._due: list | None = None  # released this tick, not yet resumed (native cfg)
+        self._resumed: list[tuple[str, dict]] = []  # relayed by t_continue, to record
+        self._continued: tuple[str, str, int] | None = None  # resumed, not marked sent
 
     # -- process lifecycle -------------------------------------------------------------
     def child_init(self, rank: int) -> int:
@@ -147,6 +163,7 @@ class Referee:
         self._progress_pending = True
         self._progress_down = False
         self._rebuilt = False
+        self.order.ready = True
         # The cfg recognises an Asterisk's requests by source address in this table.
         self._anchored_ready = bool(self.asterisk_sources)
         for addr, name in self.asterisk_sources.items():
@@ -223,7 +240,58 @@ class Referee:
     @route("failure")
     def referee_failure(self, msg) -> int:
         # Local timeouts (408) never pass a reply route: they are seen only here.
-        return self.on_reply(int(KSR.pv.get("$T_reply_code") or 0))
+        code = int(KSR.pv.get("$T_reply_code") or 0)
+        if (_get("$rm") or "").upper() == "NOTIFY" and _get("$avp(rf_nfy)"):
+            return self.on_notify_failure(code)
+        return self.on_reply(code)
+
+    @route("timer")
+    def referee_order(self, msg) -> int:
+        """rtimer of kamailio.cfg (every few ms, its own process): resume the held NOTIFYs
+        whose turn has come, one after another, so they leave in CSeq order
+        (kemi.order); each goes on in the proxy's referee_resume."""
+        for cid, h in self.order.due():
+            if KSR.tmx.t_continue(h.tindex, h.tlabel, "referee_resume") < 0:
+                _log(KSR.warn, f"held NOTIFY [{h.tindex}:{h.tlabel}] not resumed (its "
+                               "transaction ended)")
+            self.order.mark_sent(cid, h.tag, h.cseq)
+        self._record_resumed()
+        return CONTINUE
+
+    def referee_next(self, msg, *_args) -> int:
+        """kamailio-native.cfg's route[REFEREE_ORDER] loops on this: 1 with the next held
+        transaction to resume in $var(rf_ti)/$var(rf_tl), -1 when none is due (its
+        t_continue names a cfg route, which KSR.tmx.t_continue cannot).  Not wrapped by
+        `route`: on an error it must end the loop (-1), never continue it."""
+        try:
+            if self._continued is not None:  # the one t_continue just relayed
+                self.order.mark_sent(*self._continued)
+                self._continued = None
+            self._record_resumed()  # (outside the transaction's lock)
+            if self._due is None:  # the first call of this tick
+                self._due = self.order.due(limit=NATIVE_BATCH)
+            if not self._due:
+                self._due = None
+                return -1
+            cid, h = self._due.pop(0)
+            self._continued = (cid, h.tag, h.cseq)
+            KSR.pv.seti("$var(rf_ti)", h.tindex)
+            KSR.pv.seti("$var(rf_tl)", h.tlabel)
+            return 1
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            self._due = self._continued = None
+            _log(KSR.err, f"timer referee_next failed: {exc!r}\n{traceback.format_exc()}")
+            return -1
+
+    @route("failure")
+    def referee_resume(self, msg, *_evname) -> int:
+        """A held NOTIFY resumed (tm t_continue): arm its routes again before the cfg (or
+        kemi.proxy) relays it -- what was armed before the suspension went with it -- and
+        mark its Request-URI new: a NOTIFY sent again after a 491 was suspended in its
+        failure route, where tm counts the Request-URI as used ("no branches")."""
+        self._arm_notify_routes()
+        KSR.pv.sets("$ru", _get("$ru") or "")
+        return CONTINUE
 
     @route("timer")
     def referee_sweep(self, msg) -> int:
@@ -236,6 +304,8 @@ class Referee:
                                  f"{report.kept} still waiting for Redis")
             if report.kept:
                 return CONTINUE  # Redis still away: expiring now would race the replay
+        for cid, entry in self.later.due():
+            self._store_later(cid, entry)
         try:
             due = self.store.due(now, limit=200)
         except RedisError as exc:
@@ -319,6 +389,9 @@ class Referee:
         d = plan.decision
         expiry = min(plan.expiry_s, self.settings.transfer.max_open_s)
         asterisk, mode = self._anchoring(plan)
+        token = ""
+        if self.settings.kamailio.tie_token and mode != "accept":
+            token = plan.fields["tie_token"] = secrets.token_hex(6)
         try:
             res = self.store.create(
                 plan.call_id,
@@ -343,6 +416,10 @@ class Referee:
         if asterisk is not None:
             # Relayed to the anchored Asterisk: its AGI finds the record by this header.
             KSR.hdr.append(f"X-Transfer-Id: {xfer_id(plan.call_id, plan.refer_id)}\r\n")
+        if token and res.created:
+            refer_to = _headers("Refer-To")[0]
+            KSR.hdr.remove("Refer-To")
+            KSR.hdr.append(f"Refer-To: {transfer.with_tie_token(refer_to, token)}\r\n")
         self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
         _log(
             KSR.info,
@@ -807,6 +884,7 @@ class Referee:
         KSR.pv.sets("$avp(rf_id)", refer_id)
         KSR.pv.sets("$avp(rf_nosub)", "1" if nosub else "0")
         self._mark_dialog(call_id, _get("$ft") or "", refer_id)
+        self.order.refer_relayed(call_id, refer_id, _get("$ft") or "")
         KSR.tm.t_on_reply(REPLY_ROUTE)
         KSR.tm.t_on_failure(FAILURE_ROUTE)
 
@@ -832,21 +910,27 @@ class Referee:
     # -- replies ---------------------------------------------------------------------------
     def on_reply(self, code: int) -> int:
         self._restore_reply_cseq()
-        if _get("$avp(rf_dlg)") == "1" and _get("$rm") == "INVITE":
+        method = _get("$rm")
+        if _get("$avp(rf_dlg)") == "1" and method == "INVITE":
             self._record_response(code)
+        if method == "NOTIFY":
+            if 200 <= code < 300:
+                self._notify_delivered(code)
+            return CONTINUE  # a failure is seen by the failure route
         call_id = _get("$avp(rf_cid)")
         if not call_id or code < 200:
             return CONTINUE
         refer_id = _get("$avp(rf_id)")
-        method = _get("$rm")
         if method == "REFER":
+            self.order.refer_answered(call_id, refer_id or "")
             event = transfer.refer_response_event(
                 code, _get("$avp(rf_nosub)") == "1", _get("$hdr(Refer-Sub)")
             )
-        elif method == "NOTIFY":
-            if code != 481:
+            if event is Event.REFER_ACCEPTED and self.later.add(
+                    call_id, {"k": "accept", "r": refer_id or "", "c": code}):
+                # Relayed at once; recorded with the first NOTIFY the transferor accepts
+                # (a Redis trip here would let that NOTIFY overtake this 2xx).
                 return CONTINUE
-            event = Event.NOTIFY_481
         elif method == "INVITE":
             event = transfer.invite_response_event(code)
         else:
@@ -883,16 +967,18 @@ class Referee:
         except RedisError as exc:
             _log(KSR.warn, f"dialog {call_id} {event} not indexed (Redis: {exc})")
 
-    def _apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None):
-        now = time.time()
+    def _apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
+               seq: int | None = None, at: float | None = None):
+        now = time.time() if at is None else at
         try:
             res = self.store.apply(
-                call_id, refer_id, event, now, fields=fields, deadline=deadline, detail=detail
+                call_id, refer_id, event, now, fields=fields, deadline=deadline, detail=detail,
+                seq=seq,
             )
         except RedisError as exc:
             spooled = self._spool(
                 "apply", call_id=call_id, refer_id=refer_id, event=str(event), now=now,
-                fields=fields, deadline=deadline, detail=detail,
+                fields=fields, deadline=deadline, detail=detail, seq=seq,
             )
             _log(KSR.err, f"{event} for {call_id}/{refer_id} {'spooled' if spooled else 'LOST'}"
                           f" (Redis: {exc})")
@@ -905,10 +991,17 @@ class Referee:
 
     # -- NOTIFY ----------------------------------------------------------------------------
     def on_notify(self) -> int:
+        """A refer NOTIFY: read (400/415 for what cannot be used), its event recorded,
+        noted on its transaction so the transferor's answer is recorded too, and relayed
+        in its turn (kemi.order) -- never before the REFER's 2xx or an earlier NOTIFY."""
         event_hdr = _get("$hdr(Event)")
         ctype = _get("$hdr(Content-Type)")
         if not transfer.is_refer_notify(event_hdr, ctype):
             return CONTINUE
+        if KSR.tm.t_check_trans() == 0:
+            # A retransmission: tm has re-sent the last answer (none while it is held).
+            # Handled before anything else: it must neither be recorded again nor queued.
+            return HANDLED
         sub_state = _get("$hdr(Subscription-State)")
         facts = transfer.read_notify(
             transfer.NotifyMessage(
@@ -936,12 +1029,166 @@ class Referee:
         deadline = None
         if facts.expires and not facts.terminated:
             deadline = time.time() + min(facts.expires, self.settings.transfer.max_open_s)
-        detail = f"{status.code} {status.reason}" if status else "no body"
-        res = self._apply(call_id, facts.refer_id, facts.event, fields, detail, deadline)
+        try:
+            cseq: int | None = parse_cseq_number(_get("$cs"))
+        except CSeqError:
+            cseq = None  # sanity_check lets few through; relayed unordered, recorded
+        note = {
+            "e": str(facts.event), "r": facts.refer_id, "f": fields, "dl": deadline,
+            "d": f"{status.code} {status.reason}" if status else "no body",
+            "c": cseq, "t": _get("$ft") or "", "x": facts.terminated, "a": False,
+        }
+        first = status is not None and status.code == 100
+        verdict = None if cseq is None else self.order.verdict(call_id, note["t"], cseq, first)
+        if verdict != "hold":
+            # It may leave now: recorded first, then committed and relayed at once (a
+            # Redis trip between the commit and the send could let a later one overtake).
+            self._record_notify(call_id, note)
+        self._arm_notify_routes()
+        if verdict is None or cseq is None:
+            KSR.pv.sets("$avp(rf_nfy)", json.dumps(note, separators=(",", ":")))
+            return CONTINUE  # not a dialog referee orders: the cfg relays it
+        if self.order.admit(call_id, note["t"], cseq, first,
+                            hold=verdict == "hold") == "hold":
+            KSR.pv.sets("$avp(rf_nfy)", json.dumps(note, separators=(",", ":")))
+            if self.order.suspend(call_id, note["t"], cseq):
+                _log(KSR.info, f"NOTIFY {call_id} CSeq {cseq} held: an earlier message "
+                               "of its transfer is still on its way")
+                return HANDLED
+            if not note["a"]:
+                self._record_notify(call_id, note)
+        KSR.pv.sets("$avp(rf_nfy)", json.dumps(note, separators=(",", ":")))
+        # Relayed here rather than by the cfg, so that the next NOTIFY may follow as soon
+        # as t_relay has returned (sent) instead of waiting order_grace_ms.
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+        self.order.mark_sent(call_id, note["t"], cseq)
+        return HANDLED
+
+    def _take_accepts(self, call_id: str) -> None:
+        """2xx answers to REFERs of this dialog not yet recorded (kemi.sequencer.Deferred):
+        recorded before the event that follows them."""
+        for entry in self.later.take_accepts(call_id):
+            self._store_later(call_id, entry)
+
+    def _store_later(self, call_id: str, e: dict) -> None:
+        """Make a store call a reply route left for later (kemi.sequencer.Deferred)."""
+        at = e.get("t") or time.time()
+        if e["k"] == "accept":
+            self._apply(call_id, e["r"], Event.REFER_ACCEPTED, {"refer_reply": str(e["c"])},
+                        str(e["c"]), at=at)
+        elif e["k"] == "apply":
+            self._apply(call_id, e.get("r"), Event(e["e"]), e.get("f"), e.get("d", ""), at=at)
+        elif e["k"] == "note":
+            try:
+                self.store.annotate(call_id, e.get("r"), at, e.get("f") or {}, e.get("d", ""))
+            except RedisError as exc:
+                spooled = self._spool("annotate", call_id=call_id, refer_id=e.get("r"),
+                                      now=at, fields=e.get("f") or {}, detail=e.get("d", ""))
+                _log(KSR.err, f"note for {call_id} {'spooled' if spooled else 'LOST'} "
+                              f"(Redis: {exc})")
+
+    def _record_notify(self, call_id: str, note: dict) -> None:
+        """A NOTIFY's event into the record, after any 2xx to a REFER of the dialog that
+        waited for it; `note` learns which transfer."""
+        self._take_accepts(call_id)
+        res = self._apply(call_id, note["r"], Event(note["e"]), note["f"], note["d"],
+                          note["dl"], seq=note["c"])
         if res is not None and res.refer_id:
-            KSR.pv.sets("$avp(rf_cid)", call_id)
-            KSR.pv.sets("$avp(rf_id)", res.refer_id)
-            KSR.tm.t_on_reply(REPLY_ROUTE)
+            note["r"] = res.refer_id
+        note["a"] = True
+
+    def referee_resumed(self, msg, *_args) -> int:
+        """A held NOTIFY has been relayed (after route[REFEREE_RESUME]'s t_relay, or the
+        proxy's).  Its event is recorded by the timer once t_continue has returned: tm
+        holds the transaction's reply lock for the whole resumed route, and a Redis trip
+        there would hold the transferor's answer while the next message overtakes it."""
+        note = self._notify_note()
+        if note is not None and not note.get("a"):
+            self._resumed.append((_get("$ci") or "", note))
+        return CONTINUE
+
+    def _record_resumed(self) -> None:
+        done, self._resumed = self._resumed, []
+        for call_id, note in done:
+            try:
+                self._record_notify(call_id, note)
+            except Exception as exc:  # noqa: BLE001 - one bad note must not stop the rest
+                _log(KSR.err, f"NOTIFY {call_id} not recorded: {exc!r}\n"
+                              f"{traceback.format_exc()}")
+
+    @staticmethod
+    def _arm_notify_routes() -> None:
+        KSR.tm.t_on_reply(REPLY_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+
+    @staticmethod
+    def _notify_note() -> dict | None:
+        """What on_notify noted on the NOTIFY's transaction."""
+        try:
+            note = json.loads(_get("$avp(rf_nfy)") or "")
+        except ValueError:
+            return None
+        return note if isinstance(note, dict) else None
+
+    def _note_delivery(self, note: dict, code: int, extra: dict | None = None) -> None:
+        """What the transferor answered to a NOTIFY, beside the transfer's state (stored
+        by the sweep: kemi.sequencer.Deferred)."""
+        fields = {"notify_reply": str(code), **(extra or {})}
+        if note.get("x"):
+            fields["final_notify_reply"] = str(code)
+        self._defer(_get("$ci") or "", {
+            "k": "note", "r": note.get("r"), "f": fields,
+            "d": f"NOTIFY CSeq {note.get('c')} ({note.get('d', '')}) answered {code} by the "
+                 "transferor"})
+
+    def _defer(self, call_id: str, entry: dict) -> None:
+        """A store call made by the sweep, never in this reply route; made now if the cfg
+        lacks the table."""
+        if not self.later.add(call_id, entry):
+            self._store_later(call_id, {**entry, "t": time.time()})
+
+    def _notify_delivered(self, code: int) -> None:
+        """The transferor accepted a NOTIFY: for the final one, the record says so."""
+        note = self._notify_note()
+        if note is not None and note.get("x"):
+            self._note_delivery(note, code)
+
+    def on_notify_failure(self, code: int) -> int:
+        """The transferor refused a NOTIFY (or never answered: 408).  491 -- linphone,
+        while a transaction of its own is open -- is retried; a progress NOTIFY still
+        refused is answered 200 to the transferee by referee, so its subscription, and its
+        final NOTIFY, go on.  What the transferor answered is recorded; a 481 ends the
+        subscription (RFC 6665)."""
+        note = self._notify_note()
+        if note is None:
+            return CONTINUE
+        call_id = _get("$ci") or ""
+        k = self.settings.kamailio
+        tries = int(_get("$avp(rf_491)") or 0)
+        final = bool(note.get("x"))
+        if code == 491 and tries < k.notify_491_retries and note.get("c") is not None:
+            KSR.pv.sets("$avp(rf_491)", str(tries + 1))
+            if self.order.requeue(call_id, note.get("t", ""), int(note["c"]),
+                                  k.notify_491_retry_ms / 1000.0):
+                _log(KSR.notice, f"NOTIFY {call_id} CSeq {note['c']} refused 491 by the "
+                                 f"transferor: sent again in {k.notify_491_retry_ms} ms")
+                return HANDLED
+        if code == 491 and not final:
+            KSR.tm.t_reply(200, "OK")
+            _log(KSR.notice, f"NOTIFY {call_id} CSeq {note.get('c')} refused 491 "
+                             f"{tries + 1} times: the transferee is told 200 so that its "
+                             "final NOTIFY still comes")
+            self._note_delivery(note, code, {"notify_491": "answered 200 by referee"})
+            return HANDLED
+        if final:
+            _log(KSR.warn, f"final NOTIFY {call_id} ({note.get('d', '')}) refused {code} "
+                           "by the transferor: it has not learnt the outcome")
+        self._note_delivery(note, code)
+        if code == 481:
+            self._defer(call_id, {"k": "apply", "r": note.get("r"),
+                                  "e": str(Event.NOTIFY_481), "f": {"notify_reply": "481"},
+                                  "d": "481"})
         return CONTINUE
 
     # -- the transferee's INVITE --------------------------------------------------------------
@@ -959,7 +1206,8 @@ class Referee:
             KSR.pv.sets("$avp(rf_dlg)", "1")
             KSR.tm.t_on_reply(REPLY_ROUTE)
             KSR.tm.t_on_failure(FAILURE_ROUTE)
-        if not KSR.hdr.is_present("Referred-By") > 0:
+        if not (KSR.hdr.is_present("Referred-By") > 0
+                or KSR.hdr.is_present(transfer.TIE_HEADER) > 0):
             return CONTINUE  # an ordinary call pays nothing
         return self._tie_referred_invite()
 
@@ -1038,6 +1286,7 @@ class Referee:
         # Tied to the attended transfer that named the dialog: its final NOTIFY closes it.
         t = ok.transfer
         self._record(DialogEvent.INVITE)
+        self._take_accepts(t.call_id)
         self._apply(t.call_id, t.refer_id, Event.INVITE, {"invite_call_id": call_id})
         KSR.pv.sets("$avp(rf_cid)", t.call_id)
         KSR.pv.sets("$avp(rf_id)", t.refer_id)
@@ -1049,17 +1298,24 @@ class Referee:
         return CONTINUE
 
     def _tie_referred_invite(self) -> int:
+        """The transferee's INVITE: only to an approved target, and tied to its own
+        transfer (transfer.tie_invite) or, when nothing names one transfer, to none."""
+        call_id = _get("$ci") or ""
+        token = (_get(f"$hdr({transfer.TIE_HEADER})") or "").strip()
+        if token:
+            KSR.hdr.remove(transfer.TIE_HEADER)  # referee's own: the target never sees it
         try:
             caller = transfer.parse_name_addr(_get("$hdr(From)") or "", "From").uri
             target = transfer.parse_uri_lenient(_get("$ru") or "")
         except transfer.SipParseError as exc:
             return _send(transfer.Reply(400, "Bad Request", str(exc)))
         try:
-            open_transfers = self.store.find_for_invite(caller.aor)
+            open_transfers = self.store.open_for_invite(caller.aor)
         except RedisError as exc:
             _log(KSR.err, f"referred INVITE from {caller.aor} not tied (Redis: {exc})")
             return CONTINUE
-        tie = transfer.tie_invite(open_transfers, target)
+        tie = transfer.tie_invite(open_transfers, target, invite_call_id=call_id,
+                                  referred_by=_get("$hdr(Referred-By)") or "", token=token)
         if isinstance(tie, transfer.Reply):
             _log(KSR.notice,
                  f"referred INVITE from {caller.aor} answered {tie.code}: {tie.warning}")
@@ -1067,10 +1323,24 @@ class Referee:
         if tie is None:
             _log(KSR.info, f"referred INVITE from {caller.aor} matches no open transfer")
             return CONTINUE
-        call_id, refer_id = tie
-        self._apply(call_id, refer_id, Event.INVITE, {"invite_call_id": _get("$ci") or ""})
-        KSR.pv.sets("$avp(rf_cid)", call_id)
-        KSR.pv.sets("$avp(rf_id)", refer_id)
+        if isinstance(tie, transfer.NoTie):
+            _log(KSR.notice, f"referred INVITE {call_id} from {caller.aor} tied to no "
+                             f"transfer: {tie.reason}")
+            for xcid, rid in tie.candidates:
+                try:
+                    self.store.annotate(xcid, rid, time.time(),
+                                        {"invite_ambiguous": call_id},
+                                        f"INVITE {call_id} not tied: {tie.reason}")
+                except RedisError as exc:
+                    _log(KSR.warn, f"ambiguous INVITE not noted on {xcid}/{rid} ({exc})")
+            return CONTINUE
+        self._take_accepts(tie.call_id)
+        self._apply(tie.call_id, tie.refer_id, Event.INVITE,
+                    {"invite_call_id": call_id, "invite_tie": tie.how})
+        _log(KSR.info, f"referred INVITE {call_id} tied to transfer "
+                       f"{tie.call_id}/{tie.refer_id} ({tie.how})")
+        KSR.pv.sets("$avp(rf_cid)", tie.call_id)
+        KSR.pv.sets("$avp(rf_id)", tie.refer_id)
         KSR.tm.t_on_reply(REPLY_ROUTE)
         KSR.tm.t_on_failure(FAILURE_ROUTE)
         return CONTINUE
@@ -1089,6 +1359,7 @@ class Referee:
         transferor_tag, refer_id, *flags = str(mark).split("|") + [""]
         by_transferor = (_get("$ft") or "") == transferor_tag
         event = Event.BYE_TRANSFEROR if by_transferor else Event.BYE_TRANSFEREE
+        self._take_accepts(call_id)
         self._apply(call_id, refer_id or None, event)
         if "a" in flags:
             # The anchored dialog ends: nothing of it stays in shared memory.  (A BYE the

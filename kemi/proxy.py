@@ -63,6 +63,15 @@ class Proxy(Referee):
             return CONTINUE
         return self.on_notify_reply(int(KSR.pv.get("$rs") or 0))
 
+    @route("failure")
+    def referee_resume(self, msg, *_evname) -> int:
+        """A held NOTIFY whose turn has come (kemi.kamailio.referee_order)."""
+        Referee.referee_resume(self, msg)
+        if KSR.tm.t_relay() < 0:
+            KSR.tm.t_reply(500, "Server Internal Error")
+        self.referee_resumed(msg)
+        return HANDLED
+
     def reqinit(self) -> int:
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.send_reply(483, "Too Many Hops")
@@ -101,13 +110,19 @@ class Proxy(Referee):
         they received, so the reply goes back where the request came from (RFC 3581).
         """
         KSR.force_rport()
-        if self.transfer_hook() == HANDLED:
-            return HANDLED
         if KSR.is_ACK():
             if KSR.registrar.lookup("location") > 0:
                 self.relay()  # t_relay forwards an ACK statelessly
             return HANDLED  # an ACK is never answered
-        return self.location()
+        # The destination first: referee relays a transfer's NOTIFYs itself (in order).
+        if KSR.registrar.lookup("location") < 0:
+            KSR.tm.t_newtran()
+            KSR.tm.t_reply(404, "Not Found")
+            return HANDLED
+        if self.transfer_hook() == HANDLED:
+            return HANDLED
+        self.relay()
+        return HANDLED
 
     def transfer_hook(self) -> int:
         handler = TRANSFER_METHODS.get(KSR.pv.get("$rm"))

@@ -133,6 +133,13 @@ def _final_row(state: State) -> dict[Event, Cell]:
     # rejection or an expiry a 2xx is one.
     late_202_ok = state in (S.SUCCEEDED, S.FAILED)
     row[E.REFER_ACCEPTED] = IGNORE if late_202_ok else ILLEGAL
+    # A final NOTIFY that agrees with the outcome is the transferee's report of what the
+    # tied INVITE (or the transferor leaving) already decided: expected, not an anomaly.
+    # One that contradicts it stays illegal.
+    if state is S.SUCCEEDED:
+        row[E.NOTIFY_SUCCESS] = IGNORE
+    if state is S.FAILED:
+        row[E.NOTIFY_FAILURE] = IGNORE
     return row
 
 

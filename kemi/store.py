@@ -65,13 +65,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kemi.state import FINAL, Event, State, table_as_json
+from kemi.transfer import OpenTransfer
 
 SEP = "\x1f"
 
 # Hash fields the store maintains; callers' `fields` may never set them.
 STORE_OWNED = frozenset({
     "state", "created_at", "updated_at", "final_at", "deadline", "events", "anomalies",
-    "last_event", "tie_key", "tie_field", "key",
+    "last_event", "tie_key", "tie_field", "key", "notify_seq",
 })
 # The REFER's identity: written by create from its arguments; `fields` may repeat them
 # at create (same value) but never change them.
@@ -168,7 +169,10 @@ return {1, 'created', n + 1, c}
 # named from the index, in the same slot.)
 # ARGV: 1 event, 2 refer_id or '', 3 call_id, 4 now, 5 deadline or '', 6 detail,
 #       7 done ttl, 8 stream maxlen, 9 ttl margin, 10 log maxlen, 11 xfer key base,
-#       12 cluster flag, 13.. field pairs
+#       12 cluster flag, 13 the NOTIFY's CSeq or '', 14.. field pairs
+# A NOTIFY's event carries its CSeq: one whose CSeq is not above the highest applied so
+# far (`notify_seq`) is stale -- the transferor's answers to two NOTIFYs can be handled
+# by two workers in either order -- and is logged 'ignored' with nothing written.
 # Returns {refer_id, old, new, outcome, final, todo, ...}; todo says what the store must do
 # on a Cluster after the script (on a single Redis the script did it already):
 #   'final', tie key, tie field, the record's field/value pairs: stream it, drop the
@@ -187,6 +191,15 @@ if rid == '' then
   local all, n = redis.call('HGETALL', idx), 0
   for i = 1, #all, 2 do
     if not FINAL[all[i + 1]] then n = n + 1; rid = all[i] end
+  end
+  if n == 0 and ARGV[13] ~= '' then
+    -- A NOTIFY answered after the transfer closed (its answer was handled after a
+    -- later one's): it belongs to the dialog's latest transfer, where it is stale.
+    local best = -1
+    for i = 1, #all, 2 do
+      if tonumber(all[i]) and tonumber(all[i]) > best then best = tonumber(all[i]); rid = all[i] end
+    end
+    if best >= 0 then n = 1 end
   end
   if n == 0 then return {'', '', '', 'unknown', 0, ''} end
   if n > 1 then return {'', '', '', 'ambiguous', 0, ''} end
@@ -225,6 +238,16 @@ if FINAL[old] and cluster and redis.call('HGET', xk, 'final_at') == now then
     end
   end
 end
+if ARGV[13] ~= '' then
+  local seen = redis.call('HGET', xk, 'notify_seq')
+  if seen and tonumber(seen) >= tonumber(ARGV[13]) then
+    redis.call('RPUSH', lk, table.concat({now, ev, old, old, 'ignored',
+      'stale: NOTIFY CSeq ' .. ARGV[13] .. ' after ' .. seen .. '; ' .. ARGV[6]}, '|'))
+    if logmax > 0 then redis.call('LTRIM', lk, -logmax, -1) end
+    return {rid, old, old, 'ignored', 0, ''}
+  end
+  redis.call('HSET', xk, 'notify_seq', ARGV[13])
+end
 if ev == 'expiry' and not FINAL[old] and cur[2] and tonumber(cur[2]) > tonumber(now) then
   -- The sweep read a stale index entry (the deadline moved later): not due yet.
   if dls then redis.call('ZADD', dls, cur[2], member) end
@@ -250,7 +273,7 @@ else
     h[#h + 1] = 'state'; h[#h + 1] = new
     redis.call('HSET', idx, rid, new)
   end
-  for i = 13, #ARGV do h[#h + 1] = ARGV[i] end
+  for i = 14, #ARGV do h[#h + 1] = ARGV[i] end
   redis.call('HSET', xk, unpack(h))
 end
 local todo = ''
@@ -356,9 +379,18 @@ class _Script:
         self.cluster_sha = hashlib.sha1(self.cluster_text.encode()).hexdigest()
 
 
+# KEYS: transfer records; ARGV: field names.  Single Redis only (a Cluster spreads the
+# records over slots: a pipeline of HMGET instead).
+RECORDS_LUA = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, unpack(ARGV)) end
+return out
+"""
+
 _CREATE = _Script(CREATE_LUA)
 _APPLY = _Script(APPLY_LUA)
 _ANNOTATE = _Script(ANNOTATE_LUA)
+_RECORDS = _Script(RECORDS_LUA)
 
 
 class ScriptStore:
@@ -616,10 +648,12 @@ class TransferStore(ScriptStore):
         fields: dict[str, str] | None = None,
         deadline: float | None = None,
         detail: str = "",
+        seq: int | None = None,
     ) -> ApplyResult:
         """Apply one event to a transfer through kemi.state's table, atomically.
 
         refer_id None (a NOTIFY without ;id=) means the dialog's only open transfer.
+        `seq`, a NOTIFY's CSeq: an event older than one applied already is "ignored".
         A refer_id that is not a CSeq number cannot name a transfer: "unknown", no trip.
         EXPIRY before the transfer's own deadline (the sweep read a stale index entry) is
         "ignored" and re-indexes it.
@@ -641,7 +675,7 @@ class TransferStore(ScriptStore):
             "" if deadline is None else f"{deadline:.3f}", detail,
             str(self.done_ttl_s), str(self.stream_maxlen), str(self.ttl_margin_s),
             str(self.log_maxlen), f"{self._base(call_id)}:xfer:", "1" if self.cluster else "",
-            *self._field_args(fields),
+            "" if seq is None else str(int(seq)), *self._field_args(fields),
         ]
         reply = self._eval(_APPLY, keys, args)
         rid_out, old, new, outcome, final = reply[:5]
@@ -658,14 +692,28 @@ class TransferStore(ScriptStore):
         )
 
     def annotate(
-        self, call_id: str, refer_id: str | int, now: float, fields: dict[str, str],
+        self, call_id: str, refer_id: str | int | None, now: float, fields: dict[str, str],
         detail: str = "",
     ) -> bool:
         """Write facts beside a transfer's state (one round trip, the call's slot only) and
-        log them as a "note" line; the state is untouched.  False: no such transfer."""
+        log them as a "note" line; the state is untouched.  False: no such transfer.
+        refer_id None (a NOTIFY without ;id=): the dialog's only open transfer, else its
+        latest (one more round trip)."""
+        if refer_id is None:
+            refer_id = self._latest(call_id)
+            if refer_id is None:
+                return False
         xk = self.xfer_key(call_id, refer_id)
         args = [f"{now:.3f}", detail, str(self.log_maxlen), *self._field_args(fields)]
         return bool(int(self._eval(_ANNOTATE, [xk, xk + ":log"], args)))
+
+    def _latest(self, call_id: str) -> str | None:
+        states = _pairs(self._call("HGETALL", self.index_key(call_id)))
+        open_ = [rid for rid, st in states.items() if st and State(st) not in FINAL]
+        if len(open_) > 1:
+            return None
+        pool = open_ or [rid for rid in states if rid.isdigit()]
+        return max(pool, key=int) if pool else None
 
     def reject(
         self, call_id: str, refer_id: str | int, now: float, fields: dict[str, str] | None = None,
@@ -703,6 +751,28 @@ class TransferStore(ScriptStore):
                     pass
             out = kept
         return sorted(out)
+
+    def open_for_invite(self, transferee_aor: str) -> list[OpenTransfer]:
+        """find_for_invite with what tying an INVITE needs of each record (one more round
+        trip, only when the transferee has open transfers)."""
+        found = self.find_for_invite(transferee_aor)
+        if not found:
+            return []
+        fields = ("state", "invite_call_id", "referred_by", "tie_token", "created_at")
+        keys = [self.xfer_key(cid, rid) for cid, rid, _ in found]
+        if self.cluster:
+            rows = self._pipeline([("HMGET", k, *fields) for k in keys])
+        else:
+            rows = self._eval(_RECORDS, keys, list(fields))
+        out = []
+        for (cid, rid, target), row in zip(found, rows, strict=True):
+            state, invite_cid, referred_by, token, created = (
+                _s(v) if v is not None else "" for v in row)
+            if not state or State(state) in FINAL:
+                continue
+            out.append(OpenTransfer(cid, rid, target, invite_cid, referred_by, token,
+                                    float(created or 0)))
+        return out
 
     def due(self, now: float, limit: int = 100) -> list[tuple[str, str]]:
         """Transfers past their deadline, oldest first, for the expiry sweep (apply EXPIRY)."""

@@ -321,26 +321,116 @@ def parse_uri_lenient(text: str) -> Uri:
     return parse_uri(text).without_headers()
 
 
-def tie_invite(
-    open_transfers: list[tuple[str, str, str]], request_uri: Uri
-) -> Reply | tuple[str, str] | None:
-    """Tie the transferee's referred INVITE to its transfer.
+TIE_HEADER = "X-Referee-Tie"
 
-    `open_transfers` are (call_id, refer_id, target) of transfers whose transferee is the
-    INVITE's caller.  None: no open transfer names this caller, so the INVITE is an
-    ordinary call (a Referred-By alone authorises nothing, RFC 3892).  A caller with open
-    transfers may reach only an approved target through a referred INVITE.
+
+def with_tie_token(refer_to: str, token: str) -> str:
+    """The Refer-To value carrying `token` as an embedded header (RFC 3261 19.1.5: a UA
+    making a request from a URI puts its headers into the request, so the transferee's
+    INVITE comes back with it, pjsua2 does).  A bare addr-spec is put in <> with its
+    parameters, which phones mean as the URI's."""
+    value = refer_to.strip()
+    lt = value.find("<")
+    if lt < 0:
+        sep = "&" if "?" in value else "?"
+        return f"<{value}{sep}{TIE_HEADER}={token}>"
+    gt = value.find(">", lt)
+    if gt < 0:
+        return refer_to  # check_refer refuses what it cannot read; nothing to carry
+    sep = "&" if "?" in value[lt:gt] else "?"
+    return f"{value[:gt]}{sep}{TIE_HEADER}={token}{value[gt:]}"
+
+
+@dataclass(frozen=True)
+class OpenTransfer:
+    """A transfer waiting for its transferee's INVITE, as tying one needs it."""
+
+    call_id: str
+    refer_id: str
+    target: str
+    invite_call_id: str = ""  # the INVITE already tied to it
+    referred_by: str = ""  # the REFER's Referred-By, as sent
+    tie_token: str = ""  # the token referee put into its Refer-To
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Tie:
+    """The INVITE belongs to this transfer; `how` says what showed it."""
+
+    call_id: str
+    refer_id: str
+    how: str
+
+
+@dataclass(frozen=True)
+class NoTie:
+    """An INVITE to an approved target that cannot be tied to one transfer: relayed,
+    tied to none, and the candidates told (ambiguous) -- never a guess."""
+
+    candidates: tuple[tuple[str, str], ...]
+    reason: str
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.candidates) > 1
+
+
+def _aor(value: str) -> str:
+    try:
+        return parse_referred_by(value).uri.aor if value else ""
+    except SipParseError:
+        return ""
+
+
+def tie_invite(
+    open_transfers: list[OpenTransfer], request_uri: Uri, *, invite_call_id: str = "",
+    referred_by: str = "", token: str = "",
+) -> Reply | Tie | NoTie | None:
+    """Tie the transferee's referred INVITE to its transfer, by what names that transfer.
+
+    `open_transfers`: the open transfers whose transferee is the INVITE's caller.  None:
+    there are none, so the INVITE is an ordinary call (a Referred-By alone authorises
+    nothing, RFC 3892).  A caller with open transfers may reach only an approved target
+    (403 otherwise).  Then, in this order: the tie token referee put into a Refer-To
+    (copied by the transferee into its INVITE); the transfer this very INVITE was tied to
+    already (a retry after 401/407 keeps its Call-ID); among the transfers to that target
+    still waiting for their INVITE (a transferee places one call per REFER, RFC 3515),
+    the only one, or the only one whose Referred-By names the INVITE's.  Anything else
+    is a `NoTie`, recorded as such: a record must never carry another transfer's INVITE.
     """
     if not open_transfers:
         return None
     wanted = target_key(request_uri)
-    for call_id, refer_id, target in open_transfers:
-        if target == wanted:
-            return call_id, refer_id
-    approved = ", ".join(sorted({t for _, _, t in open_transfers}))
-    return Reply(
-        403, "Forbidden", f"referred INVITE to {wanted}; the approved target is {approved}"
-    )
+    if token:
+        for t in open_transfers:
+            if t.tie_token == token:
+                if t.target != wanted:
+                    return Reply(403, "Forbidden", f"referred INVITE to {wanted}; the "
+                                                   f"approved target is {t.target}")
+                return Tie(t.call_id, t.refer_id, "tie token")
+    to_target = [t for t in open_transfers if t.target == wanted]
+    if not to_target:
+        approved = ", ".join(sorted({t.target for t in open_transfers}))
+        return Reply(
+            403, "Forbidden", f"referred INVITE to {wanted}; the approved target is {approved}"
+        )
+    if invite_call_id:
+        for t in to_target:
+            if t.invite_call_id == invite_call_id:
+                return Tie(t.call_id, t.refer_id, "the same INVITE again")
+    waiting = [t for t in to_target if not t.invite_call_id]
+    if not waiting:
+        return NoTie((), f"every open transfer to {wanted} has its INVITE already")
+    if len(waiting) > 1 and referred_by:
+        by = _aor(referred_by)
+        named = [t for t in waiting if by and _aor(t.referred_by) == by]
+        if len(named) == 1:
+            return Tie(named[0].call_id, named[0].refer_id, "Referred-By")
+    if len(waiting) == 1:
+        return Tie(waiting[0].call_id, waiting[0].refer_id, "the only transfer to its target")
+    return NoTie(tuple((t.call_id, t.refer_id) for t in waiting),
+                 f"{len(waiting)} open transfers to {wanted} wait for an INVITE")
 
 
 def invite_response_event(code: int) -> Event | None:

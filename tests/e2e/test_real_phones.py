@@ -10,10 +10,9 @@ The phones' domain is the proxy's own address *with its port*: the example confi
 registrar serves only Request-URIs that are the proxy itself (``uri==myself``), and
 Kamailio reads a URI without a port as port 5060, which the lab's proxy is not on.
 
-Marsha rings and answers only once Andrew has seen the previous sipfrag: Kamailio's UDP
-workers may relay two NOTIFYs sent a few milliseconds apart in either order, and a
-transferor answers the older one 500 (stale CSeq), so a ringing-and-answering robot would
-make the sipfrags Andrew sees a race.
+Marsha rings and answers only once Andrew has seen the previous sipfrag, so each test
+states the sipfrags Andrew sees one by one.  (Two NOTIFYs sent a few milliseconds apart
+reach him in order whatever the proxy's workers do: tests/e2e/test_order.py.)
 """
 
 from __future__ import annotations

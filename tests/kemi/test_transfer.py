@@ -205,18 +205,96 @@ def test_anything_else_is_relayed_as_it_came(value):
 
 
 # -- the transferee's INVITE ----------------------------------------------------------------
-def test_referred_invite_is_tied_to_the_transfer_naming_its_target():
-    opened = [("c1", "2", "bob@x"), ("c1", "3", "marsha@example.com")]
-    assert transfer.tie_invite(opened, parse_uri("sip:marsha@example.com:5060")) == ("c1", "3")
+OT = transfer.OpenTransfer
+MARSHA = parse_uri("sip:marsha@example.com:5060")
+
+
+def test_referred_invite_is_tied_to_the_only_transfer_naming_its_target():
+    opened = [OT("c1", "2", "bob@x"), OT("c1", "3", "marsha@example.com")]
+    assert transfer.tie_invite(opened, MARSHA) == transfer.Tie(
+        "c1", "3", "the only transfer to its target")
 
 
 def test_referred_invite_to_another_target_is_403():
-    r = transfer.tie_invite([("c1", "2", "marsha@example.com")], parse_uri("sip:+1900555@gw"))
+    r = transfer.tie_invite([OT("c1", "2", "marsha@example.com")], parse_uri("sip:+1900555@gw"))
     assert r.code == 403 and "marsha@example.com" in r.warning
 
 
 def test_referred_invite_with_no_open_transfer_is_an_ordinary_call():
-    assert transfer.tie_invite([], parse_uri("sip:marsha@example.com")) is None
+    assert transfer.tie_invite([], MARSHA) is None
+
+
+def test_a_transfer_that_has_its_invite_does_not_take_the_next_one():
+    """Issue 8: a transfer left open (no final NOTIFY) kept stealing the transferee's next
+    INVITE to the same target.  One call per REFER: it already has its own."""
+    opened = [OT("a", "2", "marsha@example.com", invite_call_id="inv-1"),
+              OT("b", "2", "marsha@example.com")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv-2")
+    assert (tie.call_id, tie.refer_id) == ("b", "2")
+
+
+def test_a_retry_of_the_same_invite_stays_with_its_transfer():
+    opened = [OT("a", "2", "marsha@example.com", invite_call_id="inv-1"),
+              OT("b", "2", "marsha@example.com")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv-1")  # after a 407
+    assert (tie.call_id, tie.how) == ("a", "the same INVITE again")
+
+
+def test_two_transfers_waiting_for_an_invite_are_told_apart_by_referred_by():
+    opened = [OT("a", "2", "marsha@example.com", referred_by="<sip:andrew@example.com>"),
+              OT("b", "2", "marsha@example.com", referred_by="sip:mary@example.com;tag=1")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv",
+                              referred_by="Mary <sip:mary@example.com>")
+    assert (tie.call_id, tie.how) == ("b", "Referred-By")
+
+
+def test_when_nothing_tells_them_apart_the_invite_is_tied_to_none():
+    opened = [OT("a", "2", "marsha@example.com"), OT("b", "2", "marsha@example.com")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv")
+    assert isinstance(tie, transfer.NoTie) and tie.ambiguous
+    assert tie.candidates == (("a", "2"), ("b", "2"))
+
+
+def test_an_invite_when_every_transfer_to_its_target_has_one_is_tied_to_none():
+    opened = [OT("a", "2", "marsha@example.com", invite_call_id="inv-1")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv-2")
+    assert isinstance(tie, transfer.NoTie) and not tie.ambiguous
+    assert "has its INVITE already" in tie.reason
+
+
+def test_the_tie_token_names_the_transfer_whatever_else_is_open():
+    opened = [OT("a", "2", "marsha@example.com", tie_token="aaa"),
+              OT("b", "2", "marsha@example.com", tie_token="bbb")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv", token="bbb")
+    assert (tie.call_id, tie.how) == ("b", "tie token")
+
+
+def test_a_tie_token_does_not_open_another_target():
+    opened = [OT("a", "2", "marsha@example.com", tie_token="aaa")]
+    r = transfer.tie_invite(opened, parse_uri("sip:+19005550100@gw"), token="aaa")
+    assert r.code == 403
+
+
+def test_an_unknown_tie_token_is_no_authority():
+    opened = [OT("a", "2", "marsha@example.com", tie_token="aaa")]
+    tie = transfer.tie_invite(opened, MARSHA, invite_call_id="inv", token="forged")
+    assert (tie.call_id, tie.how) == ("a", "the only transfer to its target")
+
+
+@pytest.mark.parametrize("refer_to, carried", [
+    ("<sip:marsha@example.com>", "<sip:marsha@example.com?X-Referee-Tie=t1>"),
+    ("Marsha <sip:marsha@example.com;user=phone>;x=1",
+     "Marsha <sip:marsha@example.com;user=phone?X-Referee-Tie=t1>;x=1"),
+    ("<sip:m@h?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>",
+     "<sip:m@h?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2&X-Referee-Tie=t1>"),
+    ("sip:marsha@example.com:5060", "<sip:marsha@example.com:5060?X-Referee-Tie=t1>"),
+    ("sip:m@h;transport=udp", "<sip:m@h;transport=udp?X-Referee-Tie=t1>"),
+])
+def test_the_tie_token_rides_in_the_refer_to_as_an_embedded_header(refer_to, carried):
+    out = transfer.with_tie_token(refer_to, "t1")
+    assert out == carried
+    parsed = transfer.parse_refer_to(out)
+    assert parsed.target.uri.header("X-Referee-Tie") == "t1"
 
 
 @pytest.mark.parametrize("code, event", [(180, None), (200, Event.INVITE_2XX),

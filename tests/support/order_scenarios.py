@@ -242,3 +242,44 @@ class QuickTarget:
             out += _reply(f"{self.final} {_phrase(self.final)}")
         out += '  <recv request="ACK"/>\n'
         return out + "</scenario>\n"
+
+
+@dataclass
+class PendingTransferor:
+    """Andrew as linphone is while a transaction of his own is open: he answers the
+    first `refusals` NOTIFYs he gets `491 Request Pending` -- referee's retries of the
+    same NOTIFY included -- and takes the rest; he follows until the final NOTIFY."""
+
+    refusals: int = 1
+    callee: str = "mckenzie"
+    target: str = "marsha"
+
+    def xml(self) -> str:
+        st = StrictTransferor(self.callee, self.target)
+        out = HEAD + '<scenario name="pending transferor">\n' + _me("andrew")
+        out += _send(_with_sdp(st._request("INVITE", 1, initial=True)), retrans=True)
+        out += '  <recv response="100" optional="true"/>\n'
+        out += '  <recv response="180" optional="true"/>\n'
+        out += '  <recv response="200" rrs="true"/>\n'
+        out += _send(st._request("ACK", 1) + "\nContent-Length: 0")
+        out += '  <pause milliseconds="50"/>\n'
+        refer = (
+            f"Refer-To: <sip:{self.target}@[remote_ip]:[remote_port]>\n"
+            "Referred-By: <sip:andrew@[remote_ip]>\nContent-Length: 0"
+        )
+        out += _send(st._request("REFER", 2) + "\n" + refer, retrans=True)
+        out += '  <recv response="100" optional="true"/>\n  <recv response="202"/>\n'
+        for i in range(self.refusals):
+            out += _recv_notify(10 + i) + _answer(10 + i, "491 Request Pending")
+        for i in range(6):  # the rest, until one says terminated
+            out += (
+                '  <recv request="NOTIFY">\n    <action>\n'
+                '      <ereg regexp="terminated" search_in="hdr" header="Subscription-State:"'
+                f' check_it="false" assign_to="term{i}"/>\n' + _capture(20 + i)
+                + "    </action>\n  </recv>\n" + _answer(20 + i, "200 OK")
+                + f'  <nop next="done" test="term{i}"/>\n'
+            )
+        out += '  <label id="done"/>\n  <pause milliseconds="50"/>\n'
+        out += _send(st._request("BYE", 3) + "\nContent-Length: 0", retrans=True)
+        out += '  <recv response="200"/>\n'
+        return out + "</scenario>\n"

@@ -228,6 +228,8 @@ class McKenzie:
     # proxy answers it `bad_notify_reply` and the transfer goes on with proper NOTIFYs.
     bad_notify_body: str | None = None
     bad_notify_reply: int = 400
+    # False: a transferee that never sends the final NOTIFY (its subscription left open)
+    final_notify: bool = True
 
     def xml(self) -> str:
         out = HEAD + '<scenario name="mckenzie transferee">\n'
@@ -324,7 +326,7 @@ Max-Forwards: 70
 Content-Length: 0
 """.replace("{target}", self.target)
                 )
-            if keep_notifying:
+            if keep_notifying and self.final_notify:
                 out += self._notify(
                     cseq, f"{self.target_final} {_phrase(self.target_final)}",
                     "terminated;reason=noresource",
