@@ -152,21 +152,26 @@ class Sequencer:
         return out
 
     def _held_dialogs(self) -> list[str]:
-        it = "referee_held_it"
-        out: list[str] = []
-        try:
-            if KSR.htable.sht_iterator_start(it, HELD_TABLE) < 0:
-                return out
-        except Exception:  # noqa: BLE001 - htable missing
+        return table_keys(HELD_TABLE)
+
+
+def table_keys(table: str) -> list[str]:
+    """The keys of an htable, read with its iterator (empty if the cfg lacks it)."""
+    it = f"{table}_it"
+    out: list[str] = []
+    try:
+        if KSR.htable.sht_iterator_start(it, table) < 0:
             return out
-        try:
-            while KSR.htable.sht_iterator_next(it) > 0:
-                key = KSR.pv.get(f"$shtitkey({it})")
-                if key is not None:
-                    out.append(str(key))
-        finally:
-            KSR.htable.sht_iterator_end(it)
+    except Exception:  # noqa: BLE001 - htable missing
         return out
+    try:
+        while KSR.htable.sht_iterator_next(it) > 0:
+            key = KSR.pv.get(f"$shtitkey({it})")
+            if key is not None:
+                out.append(str(key))
+    finally:
+        KSR.htable.sht_iterator_end(it)
+    return out
 
 
 LATER_TABLE = "referee_later"
@@ -215,20 +220,7 @@ class Deferred:
     def due(self) -> list[tuple[str, dict]]:
         """Entries to store now, taken: every answer to a NOTIFY, and 2xx answers to REFERs
         older than accept_after_s; (call_id, entry), oldest first."""
-        it = "referee_later_it"
-        cids: list[str] = []
-        try:
-            if KSR.htable.sht_iterator_start(it, LATER_TABLE) < 0:
-                return []
-        except Exception:  # noqa: BLE001
-            return []
-        try:
-            while KSR.htable.sht_iterator_next(it) > 0:
-                key = KSR.pv.get(f"$shtitkey({it})")
-                if key is not None:
-                    cids.append(str(key))
-        finally:
-            KSR.htable.sht_iterator_end(it)
+        cids = table_keys(LATER_TABLE)
         limit = time.time() - self.accept_after_s
         out: list[tuple[str, dict]] = []
         for cid in cids:

@@ -72,8 +72,9 @@ class StrictTransferor:
     target: str = "marsha"
     final: int = 200
 
-    def xml(self) -> str:
-        out = HEAD + '<scenario name="strict transferor">\n' + _me("andrew")
+    def call_and_refer(self, name: str) -> str:
+        """The scenario's start: call the transferee, then REFER it to the target."""
+        out = HEAD + f'<scenario name="{name}">\n' + _me("andrew")
         out += _send(_with_sdp(self._request("INVITE", 1, initial=True)), retrans=True)
         out += '  <recv response="100" optional="true"/>\n'
         out += '  <recv response="180" optional="true"/>\n'
@@ -84,7 +85,10 @@ class StrictTransferor:
             f"Refer-To: <sip:{self.target}@[remote_ip]:[remote_port]>\n"
             "Referred-By: <sip:andrew@[remote_ip]>\nContent-Length: 0"
         )
-        out += _send(self._request("REFER", 2) + "\n" + refer, retrans=True)
+        return out + _send(self._request("REFER", 2) + "\n" + refer, retrans=True)
+
+    def xml(self) -> str:
+        out = self.call_and_refer("strict transferor")
         out += _recv_notify(9, optional="before_202")
         out += '  <recv response="100" optional="true"/>\n'
         out += '  <recv response="202"/>\n'
@@ -256,18 +260,7 @@ class PendingTransferor:
 
     def xml(self) -> str:
         st = StrictTransferor(self.callee, self.target)
-        out = HEAD + '<scenario name="pending transferor">\n' + _me("andrew")
-        out += _send(_with_sdp(st._request("INVITE", 1, initial=True)), retrans=True)
-        out += '  <recv response="100" optional="true"/>\n'
-        out += '  <recv response="180" optional="true"/>\n'
-        out += '  <recv response="200" rrs="true"/>\n'
-        out += _send(st._request("ACK", 1) + "\nContent-Length: 0")
-        out += '  <pause milliseconds="50"/>\n'
-        refer = (
-            f"Refer-To: <sip:{self.target}@[remote_ip]:[remote_port]>\n"
-            "Referred-By: <sip:andrew@[remote_ip]>\nContent-Length: 0"
-        )
-        out += _send(st._request("REFER", 2) + "\n" + refer, retrans=True)
+        out = st.call_and_refer("pending transferor")
         out += '  <recv response="100" optional="true"/>\n  <recv response="202"/>\n'
         for i in range(self.refusals):
             out += _recv_notify(10 + i) + _answer(10 + i, "491 Request Pending")
