@@ -43,6 +43,7 @@ from kemi.order import Timing
 from kemi.policy.cache import PolicyCache, PolicyUnavailable
 from kemi.resp import CircuitBreaker, RedisError, RespClient
 from kemi.sequencer import Deferred, Sequencer
+from kemi.sip.text import printable, text_fault
 from kemi.state import Event, State
 from kemi.store import TransferStore
 
@@ -65,7 +66,8 @@ FAILURE_ROUTE = "referee_failure"
 
 
 def _log(level, text: str) -> None:
-    level(f"referee: {text}\n")
+    # A NUL or an undecodable byte from the wire would make the log call itself raise.
+    level(f"referee: {printable(text, keep_newlines=True)}\n")
 
 
 def route(kind: str):
@@ -97,8 +99,21 @@ def route(kind: str):
 
 
 def _get(spec: str) -> str | None:
-    value = KSR.pv.get(spec)
+    """A pseudo-variable as text; bytes that are not UTF-8 come back as surrogate escapes
+    (kemi.sip.text) instead of raising in app_python3."""
+    try:
+        value = KSR.pv.get(spec)
+    except UnicodeDecodeError:
+        return _undecoded(spec[1:])
     return None if value is None else str(value)
+
+
+def _undecoded(inner: str) -> str | None:
+    """`$(<inner>)` read again through Kamailio's hex transformation, byte for byte."""
+    hexed = KSR.pv.get(f"$({inner}{{s.encode.hexa}})")
+    if hexed is None:
+        return None
+    return bytes.fromhex(str(hexed)).decode("utf-8", "surrogateescape")
 
 
 def _headers(name: str) -> list[str]:
@@ -106,7 +121,10 @@ def _headers(name: str) -> list[str]:
     out = []
     i = 0
     while True:
-        value = KSR.hdr.get_idx(name, i)
+        try:
+            value = KSR.hdr.get_idx(name, i)
+        except UnicodeDecodeError:
+            value = _undecoded(f"hdr({name})[{i}]")
         if value is None:
             return out
         out.append(str(value))
@@ -1002,6 +1020,10 @@ class Referee:
             # A retransmission: tm has re-sent the last answer (none while it is held).
             # Handled before anything else: it must neither be recorded again nor queued.
             return HANDLED
+        bad = transfer.bad_call_id(_get("$ci") or "")
+        if bad is not None:
+            _log(KSR.notice, f"NOTIFY answered {bad.code}: {bad.warning}")
+            return _send(bad)
         sub_state = _get("$hdr(Subscription-State)")
         facts = transfer.read_notify(
             transfer.NotifyMessage(
@@ -1195,6 +1217,14 @@ class Referee:
     def on_invite(self) -> int:
         if _get("$tt"):
             return CONTINUE  # re-INVITE: not a triggered request
+        bad = transfer.bad_call_id(_get("$ci") or "")
+        if bad is not None:
+            if _headers("Replaces") or KSR.hdr.is_present("Referred-By") > 0 \
+                    or KSR.hdr.is_present(transfer.TIE_HEADER) > 0:
+                _log(KSR.notice, f"INVITE answered {bad.code}: {bad.warning}")
+                return _send(bad)
+            _log(KSR.notice, f"INVITE not indexed: {bad.warning}")
+            return CONTINUE  # an ordinary call referee has nothing to say about
         pasted = self._repair_request_uri()
         if isinstance(pasted, int):
             return pasted
@@ -1348,6 +1378,8 @@ class Referee:
     # -- BYE ---------------------------------------------------------------------------------
     def on_bye(self) -> int:
         call_id = _get("$ci") or ""
+        if text_fault(call_id) is not None:
+            return CONTINUE  # no dialog referee follows has such a Call-ID
         if self.dialog_index:
             self._record(DialogEvent.BYE, callee_tag=_get("$tt") or "")
         try:

@@ -155,6 +155,8 @@ def read_invite_replaces(replaces_values: Sequence[str], method: str) -> Reply |
     """
     values = [v for raw in replaces_values for v in raw.split(",") if v.strip()]
     if not values:
+        if replaces_values:  # "Replaces:" with nothing (or only commas) in it
+            return Reply(400, "Bad Replaces", "empty Replaces header")
         return None
     if method.strip().upper() != "INVITE":
         return Reply(400, "Bad Request", f"Replaces in a {method}: only an INVITE may carry one")

@@ -77,7 +77,8 @@ def _arg(value: str | bytes | int | float) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):
-        return value.encode()
+        # bytes that came off the wire undecoded (kemi.sip.text) go back as they came
+        return value.encode("utf-8", "surrogateescape")
     if isinstance(value, bool):  # bool is an int: refuse the ambiguity
         raise TypeError("encode: bool is not a Redis argument; pass 0/1 or a string")
     if isinstance(value, int):

@@ -24,6 +24,7 @@ from kemi.sip.headers import (
     split_values,
 )
 from kemi.sip.sipfrag import StatusLine, is_sipfrag, parse_sipfrag
+from kemi.sip.text import printable, text_fault
 from kemi.sip.uri import Uri, parse_uri
 from kemi.state import Event, notify_event
 
@@ -44,7 +45,9 @@ class Reply:
         """Extra header block for the reply, CRLF-terminated (may be empty)."""
         out = ""
         if self.warning:
-            text = self.warning.replace("\\", "").replace('"', "'")
+            # a quoted-string: no '\\' or '"', bad bytes as %XX
+            text = printable(self.warning, escape="%{:02X}").replace("\\", "/")
+            text = text.replace('"', "'")
             out += f'Warning: 399 {agent} "{text}"\r\n'
         if self.retry_after is not None:
             out += f"Retry-After: {self.retry_after}\r\n"
@@ -91,8 +94,29 @@ def _warning_reply(code: int, reason: str, warning: str) -> Reply:
     return Reply(code, reason, warning)
 
 
+def bad_call_id(call_id: str) -> Reply | None:
+    """A Call-ID referee cannot key a transfer by (empty, or not text): 400."""
+    if not call_id.strip():
+        return Reply(400, "Bad Call-ID", "empty Call-ID")
+    fault = text_fault(call_id)
+    if fault is not None:
+        return Reply(400, "Bad Call-ID", f"Call-ID has {fault}")
+    return None
+
+
 def check_refer(msg: ReferMessage, policy: Policy) -> Reply | ReferPlan:
-    """Validate a REFER (RFC 3515, 3892, 8217) and ask the policy; early exits in RFC order."""
+    """Validate a REFER (RFC 3515, 3892, 8217) and ask the policy; early exits in RFC order.
+
+    Values may carry bytes that are not UTF-8 (as surrogate escapes, kemi.sip.text): in a
+    URI they are refused by its parser (400 naming the header); in a display name, which
+    referee never uses, they are let through."""
+    bad = bad_call_id(msg.call_id)
+    if bad is not None:
+        return bad
+    for name, tag in (("From", msg.from_tag), ("To", msg.to_tag)):
+        fault = text_fault(tag)
+        if fault is not None:
+            return _warning_reply(400, BAD_REQUEST, f"{name} tag has {fault}")
     values = [v for raw in msg.refer_to for v in split_values(raw)]
     if not values:
         return _warning_reply(400, "Missing Refer-To", "REFER without a Refer-To header")
@@ -265,6 +289,9 @@ def read_notify(msg: NotifyMessage) -> NotifyFacts | Reply:
             return Reply(400, "Bad Subscription-State", str(exc))
         terminated = sub.terminated
         expires = sub.expires
+    fault = text_fault(msg.body, allow_newlines=True)
+    if fault is not None:
+        return Reply(400, "Bad sipfrag", f"message/sipfrag body has {fault}")
     if not msg.body.strip():
         if terminated:
             # A terminating NOTIFY without a body ends the subscription, outcome unknown.

@@ -112,7 +112,14 @@ def test_the_transfer_record_keeps_the_replaced_dialog():
 
 def test_a_request_without_replaces_is_nothing_to_check():
     assert invite(values=[]) is None
-    assert read_invite_replaces(["", " "], "INVITE") is None
+    assert read_invite_replaces([], "INVITE") is None
+
+
+@pytest.mark.parametrize("values", [[""], [" "], [" , "], ["", ","]])
+def test_an_empty_replaces_header_is_400_naming_it(values):
+    """Issue 9: `Replaces:` with nothing in it used to reach the dialog lookup as None."""
+    r = read_invite_replaces(values, "INVITE")
+    assert (r.code, r.reason, r.warning) == (400, "Bad Replaces", "empty Replaces header")
 
 
 @pytest.mark.parametrize("method", ["UPDATE", "REFER", "NOTIFY"])

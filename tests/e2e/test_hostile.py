@@ -1,0 +1,141 @@
+"""Hostile bytes get a deliberate answer, never referee's 500 (issue 9, items 1-3).
+
+The exact bytes of the probe that found them, sent by hand (tests/support/raw.py) through
+a real Kamailio with each example config: a byte that is not UTF-8 in a URI, a Call-ID,
+an Event id or a sipfrag (400 naming the header), in a display name (read tolerantly:
+the transfer goes on), an empty Replaces (400), a NUL in a Content-Type (415).  The lab
+fixture fails the test if a referee route raised.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_attended import start_node
+from tests.support.kamailio import sip_options
+from tests.support.raw import RawUA
+
+REFER = (
+    "REFER sip:mckenzie@127.0.0.1:{port} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\n"
+    "Route: <sip:{proxy};lr>\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:andrew@127.0.0.1>;tag={tag}\r\n"
+    "To: <sip:mckenzie@127.0.0.1>;tag=mk{tag}\r\n"
+    "Call-ID: @CID@\r\n"
+    "CSeq: 2 REFER\r\n"
+    "Contact: <sip:andrew@127.0.0.1:{port}>\r\n"
+    "Refer-To: @REFER_TO@\r\n"
+    "Referred-By: @REFERRED_BY@\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+NOTIFY = (
+    "NOTIFY sip:andrew@127.0.0.1:{port} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\n"
+    "Route: <sip:{proxy};lr>\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:mckenzie@127.0.0.1>;tag=mk{tag}\r\n"
+    "To: <sip:andrew@127.0.0.1>;tag={tag}\r\n"
+    "Call-ID: {cid}\r\n"
+    "CSeq: 7 NOTIFY\r\n"
+    "Contact: <sip:mckenzie@127.0.0.1:{port}>\r\n"
+    "Event: @EVENT@\r\n"
+    "Subscription-State: active;expires=60\r\n"
+    "Content-Type: @CTYPE@\r\n"
+    "Content-Length: @LEN@\r\n\r\n"
+)
+INVITE = (
+    "INVITE sip:marsha@127.0.0.1:{port} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:mallory@127.0.0.1>;tag={tag}\r\n"
+    "To: <sip:marsha@127.0.0.1>\r\n"
+    "Call-ID: {cid}\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:mallory@127.0.0.1:{port}>\r\n"
+    "@REPLACES@"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+@pytest.fixture
+def ua(lab):
+    ua = RawUA(lab.kamailio.port)
+    yield ua
+    ua.close()
+
+
+def refer(ua, *, refer_to=b"<sip:marsha@127.0.0.1>", referred_by=b"<sip:andrew@127.0.0.1>",
+          call_id=None) -> bytes:
+    f = ua.fields()
+    head = REFER.format(**f).encode()
+    return (head.replace(b"@CID@", call_id or f["cid"].encode())
+            .replace(b"@REFER_TO@", refer_to).replace(b"@REFERRED_BY@", referred_by))
+
+
+def notify(ua, *, event=b"refer", ctype=b"message/sipfrag", body=b"SIP/2.0 100 Trying\r\n"):
+    head = NOTIFY.format(**ua.fields()).encode()
+    head = head.replace(b"@EVENT@", event).replace(b"@CTYPE@", ctype)
+    return head.replace(b"@LEN@", str(len(body)).encode()) + body
+
+
+def answered(ua, data: bytes, code: int, reason: str, warning: str):
+    r = ua.send(data)
+    assert r is not None, "no answer"
+    assert (r.code, r.raw.split(b"\r\n")[0].decode("latin-1")) == (
+        code, f"SIP/2.0 {code} {reason}"), r.raw
+    assert warning in (r.header("Warning") or ""), r.raw
+    return r
+
+
+def test_a_byte_that_is_not_utf8_in_the_refer_to_uri_is_400_naming_it(lab, ua):
+    answered(ua, refer(ua, refer_to=b"<sip:mar\xffsha@127.0.0.1>"), 400, "Bad Refer-To",
+             "Refer-To: illegal character '?' in URI")
+
+
+def test_latin1_in_a_referred_by_display_name_is_read_tolerantly(lab, ua):
+    r = ua.send(refer(ua, referred_by=b'"Andr\xe9" <sip:andrew@127.0.0.1>',
+                      call_id=b"latin1@127.0.0.1"))
+    assert r is not None and r.code == 202, r and r.raw  # relayed, and our 202 came back
+    record = lab.store.get("latin1@127.0.0.1", 2)
+    assert record["transferor"] == "andrew@127.0.0.1"
+    assert record["referred_by"].encode("utf-8", "surrogateescape") == \
+        b'"Andr\xe9" <sip:andrew@127.0.0.1>'  # kept byte for byte
+
+
+def test_a_byte_that_is_not_utf8_in_the_call_id_is_400(lab, ua):
+    answered(ua, refer(ua, call_id=b"abc\xffdef@127.0.0.1"), 400, "Bad Call-ID",
+             "Call-ID has byte 0xff that is not UTF-8 at 3")
+    assert lab.records() == []
+
+
+def test_a_byte_that_is_not_utf8_in_the_event_id_is_400(lab, ua):
+    answered(ua, notify(ua, event=b"refer;id=\xff"), 400, "Bad Event", "Event: bad id")
+
+
+def test_a_byte_that_is_not_utf8_in_a_sipfrag_is_400(lab, ua):
+    answered(ua, notify(ua, body=b"SIP/2.0 200 OK\xff\r\n"), 400, "Bad sipfrag",
+             "message/sipfrag body has byte 0xff that is not UTF-8 at 14")
+
+
+def test_a_nul_in_the_content_type_is_415_and_logged_safely(lab, ua):
+    answered(ua, notify(ua, ctype=b"text/plain\x00x"), 415, "Unsupported Media Type",
+             "refer NOTIFY body is text/plain%00x, not message/sipfrag")
+    assert "text/plain\\x00x" in lab.kamailio.log()
+
+
+@pytest.mark.parametrize("cfg", ["kamailio.cfg", "kamailio-native.cfg"])
+@pytest.mark.parametrize("value", [b"", b" , "])
+def test_an_empty_replaces_on_an_invite_is_400_naming_it(tmp_path, redis_server, cfg, value):
+    lab = start_node(tmp_path, redis_server, cfg)
+    ua = RawUA(lab.kamailio.port)
+    try:
+        data = INVITE.format(**ua.fields()).encode().replace(
+            b"@REPLACES@", b"Replaces: " + value + b"\r\nRequire: replaces\r\n")
+        answered(ua, data, 400, "Bad Replaces", "empty Replaces header")
+        assert ua.relayed == []  # Marsha never saw it
+        assert sip_options(lab.kamailio.port)[0] == "SIP/2.0 200 Keepalive"
+    finally:
+        ua.close()
+        lab.kamailio.stop()
+    assert not lab.kamailio.python_errors()
