@@ -62,6 +62,9 @@ PROGRESS_BATCH = 50
 # loop after max_while_loops, 100 by default): the rest go on the next tick.
 NATIVE_BATCH = 64
 REPLY_ROUTE = "referee_reply"
+# A REFER's record is refused by Redis if its script runs later than the budget plus this
+# (the REFER was answered 503 meanwhile): the error of reading Redis's clock, not policy.
+LATE_MARGIN_S = 0.05
 FAILURE_ROUTE = "referee_failure"
 
 
@@ -422,9 +425,12 @@ class Referee:
                 rate_limit=d.refers_per_minute,
                 transferee=plan.transferee,
                 target=plan.target,
+                answered_after_s=self.settings.redis.timeout_ms / 1000.0 + LATE_MARGIN_S,
             )
         except RedisError as exc:
             return self._redis_down_refer(plan, exc)
+        if res.reason == "too-late":  # Redis ran it past our budget: nothing was recorded
+            return self._redis_down_refer(plan, RedisError("Redis answered past the budget"))
         if not res.created and res.reason != "duplicate":
             reply = transfer.limit_reply(res.reason, d)
             _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered 403: {reply.warning}")

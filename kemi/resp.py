@@ -287,8 +287,8 @@ class RespClient:
     """A synchronous RESP2 client whose every call is bounded by `timeout_s`.
 
     URLs: redis://host:port/db, redis://[user]:password@host:port/db,
-    unix:///path/to/redis.sock?db=N[&password=...].  AUTH and SELECT go in the same
-    round trip as the first command on each new connection.  `breaker=None` gives a
+    unix:///path/to/redis.sock?db=N[&password=...].  A new connection's AUTH, SELECT and
+    TIME (Redis's clock offset, `clock_offset`) are one round trip before its first command.  `breaker=None` gives a
     default CircuitBreaker(); pass your own to tune or share it.  Name hosts by IP or
     /etc/hosts: a DNS lookup is outside the budget (it is done once and cached).
 
@@ -317,6 +317,9 @@ class RespClient:
         self._sock: socket.socket | None = None
         self._pid = 0
         self._parser = RespParser()
+        # Redis's clock minus ours (s), read with TIME in each connection's handshake:
+        # what a deadline a script checks against Redis's TIME is written in.
+        self.clock_offset: float | None = None
 
     # -- public
 
@@ -379,24 +382,33 @@ class RespClient:
         return self._finish(len(commands), self._start(commands, deadline), deadline)
 
     def _start(self, commands: Sequence[Sequence], deadline: float) -> int:
-        """Connect if need be and send the commands (the handshake first on a new
-        connection); the number of handshake replies to skip.  Transport trouble raises
+        """Connect if need be and send the commands; the number of replies to skip before
+        theirs (0: a new connection's handshake is a round trip of its own, so that a
+        command is never left behind in a Redis that did not answer it: it would run
+        when Redis resumes, long after its caller gave up).  Transport trouble raises
         with the socket closed.  No breaker here: the caller owns the whole call."""
         payload = b"".join(encode(*c) for c in commands)
-        handshake = 0
         try:
             if not self._usable():
                 self.close()
                 self._connect(deadline)
                 self._pid = os.getpid()
-                pre = self._handshake()
-                handshake = len(pre)
-                payload = b"".join(encode(*c) for c in pre) + payload
+                self._greet(deadline)
             self._send(payload, deadline)
         except BaseException:
             self.close()
             raise
-        return handshake
+        return 0
+
+    def _greet(self, deadline: float) -> None:
+        """AUTH/SELECT, then TIME (which may fail alone: then no clock offset)."""
+        pre = self._handshake()
+        self._send(b"".join(encode(*c) for c in pre), deadline)
+        replies = self._receive(len(pre), deadline)
+        for reply in replies[:-1]:
+            if isinstance(reply, RedisReplyError):
+                raise _Refused(reply.message)
+        self._note_clock(replies[-1])
 
     def _finish(self, count: int, handshake: int, deadline: float) -> list:
         """Read the replies of what `_start` sent."""
@@ -405,11 +417,14 @@ class RespClient:
         except BaseException:
             self.close()
             raise
-        for reply in replies[:handshake]:
-            if isinstance(reply, RedisReplyError):
-                self.close()
-                raise _Refused(reply.message)
         return replies[handshake:]
+
+    def _note_clock(self, reply) -> None:
+        try:
+            sec, usec = reply
+            self.clock_offset = int(sec) + int(usec) / 1e6 - time.time()
+        except (TypeError, ValueError):
+            pass  # a proxy in front of Redis that does not do TIME: no deadline checks
 
     def _usable(self) -> bool:
         """A connection made in this process that the server has not closed meanwhile."""
@@ -433,6 +448,7 @@ class RespClient:
             pre.append(("AUTH", *self._auth))
         if self._db:
             pre.append(("SELECT", self._db))
+        pre.append(("TIME",))  # last: _finish reads the clock offset from it
         return pre
 
     def _connect(self, deadline: float) -> None:
@@ -662,6 +678,18 @@ class ClusterClient(RespClient):
     @property
     def connected(self) -> bool:
         return any(node.connected for node in self._nodes.values())
+
+    @property
+    def clock_offset(self) -> float | None:  # type: ignore[override]
+        """Any connected node's (a cluster's clocks are taken to agree)."""
+        for node in self._nodes.values():
+            if node.clock_offset is not None:
+                return node.clock_offset
+        return None
+
+    @clock_offset.setter
+    def clock_offset(self, value: float | None) -> None:
+        pass  # RespClient.__init__ sets it; the nodes keep their own
 
     def node_for(self, key: str | bytes) -> str | None:
         """The master serving a key's slot, as the loaded map says (None: no map yet)."""

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -79,7 +80,7 @@ STORE_OWNED = frozenset({
 IDENTITY = frozenset({"call_id", "refer_id", "transferor", "transferee", "target"})
 
 ApplyOutcome = Literal["applied", "ignored", "illegal", "unknown", "ambiguous"]
-CreateReason = Literal["created", "duplicate", "per-call-limit", "rate-limit"]
+CreateReason = Literal["created", "duplicate", "per-call-limit", "rate-limit", "too-late"]
 
 
 @dataclass
@@ -114,7 +115,9 @@ end
 # ARGV: 1 refer_id, 2 call_id, 3 now, 4 deadline, 5 ttl, 6 max_per_call, 7 rate_limit,
 #       8 rate key position, 9 tie key position, 10 target, 11 detail,
 #       12 the rate count made before the script ('' : count here, in KEYS[ARGV[8]]),
-#       13 the tie key's name ('' : none), 14.. field pairs
+#       13 the tie key's name ('' : none), 14 a deadline in Redis's TIME ('' : none):
+#       past it the REFER was answered already (503, the client gave up), so nothing is
+#       written -- a ghost record would tie up its transferee; 15.. field pairs
 # On a Cluster no deadlines/rate/tie key is passed: the store writes them around the script.
 CREATE_LUA = _COMMON + """
 local idx, xk, lk, dls = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -122,6 +125,12 @@ local rid, cid, now, dl, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV
 local rk, tk = KEYS[tonumber(ARGV[8])], KEYS[tonumber(ARGV[9])]
 local counted = ARGV[12]
 local n = redis.call('HLEN', idx)
+if ARGV[14] ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) + tonumber(t[2]) / 1000000 > tonumber(ARGV[14]) then
+    return {0, 'too-late', n, 0}
+  end
+end
 if redis.call('EXISTS', xk) == 1 then
   local c = 0
   if rk then c = tonumber(redis.call('GET', rk) or '0')
@@ -148,7 +157,7 @@ if tk then
   redis.call('HSET', tk, member, ARGV[10])
   extend(tk, ttl)
 end
-for i = 14, #ARGV do h[#h + 1] = ARGV[i] end
+for i = 15, #ARGV do h[#h + 1] = ARGV[i] end
 redis.call('HSET', xk, unpack(h))
 redis.call('HSET', idx, rid, 'refer-seen')
 if dls then
@@ -519,11 +528,15 @@ class TransferStore(ScriptStore):
         transferee: str | None = None,
         target: str | None = None,
         detail: str = "",
+        answered_after_s: float | None = None,
     ) -> CreateResult:
         """Record a REFER (state refer-seen) unless a duplicate or over a limit.
 
         Every non-duplicate REFER counts toward the transferor's rate, even one refused
-        by a limit; a refused one creates nothing else.
+        by a limit; a refused one creates nothing else.  `answered_after_s`: the caller
+        answers the REFER itself (503) if no reply came by then; a script Redis runs later
+        than that (it hung, then resumed) creates nothing ("too-late").  Checked against
+        Redis's own clock, once the client has read its offset.
         """
         rid = normalise_refer_id(refer_id)
         xk = self.xfer_key(call_id, rid)
@@ -553,11 +566,15 @@ class TransferStore(ScriptStore):
             if tk:
                 keys.append(tk)
                 tie_pos = len(keys)
+        offset = getattr(self._client, "clock_offset", None)
+        too_late = ""
+        if answered_after_s is not None and isinstance(offset, float):
+            too_late = f"{time.time() + answered_after_s + offset:.6f}"
         args = [
             rid, call_id, f"{now:.3f}", f"{deadline:.3f}", str(ttl),
             "" if max_per_call is None else str(max_per_call),
             "" if rate_limit is None else str(rate_limit),
-            str(rate_pos), str(tie_pos), target or "", detail, counted, tk, *extra,
+            str(rate_pos), str(tie_pos), target or "", detail, counted, tk, too_late, *extra,
         ]
         reply = self._eval(_CREATE, keys, args)
         created, reason, n, count = reply[:4]

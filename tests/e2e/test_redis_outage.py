@@ -14,6 +14,7 @@ from tests.e2e.conftest import make_lab
 from tests.e2e.parties import Parties, finish, received, sip_messages, wait_for
 from tests.support import scenarios
 from tests.support.kamailio import sip_options
+from tests.support.raw import RawUA, refer
 
 BUDGET_S = 0.1  # [redis] timeout_ms = 100, as tests.support.kamailio writes it
 FAILURES = 3
@@ -138,3 +139,32 @@ def test_fail_open_relays_the_refer_and_the_phones_complete_the_transfer(start_l
     new_call = received(an2, "REFER", status=202)[0].header("Call-ID")
     records = wait_for(lambda: [r for r in lab.finished() if r["call_id"] == new_call], 3)
     assert [r["state"] for r in records] == ["succeeded"]
+
+
+def test_a_refer_answered_503_while_redis_hangs_leaves_no_record(start_lab):
+    """Issue 9 item 7: Redis stopped (SIGSTOP) with the REFER's create in its socket;
+    the REFER was answered 503; when Redis resumed it ran the create anyway and a
+    refer-seen record tied up the transferee for two minutes.  Now the script knows the
+    REFER's budget (in Redis's own clock) and writes nothing past it, and a connection
+    made while Redis hangs never gets a command sent (its greeting goes first)."""
+    lab = start_lab()
+    ua = RawUA(lab.kamailio.port)
+    try:
+        for i in range(2):  # every worker connected (and knows Redis's clock)
+            r = ua.send(refer(ua, call_id=f"warm-{i}@127.0.0.1".encode()))
+            assert r is not None and r.code == 202, r and r.raw
+        lab.redis.pause()
+        try:
+            for i in range(2):
+                r = ua.send(refer(ua, call_id=f"hung-{i}@127.0.0.1".encode()))
+                assert r is not None and r.code == 503, r and r.raw
+            time.sleep(0.5)  # a hang longer than a REFER's budget
+        finally:
+            lab.redis.resume()
+        time.sleep(1.0)  # Redis has run whatever it had queued
+    finally:
+        ua.close()
+    cids = sorted(r["call_id"] for r in lab.records())
+    assert cids == ["warm-0@127.0.0.1", "warm-1@127.0.0.1"]
+    tie = {k.decode(): v for k, v in lab.rcli.hgetall("referee:tie:mckenzie@127.0.0.1").items()}
+    assert sorted(k.split("\x1f")[0] for k in tie) == cids

@@ -506,3 +506,36 @@ def test_annotate_refuses_the_stores_own_fields_and_unknown_transfers(store):
         store.annotate(CID, "1", NOW, {"state": "succeeded"})
     assert store.annotate(CID, "99", NOW, {"asterisk_result": "x"}) is False
     assert store.get(CID, "99") is None
+
+
+# ----------------------------------------------------------------- a REFER answered already
+
+
+def test_a_create_redis_runs_past_the_callers_budget_writes_nothing(store, raw):
+    """Issue 9 item 7: Redis hung, the REFER was answered 503, then Redis resumed and ran
+    the create.  Modelled by a budget already spent: nothing is written -- no record, no
+    index, no tie entry -- so nothing ties the transferee's next INVITE."""
+    raw.call("PING")  # a connection, so the client knows Redis's clock
+    assert isinstance(raw.clock_offset, float)
+    res = _create(store, answered_after_s=-1.0)
+    assert res.reason == "too-late" and not res.created
+    assert store.get(CID, "1") is None
+    assert raw.call("HLEN", store.index_key(CID)) == 0
+    assert store.find_for_invite("mckenzie@example.com") == []
+
+
+def test_a_create_within_the_budget_is_recorded(store, raw):
+    raw.call("PING")
+    assert _create(store, answered_after_s=0.5).created
+
+
+def test_without_redis_clock_offset_no_budget_is_checked(redis_server):
+    """A client that has not read Redis's clock yet (its first command) checks nothing:
+    better a record than a refusal on a guess."""
+    client = RespClient(redis_server.url, timeout_s=5)
+    try:
+        assert client.clock_offset is None
+        assert _create(TransferStore(client), answered_after_s=-1.0).created
+        assert isinstance(client.clock_offset, float)  # read in that first handshake
+    finally:
+        client.close()

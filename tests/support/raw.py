@@ -73,3 +73,52 @@ def _answer(request: bytes, code: int) -> bytes:
             for ln in keep]
     return (b"SIP/2.0 %d Answer\r\n" % code + b"\r\n".join(keep)
             + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+REFER = (
+    "REFER sip:mckenzie@127.0.0.1:{port} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\n"
+    "Route: <sip:{proxy};lr>\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:andrew@127.0.0.1>;tag={tag}\r\n"
+    "To: <sip:mckenzie@127.0.0.1>;tag=mk{tag}\r\n"
+    "Call-ID: @CID@\r\n"
+    "CSeq: 2 REFER\r\n"
+    "Contact: <sip:andrew@127.0.0.1:{port}>\r\n"
+    "Refer-To: @REFER_TO@\r\n"
+    "Referred-By: @REFERRED_BY@\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+NOTIFY = (
+    "NOTIFY sip:andrew@127.0.0.1:{port} SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\n"
+    "Route: <sip:{proxy};lr>\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:mckenzie@127.0.0.1>;tag=mk{tag}\r\n"
+    "To: <sip:andrew@127.0.0.1>;tag={tag}\r\n"
+    "Call-ID: {cid}\r\n"
+    "CSeq: 7 NOTIFY\r\n"
+    "Contact: <sip:mckenzie@127.0.0.1:{port}>\r\n"
+    "Event: @EVENT@\r\n"
+    "Subscription-State: active;expires=60\r\n"
+    "Content-Type: @CTYPE@\r\n"
+    "Content-Length: @LEN@\r\n\r\n"
+)
+
+
+def refer(ua, *, refer_to=b"<sip:marsha@127.0.0.1>", referred_by=b"<sip:andrew@127.0.0.1>",
+          call_id=None, request_uri: bytes | None = None) -> bytes:
+    """An in-dialog REFER routed through the proxy back to `ua` (which answers it)."""
+    f = ua.fields()
+    head = REFER.format(**f).encode()
+    if request_uri is not None:
+        first, rest = head.split(b"\r\n", 1)
+        head = b"REFER " + request_uri + b" SIP/2.0\r\n" + rest
+    return (head.replace(b"@CID@", call_id or f["cid"].encode())
+            .replace(b"@REFER_TO@", refer_to).replace(b"@REFERRED_BY@", referred_by))
+
+
+def notify(ua, *, event=b"refer", ctype=b"message/sipfrag", body=b"SIP/2.0 100 Trying\r\n"):
+    head = NOTIFY.format(**ua.fields()).encode()
+    head = head.replace(b"@EVENT@", event).replace(b"@CTYPE@", ctype)
+    return head.replace(b"@LEN@", str(len(body)).encode()) + body
