@@ -249,6 +249,39 @@ class Referee:
         """A request from an [anchored] Asterisk in a dialog referee NOTIFYs in."""
         return self.on_asterisk_request()
 
+    @route("request")
+    def referee_unrelayed(self, msg) -> int:
+        """kamailio-native.cfg: t_relay could not send a REFER on (an unresolvable host, no
+        route; its return code in $var(rf_relay)): referee answers it."""
+        try:
+            rc = int(_get("$var(rf_relay)") or -1)
+        except ValueError:
+            rc = -1
+        return self.on_unrelayed(rc)
+
+    def on_unrelayed(self, rc: int) -> int:
+        """A REFER tm could not relay (`rc`: t_relay's error): answered here, and, since no
+        reply or failure route will ever see it, its transfer closed as rejected with
+        that answer."""
+        if (_get("$rm") or "").upper() != "REFER":
+            return CONTINUE
+        try:
+            refer_id = str(parse_cseq_number(_get("$cs")))
+        except CSeqError:
+            return CONTINUE
+        reply = transfer.unrelayed_reply(rc)
+        code = reply.code
+        _send(reply)
+        call_id = _get("$ci") or ""
+        self.order.refer_answered(call_id, refer_id)
+        res = self._apply(call_id, refer_id, Event.REFER_REJECTED,
+                          {"refer_reply": str(code), "refer_unrelayed": str(rc)},
+                          f"{code} by the proxy: t_relay failed ({rc})")
+        if res is not None and res.final:
+            _log(KSR.notice, f"REFER {call_id}/{refer_id} could not be relayed (t_relay "
+                             f"{rc}): answered {code}, transfer rejected")
+        return CONTINUE
+
     @route("reply")
     def referee_reply(self, msg) -> int:
         return self.on_reply(int(KSR.pv.get("$rs") or 0))

@@ -152,5 +152,9 @@ class Proxy(Referee):
         return HANDLED
 
     def relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
+        rc = KSR.tm.t_relay()
+        if rc < 0:
+            if KSR.is_REFER():
+                self.on_unrelayed(rc)  # answered by referee, its transfer closed
+            else:
+                KSR.sl.sl_reply_error()

@@ -288,8 +288,9 @@ class RespClient:
 
     URLs: redis://host:port/db, redis://[user]:password@host:port/db,
     unix:///path/to/redis.sock?db=N[&password=...].  A new connection's AUTH, SELECT and
-    TIME (Redis's clock offset, `clock_offset`) are one round trip before its first command.  `breaker=None` gives a
-    default CircuitBreaker(); pass your own to tune or share it.  Name hosts by IP or
+    TIME (Redis's clock offset, `clock_offset`) are one round trip before its first
+    command.  `breaker=None` gives a default CircuitBreaker(); pass your own to tune or
+    share it.  Name hosts by IP or
     /etc/hosts: a DNS lookup is outside the budget (it is done once and cached).
 
     A redis+cluster://host:port,host:port URL gives a ClusterClient instead (same API),

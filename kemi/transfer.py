@@ -207,6 +207,17 @@ def target_key(uri) -> str:
     return number if number else uri.aor
 
 
+_UNRELAYED = {478: "Unresolvable destination", 477: "Send Failed"}
+
+
+def unrelayed_reply(rc: int) -> Reply:
+    """The answer to a REFER tm could not send on, from t_relay's error code (Kamailio's
+    -478 for a destination that does not resolve, -477 for a send that failed)."""
+    code = -rc if -rc in _UNRELAYED else 500
+    return Reply(code, _UNRELAYED.get(code, "Server Internal Error"),
+                 f"the proxy could not send the REFER on (t_relay {rc})")
+
+
 def limit_reply(reason: str, decision: Decision) -> Reply:
     """The answer to a REFER the store refused because a counter is spent."""
     if reason == "per-call-limit":

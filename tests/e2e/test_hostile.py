@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.e2e.parties import wait_for
 from tests.e2e.test_attended import start_node
 from tests.support.kamailio import sip_options
 from tests.support.raw import RawUA, notify, refer
@@ -96,3 +97,20 @@ def test_an_empty_replaces_on_an_invite_is_400_naming_it(tmp_path, redis_server,
         ua.close()
         lab.kamailio.stop()
     assert not lab.kamailio.python_errors()
+
+
+def test_a_refer_the_proxy_cannot_relay_is_closed_rejected_with_its_code(lab, ua):
+    """Issue 9 item 8: an in-dialog REFER to a host that does not resolve is answered by
+    Kamailio itself (t_relay fails); no reply or failure route ever sees it, and its
+    record used to sit in refer-seen until it expired."""
+    r = ua.send(refer(ua, call_id=b"nowhere@127.0.0.1",
+                      request_uri=b"sip:mckenzie@unresolvable.invalid"))
+    assert r is not None, "no answer"
+    assert (r.code, r.header("Warning")) == (
+        478, 'referee "the proxy could not send the REFER on (t_relay -478)"'.join(
+            ["399 ", ""])), r.raw
+    # answered first, then recorded
+    assert wait_for(lambda: lab.store.get("nowhere@127.0.0.1", 2)["state"] == "rejected", 2)
+    record = lab.store.get("nowhere@127.0.0.1", 2)
+    assert record["refer_reply"] == "478"
+    assert [t for t in lab.store.finished() if t["call_id"] == "nowhere@127.0.0.1"]
