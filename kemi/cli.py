@@ -19,6 +19,7 @@ from kemi import config
 
 COMMAND_MODULES = (
     "kemi.cli_policy", "kemi.cli_transfers", "kemi.cli_demo", "kemi.cli_asterisk",
+    "kemi.cli_check",
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

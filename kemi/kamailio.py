@@ -34,7 +34,7 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi import anchored, config, replaces, ruri, transfer
+from kemi import anchored, config, persistence, replaces, ruri, transfer
 from kemi.anchor import PROGRESS_GROUP, AnchorError, Progress, jobs_key, progress_key, xfer_id
 from kemi.cseq import CSeqError, CSeqShift, parse_cseq_number
 from kemi.dialogs import DialogEvent, DialogStore, response_event
@@ -163,6 +163,7 @@ class Referee:
         self._progress_pending = True  # claim our own unacknowledged entries first
         self._progress_down = False  # Redis failing for the progress timer (logged once)
         self._rebuilt = False  # htable marks of anchored dialogs restored after a start
+        self._persistence_checked = False  # Redis's AOF looked at (sweep process)
         self._anchored_ready = False  # the cfg has the anchored-mode htables
         k = self.settings.kamailio
         self.order = Sequencer(
@@ -184,6 +185,7 @@ class Referee:
         self._progress_pending = True
         self._progress_down = False
         self._rebuilt = False
+        self._persistence_checked = False
         self.order.ready = True
         # The cfg recognises an Asterisk's requests by source address in this table.
         self._anchored_ready = bool(self.asterisk_sources)
@@ -351,6 +353,8 @@ class Referee:
     def referee_sweep(self, msg) -> int:
         """rtimer: replay spooled events, then close transfers whose final NOTIFY never came."""
         now = time.time()
+        if not self._persistence_checked:
+            self._check_persistence()
         if self.journal.pending():
             report = self.journal.replay(self.store, lambda text: _log(KSR.err, text))
             if report.applied or report.kept:
@@ -371,6 +375,22 @@ class Referee:
                 _log(KSR.notice, f"transfer {call_id}/{refer_id} expired without a final NOTIFY")
                 self._expire_anchored(call_id, refer_id)
         return CONTINUE
+
+    def _check_persistence(self) -> None:
+        """Once per start (the sweep's process): warn when Redis would lose transfers in
+        a crash (kemi.persistence).  Retried on the next tick while Redis is away."""
+        try:
+            if self.client.cluster:
+                infos = self.client.on_each_master("INFO", "persistence")
+            else:
+                infos = {self.client.address: self.client.call("INFO", "persistence")}
+        except RedisError:
+            return
+        self._persistence_checked = True
+        for addr, info in infos.items():
+            warning = persistence.persistence_warning(str(addr), _text(info))
+            if warning:
+                _log(KSR.warn, warning)
 
     def _expire_anchored(self, call_id: str, refer_id: str) -> None:
         """referee is the notifier of an accepted anchored transfer: it ends A's
@@ -415,11 +435,31 @@ class Referee:
             _log(KSR.notice,
                  f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
             return _send(verdict)
+        if self.dialog_index and msg.to_tag:
+            judged = self._check_refer_dialog(verdict, msg)
+            if judged is not None:
+                return judged
         if self.dialog_index and verdict.replaces is not None:
             judged = self._check_refer_replaces(verdict)
             if judged is not None:
                 return judged
         return self._track_refer(verdict)
+
+    def _check_refer_dialog(self, plan: transfer.ReferPlan, msg: transfer.ReferMessage
+                            ) -> int | None:
+        """An in-dialog REFER must be in a dialog the index knows, sent by one of its
+        parties (by tag): a To-tag is no proof of a dialog (anyone can invent one to pass
+        the out-of-dialog gate).  An int when answered, None to go on."""
+        try:
+            found = self.dialogs.find(msg.call_id, msg.from_tag, msg.to_tag)
+        except RedisError as exc:
+            return self._redis_down_refer(plan, exc)
+        reply = transfer.check_refer_dialog(found)
+        if reply is None:
+            return None
+        _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {reply.code}: "
+                         f"{reply.warning}")
+        return _send(reply)
 
     def _check_refer_replaces(self, plan: transfer.ReferPlan) -> int | None:
         """The dialog an attended transfer names, judged against the index: an int when

@@ -114,3 +114,36 @@ def test_a_refer_the_proxy_cannot_relay_is_closed_rejected_with_its_code(lab, ua
     record = lab.store.get("nowhere@127.0.0.1", 2)
     assert record["refer_reply"] == "478"
     assert [t for t in lab.store.finished() if t["call_id"] == "nowhere@127.0.0.1"]
+
+
+@pytest.mark.parametrize("cfg", ["kamailio.cfg", "kamailio-native.cfg"])
+def test_an_invented_to_tag_is_no_dialog_when_the_index_is_on(tmp_path, redis_server, cfg):
+    """Issue 9 item 6: any REFER with a To-tag passed as in-dialog (so past the
+    out-of-dialog gate, allow_out_of_dialog off) and was relayed.  With the dialog
+    index on, the dialog its Call-ID and tags name must exist: 481 otherwise."""
+    lab = start_node(tmp_path, redis_server, cfg)
+    ua = RawUA(lab.kamailio.port)
+    try:
+        answered(ua, refer(ua), 481, "Call/Transaction Does Not Exist",
+                 "no dialog with this Call-ID and these tags passed this proxy")
+        assert ua.relayed == [] and lab.records() == []
+    finally:
+        ua.close()
+        lab.kamailio.stop()
+    assert not lab.kamailio.python_errors()
+
+
+def test_without_the_index_a_to_tag_is_taken_at_its_word(lab, ua):
+    """What the gate cannot tell without the index (README, Known limits): the REFER
+    with an invented To-tag is relayed as in-dialog."""
+    r = ua.send(refer(ua))
+    assert r is not None and r.code == 202 and len(ua.relayed) == 1
+
+
+def test_kamailio_warns_at_start_when_redis_would_lose_transfers(lab):
+    """Issue 9 item 9: the tests' Redis runs with appendonly off, as Debian's stock
+    redis.conf: Kamailio's log says so once, with what to set."""
+    assert wait_for(lambda: "has appendonly off" in lab.kamailio.log(), 5)
+    line = next(ln for ln in lab.kamailio.log().splitlines() if "has appendonly off" in ln)
+    assert "WARNING" in line and "appendonly yes" in line
+    assert lab.kamailio.log().count("has appendonly off") == 1
