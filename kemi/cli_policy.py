@@ -24,6 +24,7 @@ from kemi.policy.model import (
     DEFAULT_TENANT,
     PLAN_FIELDS,
     REPLACES_SCOPES,
+    UNREADABLE_NUMBERS,
     Policy,
     ReferFacts,
     Rule,
@@ -50,6 +51,8 @@ _TENANT_OPTIONS = {
     "bye_wait": "transferor_bye_wait_s",
     "caller_id": "caller_id",
     "replaces_scope": "replaces_scope",
+    "dial_prefixes": "dial_prefixes",
+    "unreadable_numbers": "unreadable_numbers",
 }
 _CLEAR = ""  # what "none" parses to: store NULL
 
@@ -156,9 +159,21 @@ def _tenant_options(p: argparse.ArgumentParser) -> None:
                    help="caller-ID on the new leg unless a rule's plan says otherwise")
     p.add_argument("--replaces-scope", dest="replaces_scope", choices=REPLACES_SCOPES,
                    help="tenant: Replaces may not name a dialog with another tenant's party")
+    p.add_argument("--dial-prefixes", dest="dial_prefixes", type=_dial_prefixes,
+                   metavar="'*67 9 ...'|none",
+                   help="feature codes and outside-line prefixes taken off a dial string "
+                        "before it is read as a number")
+    p.add_argument("--unreadable-numbers", dest="unreadable_numbers",
+                   choices=UNREADABLE_NUMBERS,
+                   help="a target that has a number's digits but cannot be read as one: "
+                        "refuse (default, 403 saying why) or allow (as a PSTN number)")
 
 
 # argparse types: each error is the one line argparse prints after the option name.
+
+def _dial_prefixes(text: str) -> str:
+    """The prefixes, space-separated; 'none' (or nothing) clears them."""
+    return "" if text.strip().lower() == "none" else " ".join(text.split())
 
 def _yes_no(text: str) -> bool:
     low = text.lower()
@@ -244,10 +259,11 @@ def _tenant_table(tenants: Sequence[Tenant]) -> str:
                      " ".join(m for m in match if m) or "everything", t.home_cc, t.allow_pstn,
                      t.allow_out_of_dialog, t.allow_replaces, t.replaces_scope,
                      t.max_transfers_per_call, t.refers_per_minute, t.subscription_expiry_s,
-                     t.transferor_bye_wait_s, t.caller_id))
+                     t.transferor_bye_wait_s, t.caller_id, t.dial_prefixes or None,
+                     t.unreadable_numbers))
     return _table(("NAME", "PRI", "MATCH", "HOME-CC", "PSTN", "OUT-OF-DIALOG", "REPLACES",
                    "REPLACES-SCOPE", "MAX/CALL", "PER-MIN", "EXPIRY-S", "BYE-WAIT-S",
-                   "CALLER-ID"), rows)
+                   "CALLER-ID", "DIAL-PREFIXES", "UNREADABLE"), rows)
 
 
 def _plan_text(rule: Rule) -> str:
@@ -419,13 +435,14 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     for dest, column in _TENANT_OPTIONS.items():
         value = getattr(args, dest)
         if value is not None:
-            out[column] = None if value == _CLEAR else value
+            # dial_prefixes is NOT NULL: '' is its "none"
+            out[column] = None if value == _CLEAR and column != "dial_prefixes" else value
     return out
 
 
-# Columns of 002: written only when they differ from the default, so `tenant add` works
-# on a database not upgraded yet (and says to upgrade when the option needs it).
-_NOT_NULL_002 = {"replaces_scope": "any"}
+# Columns of 002 and 003: written only when they differ from the default, so `tenant add`
+# works on a database not upgraded yet (and says to upgrade when the option needs it).
+_NOT_NULL_002 = {"replaces_scope": "any", "dial_prefixes": "", "unreadable_numbers": "refuse"}
 
 
 def _columns(tenant: Tenant) -> dict[str, Any]:

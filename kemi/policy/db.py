@@ -33,6 +33,8 @@ _RULE_COLUMNS = ("id", "tenant", "name", "priority", "action", "target_kind", "t
 # Added by 002_transfer_plan: read when present, so a worker running this code against a
 # database not yet upgraded keeps working (every plan then takes the defaults).
 _TENANT_COLUMNS_002 = ("replaces_scope",)
+# Added by 003_dialled_numbers (read when present, as 002's).
+_TENANT_COLUMNS_003 = ("dial_prefixes", "unreadable_numbers")
 _RULE_COLUMNS_002 = ("announcement", "caller_id", "dial_timeout_s", "on_failure",
                      "release_after_s")
 _CLASS_COLUMNS = ("name", "e164_prefix", "note")
@@ -258,7 +260,8 @@ def load_policy(conn: Connection) -> Policy:
     version on the next check and is reloaded then, never missed.
     """
     version = read_version(conn)
-    tenant_cols = _present(conn, "tenants", _TENANT_COLUMNS, _TENANT_COLUMNS_002)
+    tenant_cols = _present(conn, "tenants", _TENANT_COLUMNS,
+                           _TENANT_COLUMNS_002 + _TENANT_COLUMNS_003)
     rule_cols = _present(conn, "rules", _RULE_COLUMNS, _RULE_COLUMNS_002)
     tenants = conn.rows(f"SELECT {', '.join(tenant_cols)} FROM tenants")
     rules = conn.rows(f"SELECT {', '.join(rule_cols)} FROM rules")

@@ -17,8 +17,11 @@ plan fields over the tenant's and built-in defaults).  Cross-tenant Replaces
 from __future__ import annotations
 
 import socket
+import unicodedata
+from dataclasses import dataclass
 
 from kemi.policy.model import Decision, Policy, ReferFacts, RuleMatcher, Tenant
+from kemi.sip.uri import Uri
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"
 
@@ -115,6 +118,84 @@ def dialed_number(user: str | None, home_cc: str | None) -> tuple[str | None, bo
     return None, True
 
 
+@dataclass(frozen=True)
+class Dialled:
+    """What a target's user part dials, read the way a gateway would."""
+
+    number: str | None = None  # E.164, when it can be placed
+    is_number: bool = False  # a telephone number at all (placeable or not)
+    unreadable: str | None = None  # why it looks like a number referee cannot read
+    routing: Dialled | None = None  # ;rn= (number portability): where it is routed
+
+
+_PAUSES = ",pPwW"
+
+
+def _ascii_digits(text: str) -> str:
+    """Every Unicode decimal digit (full-width, Arabic-Indic, ...) as its ASCII digit."""
+    out = []
+    for ch in text:
+        d = unicodedata.decimal(ch, None) if not ch.isascii() else None
+        out.append(str(d) if d is not None else ch)
+    return "".join(out)
+
+
+def read_dialled(target: Uri, tenant: Tenant) -> Dialled:
+    """A Refer-To's user part as a number, the way a gateway reads a dial string.
+
+    Taken off first: user-part parameters (`;isub=`, `;npdi`, `;ext=`, ...; a `;rn=`
+    routing number is read too, and judged as well), visual separators, the tenant's
+    feature codes and outside-line prefixes (dial_prefixes: `*67`, `9,`, ...), and a `#`
+    terminator; every Unicode digit counts as its ASCII digit (a percent-encoded full-
+    width 1 is a 1 to a gateway).  What is left is a number if it is `+`digits or digits
+    (MIN_DIALED_DIGITS or more: shorter ones are extensions and short codes); if it still
+    holds that many digits among other characters (a pause, a `*`, letters) it is
+    `unreadable`: fail closed, unless the tenant says unreadable_numbers allow.
+    """
+    if target.scheme == "tel":
+        number = target.e164(tenant.home_cc)
+        if number is not None:
+            return Dialled(number, True)
+    user = target.user
+    if not user:
+        return Dialled()
+    main, *params = user.split(";")
+    routing = None
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "rn" and value:
+            routing = _read_digits(value, tenant, prefixes=False)
+    found = _read_digits(main, tenant, prefixes=True, phone=target.e164() is not None)
+    if found.is_number and target.e164(tenant.home_cc):
+        found = Dialled(target.e164(tenant.home_cc), True)
+    return Dialled(found.number, found.is_number, found.unreadable, routing)
+
+
+def _read_digits(text: str, tenant: Tenant, *, prefixes: bool, phone: bool = False
+                 ) -> Dialled:
+    s = _ascii_digits(text).translate(_VISUAL)
+    if prefixes:
+        for _ in range(4):  # '*67' then '9,' ...
+            cut = next((p for p in tenant.prefixes if s.startswith(p) and len(s) > len(p)),
+                       None)
+            if cut is None:
+                break
+            s = s[len(cut):]
+    s = s.rstrip("#")
+    if s[:1] == "+" and s[1:].isdigit() and s.isascii():
+        return Dialled(s, True)
+    if s.isdigit() and s.isascii():
+        number, is_number = dialed_number(s, tenant.home_cc)
+        return Dialled(number, is_number)
+    digits = sum(ch.isdigit() for ch in s)
+    if digits >= MIN_DIALED_DIGITS or (phone and digits):
+        odd = "".join(sorted({ch for ch in s if not ch.isdigit() and ch != "+"}))
+        what = "a pause" if set(odd) <= set(_PAUSES) else f"{odd!r}"
+        return Dialled(None, True, f"dial string {text!r} has {what} among its {digits} "
+                                   "digits")
+    return Dialled()
+
+
 def _matches(m: RuleMatcher, host: str | None, user: str | None, number: str | None,
              classes: frozenset[str]) -> bool:
     kind = m.rule.target_kind
@@ -139,10 +220,26 @@ def decide(policy: Policy, facts: ReferFacts) -> Decision:
         return Decision(False, 403, "Replaces not allowed",
                         f"tenant {name}: allow_replaces off", tenant)
     target = facts.target
-    number = target.e164(tenant.home_cc)
-    is_number = number is not None
-    if not is_number:
-        number, is_number = dialed_number(target.user, tenant.home_cc)
+    dialled = read_dialled(target, tenant)
+    first = _judge(policy, tenant, target, dialled)
+    if not first.allowed or dialled.routing is None or not dialled.routing.is_number:
+        return first
+    # ;rn= with npdi: the gateway routes to the routing number -- it must pass too.
+    routed = _judge(policy, tenant, target, dialled.routing)
+    if not routed.allowed:
+        return Decision(False, routed.code, routed.reason,
+                        f"{routed.rule} (the routing number ;rn={dialled.routing.number or '?'})",
+                        tenant, routed.rule_id, routed.number, routed.classes)
+    return first
+
+
+def _judge(policy: Policy, tenant: Tenant, target: Uri, dialled: Dialled) -> Decision:
+    name = tenant.name
+    number, is_number = dialled.number, dialled.is_number
+    if dialled.unreadable is not None and tenant.unreadable_numbers == "refuse":
+        return Decision(False, 403, "Unreadable Number",
+                        f"tenant {name}: {dialled.unreadable} (unreadable_numbers refuse)",
+                        tenant, None, None, frozenset({"pstn", "international"}))
     if number:
         classes = classify(policy, number, tenant.home_cc)
     else:

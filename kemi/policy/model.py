@@ -32,6 +32,8 @@ REASON_PHRASES = {403: "Forbidden", 603: "Decline"}
 # Which dialogs a tenant's REFER or INVITE may name in Replaces: any, or only dialogs with
 # no party that another tenant claims (see kemi.policy.evaluate.replaces_crossing).
 REPLACES_SCOPES = ("any", "tenant")
+UNREADABLE_NUMBERS = ("refuse", "allow")
+_DIAL_PREFIX_RE = re.compile(r"[0-9*#,]{1,8}")
 
 # The anchored transfer plan (a rule's columns; NULL = the default below or the tenant's).
 PLAN_CALLER_IDS = ("keep", "transferor")  # or a literal number
@@ -93,6 +95,8 @@ class Tenant:
     transferor_bye_wait_s: int = 32
     caller_id: str = "transferee"
     replaces_scope: str = "any"
+    dial_prefixes: str = ""  # feature codes / outside-line prefixes, space-separated
+    unreadable_numbers: str = "refuse"
     id: int = 0
 
     def __post_init__(self) -> None:
@@ -120,6 +124,17 @@ class Tenant:
               + ", ".join(CALLER_IDS))
         _need(self.replaces_scope in REPLACES_SCOPES,
               f"replaces_scope {self.replaces_scope!r} must be any or tenant")
+        _need(isinstance(self.dial_prefixes, str) and len(self.dial_prefixes) <= 64
+              and all(_DIAL_PREFIX_RE.fullmatch(p) for p in self.dial_prefixes.split()),
+              f"dial_prefixes {self.dial_prefixes!r} must be prefixes of 1-8 of "
+              "'0-9*#,', space-separated, e.g. '*67 *82 9'")
+        _need(self.unreadable_numbers in UNREADABLE_NUMBERS,
+              f"unreadable_numbers {self.unreadable_numbers!r} must be refuse or allow")
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """dial_prefixes, longest first (the one to take off when several fit)."""
+        return tuple(sorted(self.dial_prefixes.split(), key=len, reverse=True))
 
 
 PLAN_FIELDS = ("announcement", "caller_id", "dial_timeout_s", "on_failure", "release_after_s")
@@ -482,7 +497,7 @@ def _error_order(err: PolicyError) -> tuple[int, int, str]:
 
 _BOOL_FIELDS = {"allow_pstn", "allow_out_of_dialog", "allow_replaces", "enabled"}
 # Columns a newer migration added: NULL in a row means "not set", the field's default.
-_NULL_IS_DEFAULT = {"replaces_scope"}
+_NULL_IS_DEFAULT = {"replaces_scope", "dial_prefixes", "unreadable_numbers"}
 
 
 def _objects(cls: type, rows: Iterable[Mapping[str, Any]], table: str,

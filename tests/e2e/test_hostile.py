@@ -9,6 +9,8 @@ fixture fails the test if a referee route raised.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.e2e.parties import wait_for
@@ -147,3 +149,40 @@ def test_kamailio_warns_at_start_when_redis_would_lose_transfers(lab):
     line = next(ln for ln in lab.kamailio.log().splitlines() if "has appendonly off" in ln)
     assert "WARNING" in line and "appendonly yes" in line
     assert lab.kamailio.log().count("has appendonly off") == 1
+
+
+FULLWIDTH = "".join(f"%EF%BC%{0x90 + int(d):02X}" for d in "19005550100")
+SPELLINGS = [  # issue 9 item 4: six spellings of one premium number passed every policy
+    "sip:+19005550100;isub=1@gw", "sip:19005550100;npdi@gw", "sip:*6719005550100@gw",
+    "sip:19005550100#@gw", "sip:9,19005550100@gw", f"sip:{FULLWIDTH}@gw",
+]
+
+
+def test_premium_number_spellings_are_refused_through_the_proxy(lab, ua):
+    """Each spelling in a Refer-To through the real proxy: refused by the default
+    policy (no PSTN), and with PSTN allowed and premium denied, by the premium rule or as
+    an unreadable number -- never relayed."""
+    for target in SPELLINGS:
+        r = ua.send(refer(ua, refer_to=f"<{target}>".encode()))
+        assert r is not None and r.code == 403, (target, r and r.raw)
+    lab.policy("tenant", "set", "default", "--allow-pstn", "yes", "--home-cc", "1")
+    # (+1900 is 'premium' in the seeded number classes)
+    lab.policy("policy", "add", "--action", "deny", "--class", "premium", "--name",
+               "no-premium", "--reason", "no premium")
+    time.sleep(0.4)  # the workers re-read the policy every 0.2 s in tests
+    refused = {}
+    for target in SPELLINGS:
+        r = ua.send(refer(ua, refer_to=f"<{target}>".encode()))
+        assert r is not None and r.code == 403, (target, r and r.raw)
+        refused[target] = r.raw.split(b"\r\n")[0].decode()
+    assert ua.relayed == []
+    assert refused["sip:*6719005550100@gw"] == "SIP/2.0 403 Unreadable Number"
+    assert refused["sip:9,19005550100@gw"] == "SIP/2.0 403 Unreadable Number"
+    for target in ("sip:+19005550100;isub=1@gw", "sip:19005550100;npdi@gw",
+                   "sip:19005550100#@gw", f"sip:{FULLWIDTH}@gw"):
+        assert refused[target] == "SIP/2.0 403 no premium", target
+    lab.policy("tenant", "set", "default", "--dial-prefixes", "*67 9,")
+    time.sleep(0.4)
+    for target in ("sip:*6719005550100@gw", "sip:9,19005550100@gw"):
+        r = ua.send(refer(ua, refer_to=f"<{target}>".encode()))
+        assert r.raw.split(b"\r\n")[0] == b"SIP/2.0 403 no premium", target

@@ -57,12 +57,13 @@ def installed():
 @pytest.fixture()
 def cli(tmp_path, installed) -> Cli:
     c = Cli(tmp_path)
-    assert c.ok("db", "init").strip() == f"{c.db}: applied 001_policy, 002_transfer_plan"
+    assert c.ok("db", "init").strip() == (
+        f"{c.db}: applied 001_policy, 002_transfer_plan, 003_dialled_numbers")
     return c
 
 
 def test_init_is_idempotent(cli):
-    assert cli.ok("db", "init").strip() == f"{cli.db}: up to date (002_transfer_plan)"
+    assert cli.ok("db", "init").strip() == f"{cli.db}: up to date (003_dialled_numbers)"
 
 
 def test_commands_before_init_fail_with_a_hint(tmp_path, installed):
@@ -96,9 +97,9 @@ def test_tenant_add_set_list_remove(cli):
     header = lines[0]
     assert header.split() == ["NAME", "PRI", "MATCH", "HOME-CC", "PSTN", "OUT-OF-DIALOG",
                               "REPLACES", "REPLACES-SCOPE", "MAX/CALL", "PER-MIN", "EXPIRY-S",
-                              "BYE-WAIT-S", "CALLER-ID"]
+                              "BYE-WAIT-S", "CALLER-ID", "DIAL-PREFIXES", "UNREADABLE"]
     assert lines[1].split() == ["acme", "10", "source", "10.0.0.0/8", "44", "yes", "no", "yes",
-                                "any", "3", "10", "120", "32", "transferor"]
+                                "any", "3", "10", "120", "32", "transferor", "-", "refuse"]
     assert lines[2].split()[:3] == ["default", "last", "everything"]
     # aligned: every column starts at the same offset on every line
     for col in ("PRI", "HOME-CC", "CALLER-ID"):
@@ -106,6 +107,14 @@ def test_tenant_add_set_list_remove(cli):
         assert all(line[at - 2:at] == "  " and line[at] != " " for line in lines[1:])
     cli.ok("tenant", "set", "acme", "--source", "none", "--user", "pbx1")
     assert "user pbx1" in cli.ok("tenant", "list").splitlines()[1]
+    out = cli.ok("tenant", "set", "acme", "--dial-prefixes", "*67 9,",
+                 "--unreadable-numbers", "allow")
+    assert out == "changed tenant acme: dial_prefixes *67 9,, unreadable_numbers allow\n"
+    assert cli.ok("tenant", "list").splitlines()[1].split()[-3:] == ["*67", "9,", "allow"]
+    cli.ok("tenant", "set", "acme", "--dial-prefixes", "none")
+    assert cli.ok("tenant", "list").splitlines()[1].split()[-2:] == ["-", "allow"]
+    r = cli("tenant", "set", "acme", "--dial-prefixes", "*67;")
+    assert r.code == 2 and "dial_prefixes '*67;' must be prefixes" in r.err, r
     cli.ok("policy", "add", "--tenant", "acme", "--action", "allow", "--any")
     assert cli.ok("tenant", "remove", "acme") == "removed tenant acme and its 1 rule\n"
     assert [ln.split()[0] for ln in cli.ok("tenant", "list").splitlines()] == ["NAME", "default"]
@@ -280,7 +289,7 @@ def test_the_cli_on_a_database_not_yet_upgraded(tmp_path, installed):
     assert r.code == 1 and "schema older than this referee? run `referee db init`" in r.err, r
     r = c("tenant", "set", "acme", "--replaces-scope", "tenant")
     assert r.code == 1 and "run `referee db init` to upgrade it" in r.err, r
-    assert c.ok("db", "init").strip() == f"{c.db}: applied 002_transfer_plan"
+    assert c.ok("db", "init").strip() == f"{c.db}: applied 002_transfer_plan, 003_dialled_numbers"
     c.ok("policy", "add", "--action", "allow", "--any", "--dial-timeout", "20")
     c.ok("tenant", "set", "acme", "--replaces-scope", "tenant")
     assert c.ok("tenant", "list").splitlines()[1].split()[:2] == ["acme", "100"]

@@ -345,3 +345,83 @@ def test_premium_class_rule_applies_to_dial_strings_once_pstn_is_on():
 def test_extensions_are_not_numbers():
     d = decide(policy(), facts("sip:2000@pbx.example"))
     assert d.allowed
+
+
+# -- dial strings a gateway would place (issue 9 item 4: toll fraud by spelling) ----------
+
+FULLWIDTH = "".join(f"%EF%BC%{0x90 + int(d):02X}" for d in "19005550100")
+PREMIUM_SPELLINGS = [
+    "sip:+19005550100@gw",  # the plain one, for comparison
+    "sip:+19005550100;isub=1@gw",
+    "sip:19005550100;npdi@gw",
+    "sip:19005550100;ext=12@gw",
+    "sip:*6719005550100@gw",
+    "sip:19005550100#@gw",
+    "sip:9,19005550100@gw",
+    f"sip:{FULLWIDTH}@gw",
+    "sip:1-900-555-0100@gw",
+    "sip:+12125551212;rn=+19005550100;npdi@gw",  # routed (number portability) to premium
+]
+NO_PREMIUM = Rule("no-premium", "deny", "class", "premium", reply_code=403, id=3)
+
+
+@pytest.mark.parametrize("target", PREMIUM_SPELLINGS)
+def test_every_spelling_of_a_number_is_refused_by_the_default_policy(target):
+    """The default tenant has allow_pstn off: a number, however spelt, is refused (an
+    unreadable one because it is unreadable)."""
+    d = decide(policy(), facts(target))
+    assert not d.allowed and d.code == 403, d
+    assert "allow_pstn off" in d.rule or "unreadable_numbers refuse" in d.rule
+
+
+@pytest.mark.parametrize("target", PREMIUM_SPELLINGS)
+def test_every_spelling_of_a_premium_number_is_refused_by_a_premium_deny(target):
+    d = decide(policy(PSTN_DEFAULT, rules=(NO_PREMIUM,)), facts(target))
+    assert not d.allowed, d
+    assert "no-premium" in d.rule or "unreadable_numbers refuse" in d.rule, d.rule
+
+
+@pytest.mark.parametrize("target", [
+    "sip:*6719005550100@gw", "sip:9,19005550100@gw", "sip:9w19005550100@gw",
+    "sip:+1900555010O@gw",  # a letter O among the digits
+])
+def test_an_almost_number_is_refused_with_the_reason(target):
+    d = decide(policy(PSTN_DEFAULT, rules=(NO_PREMIUM,)), facts(target))
+    assert (d.allowed, d.code, d.reason) == (False, 403, "Unreadable Number")
+    assert "dial string" in d.rule and "among its" in d.rule
+
+
+def test_the_tenants_dial_prefixes_make_a_feature_code_readable():
+    tenant = Tenant("default", id=1, allow_pstn=True, home_cc="1", dial_prefixes="*67 9,")
+    pol = policy(tenant, rules=(NO_PREMIUM,))
+    for target in ("sip:*6719005550100@gw", "sip:9,19005550100@gw", "sip:*679,19005550100@gw"):
+        d = decide(pol, facts(target))
+        assert d.number == "+19005550100" and d.rule == "rule 3 'no-premium'", (target, d)
+    ok = decide(pol, facts("sip:*6712125551212@gw"))
+    assert ok.allowed and ok.number == "+12125551212"
+
+
+def test_a_tenant_may_take_unreadable_numbers_as_pstn_numbers():
+    tenant = Tenant("default", id=1, allow_pstn=True, home_cc="1", unreadable_numbers="allow")
+    d = decide(policy(tenant), facts("sip:9,19005550100@gw"))
+    assert d.allowed and d.classes == {"pstn", "international"} and d.number is None
+    no_pstn = Tenant("default", id=1, unreadable_numbers="allow")
+    assert not decide(policy(no_pstn), facts("sip:9,19005550100@gw")).allowed
+
+
+@pytest.mark.parametrize("target", ["sip:marsha@example.com", "sip:1234@pbx", "sip:*72@pbx",
+                                    "sip:alice.smith@example.com", "sip:2001@pbx;user=phone"])
+def test_names_extensions_and_short_codes_are_no_numbers(target):
+    d = decide(policy(PSTN_DEFAULT, rules=(NO_PREMIUM,)), facts(target))
+    assert d.allowed and d.number is None and d.classes == frozenset(), d
+
+
+@pytest.mark.parametrize("prefixes", ["*67 *82 9", "9,", "#31#", ""])
+def test_dial_prefixes_are_checked(prefixes):
+    assert Tenant("t", dial_prefixes=prefixes).dial_prefixes == prefixes
+
+
+@pytest.mark.parametrize("prefixes", ["*67;", "abc", "*123456789", "9 " * 40])
+def test_a_dial_prefix_that_is_no_dial_string_is_refused(prefixes):
+    with pytest.raises(ValueError, match="dial_prefixes"):
+        Tenant("t", dial_prefixes=prefixes)
