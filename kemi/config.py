@@ -63,6 +63,12 @@ class KamailioSettings:
     # 3261 19.1.5; pjsua2 does) has that INVITE tied to its transfer exactly.  Without it
     # the INVITE is tied by what else names the transfer, or recorded as untied.
     tie_token: bool = False
+    # With the dialog index: a party to a dialog is known by its AOR *and* by where its
+    # messages came from (a From header is the sender's to choose).  "address": the same
+    # IP and port as the party's own messages in the dialog; "host": the same IP, any
+    # port (for UAs that send from several ports, or NATs that move ports mid-call).  An
+    # authenticated user ($au) equal to the party's user part counts too.
+    party_match: str = "address"
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,8 @@ def parse(text: str, where: str = "<config>") -> Settings:
         if not isinstance(getattr(settings.kamailio, key), bool):
             raise ConfigError(f"{where} [kamailio] {key} must be true or false")
     _check_order(settings.kamailio, f"{where} [kamailio]")
+    if settings.kamailio.party_match not in ("address", "host"):
+        raise ConfigError(f"{where} [kamailio] party_match must be 'address' or 'host'")
     _check_anchored(settings.anchored, f"{where} [anchored]")
     _check_asterisk(settings.asterisk, f"{where} [asterisk]")
     if settings.redis.timeout_ms <= 0:

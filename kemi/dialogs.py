@@ -127,6 +127,13 @@ def response_event(code: int, to_tag: str | None) -> DialogEvent | None:
     return DialogEvent.ANSWERED if code < 300 else DialogEvent.FAILED
 
 
+def same_source(recorded: str, source: str, host_only: bool = False) -> bool:
+    """Whether a message from `source` ("ip:port") comes from where `recorded` did."""
+    if host_only:
+        return recorded.rpartition(":")[0] == source.rpartition(":")[0]
+    return recorded == source
+
+
 @dataclass(frozen=True)
 class Dialog:
     """One INVITE dialog as the index knows it."""
@@ -142,6 +149,10 @@ class Dialog:
     ended_at: float | None = None
     ended_by: str = ""  # "bye-caller", "bye-callee" or "failure"
     node: str = ""
+    # Where each party's messages came from ("ip:port" as the proxy saw it: the INVITE's
+    # source, the tagged response's source): what a forged From cannot choose.
+    caller_src: str = ""
+    callee_src: str = ""
 
     def matches(self, call_id: str, tag_a: str, tag_b: str) -> bool:
         """RFC 3891 matching seen from the middle: the recipient's tag is either side's."""
@@ -153,6 +164,30 @@ class Dialog:
 
     def has_party(self, aor: str) -> bool:
         return bool(aor) and aor in (self.caller, self.callee)
+
+    def side_of_tag(self, tag: str) -> str | None:
+        """'caller' or 'callee': whose tag it is."""
+        if tag and tag == self.caller_tag:
+            return "caller"
+        if tag and tag == self.callee_tag:
+            return "callee"
+        return None
+
+    def is_party(self, aor: str, source: str, auth_user: str | None = None,
+                 host_only: bool = False) -> bool:
+        """A message from `source` claiming to be `aor` comes from a party of this dialog:
+        the AOR is one of them, and the message comes from where that party's own did
+        (`host_only`: the same IP, any port), or its sender authenticated as that party's
+        user.  (A record kept before sources were recorded has none: the AOR is all it
+        can compare.)"""
+        for party, src in ((self.caller, self.caller_src), (self.callee, self.callee_src)):
+            if not aor or aor != party:
+                continue
+            if auth_user and auth_user == party.partition("@")[0]:
+                return True
+            if not src or same_source(src, source, host_only):
+                return True
+        return False
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> Dialog:
@@ -168,12 +203,15 @@ class Dialog:
             ended_at=float(h["ended_at"]) if h.get("ended_at") else None,
             ended_by=h.get("ended_by", ""),
             node=h.get("node", ""),
+            caller_src=h.get("caller_src", ""),
+            callee_src=h.get("callee_src", ""),
         )
 
 
 # KEYS: 1 dlg:<From-tag>, [2 dlg:<To-tag> for an in-dialog request, sent by either party]
 # ARGV: 1 event, 2 now, 3 call_id, 4 From-tag, 5 To-tag or '', 6 caller, 7 callee,
-#       8 node, 9 setup ttl, 10 open ttl, 11 ended ttl
+#       8 node, 9 setup ttl, 10 open ttl, 11 ended ttl, 12 the message's source ('' none):
+#       the caller's for the INVITE, the callee's for a tagged response
 # Returns the state after the event, or '' when there is no record.
 RECORD_LUA = """
 local T = [==[@TABLE@]==]
@@ -202,7 +240,11 @@ if old == 'new' or ev == 'invite' then
     h[#h + 1] = kv[1]; h[#h + 1] = kv[2]
   end
 end
-if ev == '1xx' or ev == '2xx' then h[#h + 1] = 'callee_tag'; h[#h + 1] = ttag end
+if ev == '1xx' or ev == '2xx' then
+  h[#h + 1] = 'callee_tag'; h[#h + 1] = ttag
+  if ARGV[12] ~= '' then h[#h + 1] = 'callee_src'; h[#h + 1] = ARGV[12] end
+end
+if ev == 'invite' and ARGV[12] ~= '' then h[#h + 1] = 'caller_src'; h[#h + 1] = ARGV[12] end
 if new == 'terminated' then
   h[#h + 1] = 'ended_at'; h[#h + 1] = now
   h[#h + 1] = 'ended_by'; h[#h + 1] = ev == 'bye' and ('bye-' .. side) or ev
@@ -260,6 +302,7 @@ class DialogStore(ScriptStore):
         caller: str | None = None,
         callee: str | None = None,
         node: str = "",
+        source: str = "",
     ) -> DialogState | None:
         """Apply one SIP event to its dialog; the state after it, None if no record.
 
@@ -279,7 +322,7 @@ class DialogStore(ScriptStore):
         args = [
             event.value, f"{now:.3f}", call_id, caller_tag, callee_tag or "", caller or "",
             callee or "", node, str(self.setup_ttl_s), str(self.open_ttl_s),
-            str(self.ended_ttl_s),
+            str(self.ended_ttl_s), source,
         ]
         state = _s(self._eval(_RECORD, keys, args))
         return DialogState(state) if state else None

@@ -119,6 +119,11 @@ def _undecoded(inner: str) -> str | None:
     return bytes.fromhex(str(hexed)).decode("utf-8", "surrogateescape")
 
 
+def _source() -> str:
+    """Where the current message came from, "ip:port" (what a forger cannot choose)."""
+    return f"{_get('$si') or ''}:{_get('$sp') or ''}"
+
+
 def _headers(name: str) -> list[str]:
     """Every instance of a header (compact forms and any case match, as Kamailio parses)."""
     out = []
@@ -154,6 +159,7 @@ class Referee:
         self._dialogs: DialogStore | None = None
         self._client: RespClient | None = None
         self.dialog_index = self.settings.kamailio.dialog_index
+        self.host_only = self.settings.kamailio.party_match == "host"
         self.journal = Journal(self.settings.kamailio.journal_dir)
         self.anchored = self.settings.anchored
         self.asterisk_sources = {
@@ -435,33 +441,39 @@ class Referee:
             _log(KSR.notice,
                  f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
             return _send(verdict)
+        transferor = plan_transferor = verdict.transferor
         if self.dialog_index and msg.to_tag:
             judged = self._check_refer_dialog(verdict, msg)
-            if judged is not None:
+            if isinstance(judged, int):
                 return judged
+            transferor = judged.transferor
         if self.dialog_index and verdict.replaces is not None:
-            judged = self._check_refer_replaces(verdict)
+            judged = self._check_refer_replaces(verdict, transferor or plan_transferor)
             if judged is not None:
                 return judged
         return self._track_refer(verdict)
 
     def _check_refer_dialog(self, plan: transfer.ReferPlan, msg: transfer.ReferMessage
-                            ) -> int | None:
-        """An in-dialog REFER must be in a dialog the index knows, sent by one of its
-        parties (by tag): a To-tag is no proof of a dialog (anyone can invent one to pass
-        the out-of-dialog gate).  An int when answered, None to go on."""
+                            ) -> int | replaces.ReferDialog:
+        """An in-dialog REFER must be in a dialog the index knows, from one of its parties
+        (by tag and by source): a To-tag is no proof of a dialog (anyone can invent one
+        to pass the out-of-dialog gate), a From is no proof of a party.  An int when
+        answered, else what the index says of the dialog (noted on the record)."""
         try:
             found = self.dialogs.find(msg.call_id, msg.from_tag, msg.to_tag)
         except RedisError as exc:
             return self._redis_down_refer(plan, exc)
-        reply = transfer.check_refer_dialog(found)
-        if reply is None:
-            return None
-        _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {reply.code}: "
-                         f"{reply.warning}")
-        return _send(reply)
+        ok = replaces.check_refer_dialog(found, msg.from_tag, _source(), msg.auth_user,
+                                         self.host_only)
+        if isinstance(ok, transfer.Reply):
+            _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {ok.code}: "
+                             f"{ok.warning}")
+            return _send(ok)
+        if ok.transferee_src:
+            plan.fields["transferee_src"] = ok.transferee_src
+        return ok
 
-    def _check_refer_replaces(self, plan: transfer.ReferPlan) -> int | None:
+    def _check_refer_replaces(self, plan: transfer.ReferPlan, transferor: str) -> int | None:
         """The dialog an attended transfer names, judged against the index: an int when
         the REFER was answered (or Redis is away), None to go on and record it."""
         rp = plan.replaces
@@ -469,8 +481,10 @@ class Referee:
             found = self.dialogs.find(rp.call_id, rp.to_tag, rp.from_tag)
         except RedisError as exc:
             return self._redis_down_refer(plan, exc)
-        ok = replaces.check_refer_replaces(rp, found, plan.transferor,
-                                           self.policy.current(), plan.decision.tenant)
+        ok = replaces.check_refer_replaces(rp, found, transferor,
+                                           self.policy.current(), plan.decision.tenant,
+                                           source=_source(), auth_user=_get("$au"),
+                                           host_only=self.host_only)
         if isinstance(ok, transfer.Reply):
             _log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {ok.code}: "
                              f"{ok.warning}")
@@ -1058,6 +1072,7 @@ class Referee:
             self.dialogs.record(
                 event, call_id, _get("$ft") or "", time.time(), callee_tag=callee_tag,
                 caller=caller, callee=callee, node=f"{_get('$Ri') or ''}:{_get('$Rp') or ''}",
+                source=_source() if event is not DialogEvent.FAILED else "",
             )
         except transfer.SipParseError as exc:
             _log(KSR.notice, f"dialog {call_id} {event} not indexed: {exc}")
@@ -1369,7 +1384,9 @@ class Referee:
             for xcid, rid, _target in self.store.find_for_invite(sender):
                 record = self.store.get(xcid, rid) or {}
                 if record.get("replaces"):
-                    approved.append(replaces.ApprovedRefer(sender, record["replaces"], xcid, rid))
+                    approved.append(replaces.ApprovedRefer(
+                        sender, record["replaces"], xcid, rid,
+                        record.get("transferee_src", "")))
         except RedisError as exc:
             k = self.settings.kamailio
             if k.redis_fail_mode == "open":
@@ -1385,7 +1402,8 @@ class Referee:
             policy = None  # none loaded yet: judged on the dialog alone
         ok = replaces.check_invite_replaces(values, "INVITE", found, sender, approved,
                                             policy=policy, source_ip=_get("$si") or "",
-                                            auth_user=_get("$au"))
+                                            auth_user=_get("$au"), source=_source(),
+                                            host_only=self.host_only)
         if isinstance(ok, transfer.Reply):
             _log(KSR.notice, f"INVITE {call_id} with Replaces from {sender} answered "
                              f"{ok.code}: {ok.warning}")

@@ -6,9 +6,10 @@ every REFER and NOTIFY of the transfer, so holding them proves nothing.  Only a 
 the dialog, or the transferee of a REFER that referee approved for it, may replace it.
 
 The identities compared (`transferor_aor`, `sender_aor`, the parties of a dialog) are
-AORs (kemi.sip.uri.Uri.aor).  The checks are exactly as strong as the glue's identity:
-it should pass the authenticated user where there is one; a bare From header is as
-forgeable as the Replaces itself.
+AORs (kemi.sip.uri.Uri.aor: scheme, port, parameters and %-escapes do not tell them
+apart), and each is believed only with where the message came from: the source address
+the index recorded for that party (or for the transferee of an approved REFER), or the
+user the cfg authenticated.  A bare From header is as forgeable as the Replaces itself.
 
 Policy: for a REFER, a tenant's allow_replaces is decided by kemi.policy before these run;
 for an INVITE with Replaces, check_invite_replaces applies the sender's tenant's
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kemi.dialogs import Dialog, DialogState
+from kemi.dialogs import Dialog, DialogState, same_source
 from kemi.policy.evaluate import aor_host, replaces_crossing, tenant_for
 from kemi.policy.model import Policy, Tenant
 from kemi.sip.errors import SipParseError
@@ -94,6 +95,7 @@ class ReferReplacesOk:
 def check_refer_replaces(
     replaces: Replaces, dialogs_found: Sequence[Dialog], transferor_aor: str,
     policy: Policy | None = None, tenant: Tenant | None = None,
+    source: str = "", auth_user: str | None = None, host_only: bool = False,
 ) -> Reply | ReferReplacesOk:
     """Judge the dialog a REFER's Refer-To asks to replace, when referee knows it.
 
@@ -103,12 +105,14 @@ def check_refer_replaces(
     several matches (glare or forgery) the transferor must be a party to one of them;
     the REFER then passes as ambiguous and its INVITE will get 481.  `tenant` is the
     REFER's (Decision.tenant): with its replaces_scope 'tenant', a matched dialog with
-    another tenant's party is 403.
+    another tenant's party is 403.  A party is known by its AOR *and* by where its
+    messages came from (`source`, or `auth_user`): a From header is the sender's to
+    choose (Dialog.is_party).
     """
     matched = _matching(replaces, dialogs_found)
     if not matched:
         return ReferReplacesOk(replaces, None, 0)
-    if not any(d.has_party(transferor_aor) for d in matched):
+    if not any(d.is_party(transferor_aor, source, auth_user, host_only) for d in matched):
         return Reply(
             403, "Forbidden",
             f"{transferor_aor or 'the transferor'} is not a party to the dialog named in "
@@ -125,6 +129,46 @@ def check_refer_replaces(
     return ReferReplacesOk(replaces, dialog, 1)
 
 
+# -- the REFER's own dialog ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReferDialog:
+    """The dialog an in-dialog REFER was sent in, as the index knows it."""
+
+    dialog: Dialog
+    transferor: str  # the AOR of the party whose tag is the REFER's From-tag
+    transferee: str
+    transferee_src: str  # where the transferee's messages came from ("" unknown)
+
+
+def check_refer_dialog(found: Sequence[Dialog], from_tag: str, source: str,
+                       auth_user: str | None = None, host_only: bool = False
+                       ) -> Reply | ReferDialog:
+    """With the dialog index on: an in-dialog REFER must be in a dialog the index knows
+    (its Call-ID and both tags: DialogStore.find), not ended (481 otherwise, RFC 3261
+    12.2.2), and sent from where the party whose tag it carries sends from -- or by that
+    party's authenticated user (403 otherwise: a To-tag and a From are no proof)."""
+    if not found:
+        return Reply(481, NO_DIALOG, "no dialog with this Call-ID and these tags passed "
+                                     "this proxy")
+    live = [d for d in found if d.state is not DialogState.TERMINATED]
+    if not live:
+        return Reply(481, NO_DIALOG, "the dialog has ended")
+    d = live[0]
+    side = d.side_of_tag(from_tag)
+    if side is None:
+        return Reply(481, NO_DIALOG, "the REFER's From-tag is neither party's in this dialog")
+    me, other = (d.caller, d.callee) if side == "caller" else (d.callee, d.caller)
+    my_src, other_src = ((d.caller_src, d.callee_src) if side == "caller"
+                         else (d.callee_src, d.caller_src))
+    if my_src and not same_source(my_src, source, host_only) \
+            and not (auth_user and auth_user == me.partition("@")[0]):
+        return Reply(403, "Forbidden",
+                     f"REFER from {source}, but {me} in this dialog sends from {my_src}: its "
+                     "tags and From are no proof of being its party")
+    return ReferDialog(d, me, other, other_src)
+
+
 # -- INVITE with Replaces ----------------------------------------------------------------
 
 
@@ -136,6 +180,15 @@ class ApprovedRefer:
     replaces_call_id: str  # the ReferPlan's "replaces" field
     call_id: str = ""  # the transfer itself (kemi.store), to tie the INVITE to it
     refer_id: str = ""
+    transferee_src: str = ""  # where the transferee's messages came from ("" unknown)
+
+    def sent_by(self, aor: str, source: str, auth_user: str | None,
+                host_only: bool = False) -> bool:
+        if not aor or aor != self.transferee:
+            return False
+        if auth_user and auth_user == aor.partition("@")[0]:
+            return True
+        return not self.transferee_src or same_source(self.transferee_src, source, host_only)
 
 
 @dataclass(frozen=True)
@@ -178,6 +231,8 @@ def check_invite_replaces(
     policy: Policy | None = None,
     source_ip: str = "",
     auth_user: str | None = None,
+    source: str = "",
+    host_only: bool = False,
 ) -> Reply | InviteReplacesOk | None:
     """RFC 3891 section 3, answered by the proxy in the RFC's order; None: no Replaces.
 
@@ -188,7 +243,9 @@ def check_invite_replaces(
     With `policy`, the sender's tenant (chosen as for a REFER: source_ip, the domain of
     sender_aor, auth_user) decides too: allow_replaces off is 403 before anything about
     the dialog is told; replaces_scope 'tenant' is 403 for a dialog with another tenant's
-    party, after the sender's authority is established.
+    party, after the sender's authority is established.  That authority rests on where
+    the INVITE came from (`source`, "ip:port") or `auth_user` as well as the sender's
+    AOR (Dialog.is_party, ApprovedRefer.sent_by): a From header is the sender's to choose.
     """
     replaces = read_invite_replaces(replaces_values, method)
     if not isinstance(replaces, Replaces):
@@ -215,9 +272,9 @@ def check_invite_replaces(
         return Reply(
             481, NO_DIALOG, "Replaces names an early dialog its recipient did not originate"
         )
-    by_party = dialog.has_party(sender_aor)
+    by_party = dialog.is_party(sender_aor, source, auth_user, host_only)
     refers = [a for a in approved_refers
-              if sender_aor and a.transferee == sender_aor
+              if a.sent_by(sender_aor, source, auth_user, host_only)
               and a.replaces_call_id == dialog.call_id]
     if not by_party and not refers:
         return Reply(

@@ -207,19 +207,6 @@ def target_key(uri) -> str:
     return number if number else uri.aor
 
 
-def check_refer_dialog(found: list) -> Reply | None:
-    """With the dialog index on: the dialog an in-dialog REFER claims (its Call-ID and
-    both tags, kemi.dialogs.DialogStore.find) must be one the index knows and not ended;
-    else 481 (RFC 3261 12.2.2: a request within a dialog that does not exist)."""
-    live = [d for d in found if str(d.state) != "terminated"]
-    if not found:
-        return Reply(481, "Call/Transaction Does Not Exist",
-                     "no dialog with this Call-ID and these tags passed this proxy")
-    if not live:
-        return Reply(481, "Call/Transaction Does Not Exist", "the dialog has ended")
-    return None
-
-
 _UNRELAYED = {478: "Unresolvable destination", 477: "Send Failed"}
 
 

@@ -138,7 +138,9 @@ def run(lab) -> Run:
 def dlab(request, tmp_path, redis_server):
     """`lab` with the dialog index on: `[kamailio] dialog_index = true`, and for the
     native cfg the WITH_DIALOG_INDEX define (tests/e2e/test_attended.py's start_node)."""
-    lab = start_node(tmp_path, redis_server, getattr(request, "param", "kamailio.cfg"))
+    # SIPp twins (3PCC) play one party from several ports: known by IP (SIPP_PARTIES)
+    lab = start_node(tmp_path, redis_server, getattr(request, "param", "kamailio.cfg"),
+                     party_match="host")
     yield lab
     lab.kamailio.stop()
     errors = lab.kamailio.python_errors()

@@ -20,12 +20,18 @@ from tests.ua.conftest import require_kind
 from tests.ua.phone import PhoneError, make_phone, parse_sip
 
 INDEX_ON = "dialog_index = true"
+# Where several SIPp processes play one party (its call from one port, its INVITE with
+# Replaces from another -- as no single phone would), the party is known by its IP only
+# ([kamailio] party_match "host"); real phones, and the forged-From tests of
+# test_hostile, run with the default "address".
+SIPP_PARTIES = 'party_match = "host"'
 
 
-def start_node(tmp, redis_server, cfg):
+def start_node(tmp, redis_server, cfg, party_match: str = "address"):
     """A lab with the dialog index on, running (the define for the native cfg)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    lab = make_lab(tmp, redis_server, cfg, kamailio=INDEX_ON)
+    lab = make_lab(tmp, redis_server, cfg,
+                   kamailio=f'{INDEX_ON}\nparty_match = "{party_match}"')
     if cfg == "kamailio-native.cfg":
         lab.kamailio.defines = ("WITH_DIALOG_INDEX",)
     lab.kamailio.start()
@@ -34,7 +40,9 @@ def start_node(tmp, redis_server, cfg):
 
 @pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
 def alab(request, tmp_path, redis_server):
-    lab = start_node(tmp_path, redis_server, request.param)
+    """Dialog index on; party_match "host" for a test marked sipp_parties."""
+    mode = "host" if request.node.get_closest_marker("sipp_parties") else "address"
+    lab = start_node(tmp_path, redis_server, request.param, mode)
     yield lab
     lab.kamailio.stop()
     errors = lab.kamailio.python_errors()
@@ -49,7 +57,7 @@ class Call:
         self.caller_tag = f"{caller}-{uuid.uuid4().hex[:8]}"
         self.callee_tag = f"{callee}-{uuid.uuid4().hex[:8]}"
         extra, self.call_id = cid_args(f"{caller}-{callee}-{uuid.uuid4().hex[:8]}")
-        port = free_udp_port()
+        port = self.callee_port = free_udp_port()
         lab.register(callee, port)
         self.callee = lab.party(callee, Callee(callee, self.callee_tag).xml(), port=port).start()
         caller_xml = Caller(caller, callee, self.caller_tag, hold_ms=hold_ms, **kw).xml()

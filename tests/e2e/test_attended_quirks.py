@@ -111,6 +111,7 @@ def test_a_pasted_replaces_that_cannot_be_read_is_400_saying_why(alab):  # noqa:
     assert "Request-URI" in warning and "Replaces" in warning, warning
 
 
+@pytest.mark.sipp_parties  # andrew's call and his INVITE with Replaces: two SIPps
 def test_a_pasted_replaces_from_a_party_reaches_the_target_as_a_header(alab):  # noqa: F811
     call = Call(alab, "andrew", "marsha", hold_ms=4000)
     call.wait_state(DialogState.CONFIRMED)

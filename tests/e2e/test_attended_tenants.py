@@ -15,7 +15,7 @@ import pytest
 from kemi.dialogs import DialogState, DialogStore
 from tests.e2e.conftest import make_lab, referee_cli
 from tests.e2e.parties import received
-from tests.e2e.test_attended import INDEX_ON, Call, replace
+from tests.e2e.test_attended import INDEX_ON, SIPP_PARTIES, Call, replace
 from tests.support.attended import Callee, Caller, _reply, cid_args
 from tests.support.kamailio import free_udp_port
 
@@ -23,7 +23,8 @@ from tests.support.kamailio import free_udp_port
 @pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
 def tlab(request, tmp_path, redis_server):
     """A lab with the dialog index on and the two tenants in its policy."""
-    lab = make_lab(tmp_path, redis_server, request.param, kamailio=INDEX_ON)
+    lab = make_lab(tmp_path, redis_server, request.param,
+                   kamailio=f"{INDEX_ON}\n{SIPP_PARTIES}")  # SIPps play the parties
     if request.param == "kamailio-native.cfg":
         lab.kamailio.defines = ("WITH_DIALOG_INDEX",)
     for args in (("tenant", "add", "home", "--domain", "127.0.0.1", "--priority", "10",

@@ -186,3 +186,86 @@ def test_premium_number_spellings_are_refused_through_the_proxy(lab, ua):
     for target in ("sip:*6719005550100@gw", "sip:9,19005550100@gw"):
         r = ua.send(refer(ua, refer_to=f"<{target}>".encode()))
         assert r.raw.split(b"\r\n")[0] == b"SIP/2.0 403 no premium", target
+
+
+# -- Replaces authority a forged From cannot borrow (issue 9 item 5) -----------------------
+
+FORGED_FROM = ["<sip:andrew@127.0.0.1>", "<sip:andrew@127.0.0.1:5099>",
+               "<sips:andrew@127.0.0.1>", "<sip:%61ndrew@127.0.0.1>"]
+
+
+def forged_replaces(ua, call, from_uri: str) -> bytes:
+    f = ua.fields()
+    return (
+        f"INVITE sip:marsha@{f['proxy']} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ua.host}:{f['port']};branch={f['branch']};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: {from_uri};tag={f['tag']}\r\n"
+        "To: <sip:marsha@127.0.0.1>\r\n"
+        f"Call-ID: {f['cid']}\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:mallory@{ua.host}:{f['port']}>\r\n"
+        f"Replaces: {call.replaces()}\r\nRequire: replaces\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def forged_refer(ua, call) -> bytes:
+    """A REFER in Andrew and Marsha's dialog -- its Call-ID and tags, From andrew --
+    sent by someone else, to move Marsha to Eve."""
+    f = ua.fields()
+    return (
+        f"REFER sip:marsha@127.0.0.1:{call.callee_port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {ua.host}:{f['port']};branch={f['branch']};rport\r\n"
+        f"Route: <sip:{f['proxy']};lr>\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:andrew@127.0.0.1>;tag={call.caller_tag}\r\n"
+        f"To: <sip:marsha@127.0.0.1>;tag={call.callee_tag}\r\n"
+        f"Call-ID: {call.call_id}\r\nCSeq: 77 REFER\r\n"
+        f"Contact: <sip:andrew@{ua.host}:{f['port']}>\r\n"
+        "Refer-To: <sip:eve@127.0.0.1>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize("cfg", ["kamailio.cfg", "kamailio-native.cfg"])
+def test_a_forged_from_borrows_no_party_authority(tmp_path, redis_server, cfg):
+    """With the index on, an INVITE with Replaces from a stranger who sets From to a
+    party's address -- plain, with a port, sips: or %61ndrew -- used to reach Marsha and
+    hijack the call, and a REFER with a forged 'From: andrew' in the dialog got 202.
+    The index knows where Andrew sends from; the stranger is elsewhere: 403."""
+    from tests.e2e.test_attended import Call
+
+    lab = start_node(tmp_path, redis_server, cfg)  # party_match "address", the default
+    call = Call(lab, "andrew", "marsha", hold_ms=3000)
+    ua = RawUA(lab.kamailio.port)
+    try:
+        from kemi.dialogs import DialogState
+
+        call.wait_state(DialogState.CONFIRMED)
+        for from_uri in FORGED_FROM:
+            answered(ua, forged_replaces(ua, call, from_uri), 403, "Forbidden",
+                     "andrew@127.0.0.1 is neither a party to the dialog named in Replaces")
+        answered(ua, forged_refer(ua, call), 403, "Forbidden",
+                 f"REFER from 127.0.0.1:{ua.port}, but andrew@127.0.0.1 in this dialog "
+                 "sends from 127.0.0.1:")
+        assert ua.relayed == [] and lab.records() == []
+        call.finish()  # the call went on untouched, and ended by its own BYE
+    finally:
+        ua.close()
+        lab.kamailio.stop()
+    assert not lab.kamailio.python_errors()
+
+
+def test_with_party_match_host_a_forger_on_another_ip_is_refused(tmp_path, redis_server):
+    from kemi.dialogs import DialogState
+    from tests.e2e.test_attended import Call
+
+    lab = start_node(tmp_path, redis_server, "kamailio.cfg", party_match="host")
+    call = Call(lab, "andrew", "marsha", hold_ms=3000)
+    ua = RawUA(lab.kamailio.port, host="127.0.0.2")
+    try:
+        call.wait_state(DialogState.CONFIRMED)
+        answered(ua, forged_replaces(ua, call, "<sip:andrew@127.0.0.1>"), 403, "Forbidden",
+                 "neither a party")
+        call.finish()
+    finally:
+        ua.close()
+        lab.kamailio.stop()

@@ -390,3 +390,15 @@ def test_an_attended_transfer_checked_against_the_shared_index(raw):
     assert ok.dialog.node == "k1" and ok.transfer == approved[0] and not ok.by_party
     copycat = check_invite_replaces([header], "INVITE", found, "eve@example.com", approved)
     assert copycat.code == 403
+
+
+def test_where_each_party_sends_from_is_kept(dialogs):
+    """Issue 9 item 5: the caller's source from its INVITE, the callee's from its tagged
+    responses (the newest: forking), so a forged From cannot pass for a party."""
+    invite(dialogs, source="192.0.2.1:5060")
+    dialogs.record(E.PROVISIONAL, CID, "a1", NOW + 1, callee_tag="m1", source="192.0.2.2:5062")
+    dialogs.record(E.ANSWERED, CID, "a1", NOW + 2, callee_tag="m1", source="192.0.2.2:5060")
+    d = dialogs.get(CID, "a1")
+    assert (d.caller_src, d.callee_src) == ("192.0.2.1:5060", "192.0.2.2:5060")
+    dialogs.record(E.BYE, CID, "m1", NOW + 3, callee_tag="a1", source="203.0.113.9:1")
+    assert dialogs.get(CID, "a1").caller_src == "192.0.2.1:5060"  # a BYE changes no source

@@ -287,3 +287,68 @@ def test_invite_from_a_tenant_with_replaces_off_is_403_before_the_dialog_is_judg
 def test_invite_without_replaces_or_with_a_bad_one_is_not_a_policy_matter():
     assert scoped_invite(values=(), source="10.1.2.3") is None
     assert_reply(scoped_invite(values=("x;to-tag=1",), source="10.1.2.3"), 400)
+
+
+# -- authority rests on where a message came from (issue 9 item 5) -------------------------
+
+SRC_ANDREW, SRC_MARSHA, SRC_EVE = "192.0.2.1:5060", "192.0.2.2:5060", "203.0.113.9:5060"
+KNOWN = dataclasses.replace(CONSULTATION, caller_src=SRC_ANDREW, callee_src=SRC_MARSHA)
+
+
+@pytest.mark.parametrize("sender", [ANDREW, MARSHA])
+def test_a_forged_from_naming_a_party_is_no_party_from_another_address(sender):
+    """Eve sets From to a party's address (any spelling: the AOR is what is compared, so
+    a port, sips: or %61ndrew change nothing): the index knows where that party sends
+    from, and Eve is not there."""
+    r = check_invite_replaces([HEADER], "INVITE", [KNOWN], sender, [], source=SRC_EVE)
+    assert_reply(r, 403, "neither a party", "no authority")
+
+
+def test_a_party_sending_from_its_own_address_replaces_its_dialog():
+    ok = check_invite_replaces([HEADER], "INVITE", [KNOWN], ANDREW, [], source=SRC_ANDREW)
+    assert isinstance(ok, InviteReplacesOk) and ok.by_party
+
+
+def test_an_authenticated_party_may_send_from_elsewhere():
+    ok = check_invite_replaces([HEADER], "INVITE", [KNOWN], ANDREW, [], source=SRC_EVE,
+                               auth_user="andrew")
+    assert isinstance(ok, InviteReplacesOk) and ok.by_party
+    r = check_invite_replaces([HEADER], "INVITE", [KNOWN], ANDREW, [], source=SRC_EVE,
+                              auth_user="eve")
+    assert_reply(r, 403, "neither a party")
+
+
+def test_the_transferee_of_an_approved_refer_is_known_by_its_address_too():
+    approved = dataclasses.replace(APPROVED, transferee_src="198.51.100.7:5060")
+    ok = check_invite_replaces([HEADER], "INVITE", [KNOWN], MCKENZIE, [approved],
+                               source="198.51.100.7:5060")
+    assert isinstance(ok, InviteReplacesOk) and ok.transfer == approved
+    r = check_invite_replaces([HEADER], "INVITE", [KNOWN], MCKENZIE, [approved],
+                              source=SRC_EVE)
+    assert_reply(r, 403, "nor the transferee of an approved REFER")
+
+
+def test_a_refer_with_a_forged_from_names_no_dialog_it_is_party_to():
+    r = check_refer_replaces(AT_MARSHA, [KNOWN], ANDREW, source=SRC_EVE)
+    assert_reply(r, 403, "not a party")
+    assert isinstance(check_refer_replaces(AT_MARSHA, [KNOWN], ANDREW, source=SRC_ANDREW),
+                      ReferReplacesOk)
+
+
+def test_an_in_dialog_refer_must_come_from_its_partys_address():
+    from kemi.replaces import ReferDialog, check_refer_dialog
+
+    ok = check_refer_dialog([KNOWN], "a1", SRC_ANDREW)
+    assert ok == ReferDialog(KNOWN, ANDREW, MARSHA, SRC_MARSHA)
+    assert_reply(check_refer_dialog([KNOWN], "a1", SRC_EVE), 403,
+                 f"REFER from {SRC_EVE}, but {ANDREW} in this dialog sends from {SRC_ANDREW}")
+    assert isinstance(check_refer_dialog([KNOWN], "a1", SRC_EVE, auth_user="andrew"),
+                      ReferDialog)
+    assert_reply(check_refer_dialog([], "a1", SRC_ANDREW), 481, "no dialog")
+    assert_reply(check_refer_dialog([dataclasses.replace(KNOWN, state=DialogState.TERMINATED)],
+                                    "a1", SRC_ANDREW), 481, "ended")
+
+
+def test_a_record_from_before_sources_were_kept_falls_back_to_the_address():
+    ok = check_invite_replaces([HEADER], "INVITE", [CONSULTATION], ANDREW, [], source=SRC_EVE)
+    assert isinstance(ok, InviteReplacesOk)  # the index has no source for this dialog

@@ -28,10 +28,11 @@ class Response:
 
 
 class RawUA:
-    def __init__(self, proxy_port: int):
+    def __init__(self, proxy_port: int, host: str = "127.0.0.1"):
         self.proxy = ("127.0.0.1", proxy_port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))  # any 127.x.y.z is this host's on Linux
+        self.host = host
         self.port = self.sock.getsockname()[1]
         self.relayed: list[bytes] = []  # requests the proxy sent on to us
 
