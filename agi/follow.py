@@ -224,6 +224,16 @@ def endpoint_of(channel_name: str) -> str:
     return _CHANNEL_SUFFIX.sub("", channel_name.split(";")[0])
 
 
+def recall_channel(channel_name: str, recall_uri: str) -> str:
+    """The Originate channel that calls A back: its endpoint, sent to A's own Contact
+    (from its REFER) when referee has it -- the endpoint's AOR contact alone may have no
+    user part, and a proxy on the way may refuse such a Request-URI (484)."""
+    endpoint = endpoint_of(channel_name)
+    if not recall_uri or not endpoint.startswith("PJSIP/"):
+        return endpoint
+    return f"{endpoint}/{recall_uri}"
+
+
 def reconnect_mode(job: MoveJob) -> str:
     """XFER_RECONNECT as agi/plan.py reads it: "fallback" or the EXEC Bridge mode."""
     return "fallback" if job.on_failure.startswith("fallback:") else RECONNECT_MODE
@@ -797,7 +807,7 @@ class Follower:
         tr.phase = Phase.RECALL
         tr.deadline = now + self.s.recall_wait_s
         tr.recall_uid = f"{self.name}-recall-{tr.job.refer_id}-{self._seq + 1}"
-        endpoint = endpoint_of(tr.a.name)
+        endpoint = recall_channel(tr.a.name, tr.job.recall_uri)
         log.info("transfer %s: A's leg is gone; recalling %s as %s", tr.key, endpoint,
                  tr.recall_uid)
         out: list[Output] = [self._note(tr, {"ami_recall_channel_id": tr.recall_uid},

@@ -107,6 +107,9 @@ class MoveJob:
     # leg is gone) or "fallback:<context>,<exten>,<priority>".
     on_failure: str = "reconnect"
     release_after_s: float = 32.0
+    # A's Contact from its REFER: where a recall of A is sent when A's leg is gone
+    # ("" = the endpoint's AOR contact, which may have no user part).
+    recall_uri: str = ""
 
     @property
     def xfer_id(self) -> str:

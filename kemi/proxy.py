@@ -136,7 +136,9 @@ class Proxy(Referee):
         return HANDLED
 
     def location(self) -> int:
-        if KSR.corex.has_ruri_user() < 0:
+        # Only a request for this domain needs a user to be looked up; one for another
+        # host (an Asterisk recalling a PBX at its AOR contact, sip:host:port) is relayed.
+        if KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0:
             KSR.sl.send_reply(484, "Address Incomplete")
             return HANDLED
         if KSR.is_myself_ruri():

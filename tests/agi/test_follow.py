@@ -252,6 +252,15 @@ def test_ami_bridge_after_wait_and_recall_when_a_gone():
     assert d.f.transfers[d.job.xfer_id].phase is Phase.RECALL
 
 
+def test_the_recall_goes_to_as_contact_when_referee_has_it():
+    """Issue 10 item 4: the endpoint alone made the recall's Request-URI the AOR contact
+    with no user (INVITE sip:host:port), which the example proxy answered 484: A was
+    never called back and P was hung up.  The job carries A's Contact from its REFER."""
+    d = Driver("d-recall-originate", recall_uri="sip:pbx@10.0.0.8:5060").run(until=5.0)
+    (orig,) = d.actions("Originate")
+    assert orig["Channel"] == "PJSIP/amipbx/sip:pbx@10.0.0.8:5060"
+
+
 def test_recall_failure_hangs_up_p():
     """OriginateResponse Failure (recorded in e-ami-errors: Reason 0, Uniqueid <unknown>):
     recall-failed, and P is hung up rather than left parked in MOH."""

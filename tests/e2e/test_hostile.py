@@ -269,3 +269,26 @@ def test_with_party_match_host_a_forger_on_another_ip_is_refused(tmp_path, redis
     finally:
         ua.close()
         lab.kamailio.stop()
+
+
+def test_a_request_for_another_host_without_a_user_is_relayed_not_484(lab, ua):
+    """Issue 10 item 4: Asterisk's recall of a PBX (Originate PJSIP/customer-pbx) sends
+    INVITE sip:<host>:<port> through Kamailio; the example cfgs answered 484 to any
+    Request-URI without a user, so the recall failed and P was hung up.  For this
+    domain a user is still needed (484); another host's is relayed."""
+    f = ua.fields()
+    invite = (
+        f"INVITE sip:127.0.0.1:{ua.port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{ua.port};branch={f['branch']};rport\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:asterisk@127.0.0.1>;tag={f['tag']}\r\nTo: <sip:127.0.0.1:{ua.port}>\r\n"
+        f"Call-ID: {f['cid']}\r\nCSeq: 1 INVITE\r\n"
+        f"Contact: <sip:asterisk@127.0.0.1:{ua.port}>\r\nContent-Length: 0\r\n\r\n"
+    )
+    r = ua.send(invite.encode(), answer=486)
+    assert r is not None and r.code == 486  # relayed to us, and our answer relayed back
+    assert ua.relayed[0].startswith(f"INVITE sip:127.0.0.1:{ua.port} ".encode())
+    own = invite.replace(f"INVITE sip:127.0.0.1:{ua.port}", f"INVITE sip:{f['proxy']}")
+    own = own.replace(f["branch"], f["branch"] + "x").replace(f["cid"], f["cid"] + "x")
+    r = ua.send(own.encode())
+    assert r is not None and r.code == 484
