@@ -57,18 +57,6 @@ def asterisk_for(asterisk: dict[str, str], request_uri: str, dst_uri: str | None
     return None
 
 
-def contact_uri(contact: str | None) -> str | None:
-    """The URI of a Contact header value (the first one, without display name/params)."""
-    if not contact:
-        return None
-    text = contact.strip()
-    if "<" in text:
-        inner = text.split("<", 1)[1]
-        return inner.split(">", 1)[0].strip() or None
-    first = text.split(",", 1)[0]
-    return first.split(";", 1)[0].strip() or None
-
-
 @dataclass(frozen=True)
 class NotifyRoute:
     """How to reach the transferor A inside its dialog with Asterisk, as Asterisk would.
@@ -164,7 +152,8 @@ def _caller_number(choice: str, transferor: str) -> str:
 
 
 def move_job(*, call_id: str, refer_id: str, target_uri: str, transferor: str, decision,
-             dial_template: str, prefix: str, node: str, now: float) -> MoveJob:
+             dial_template: str, prefix: str, node: str, now: float,
+             recall_uri: str = "") -> MoveJob:
     """The job for the Asterisk side; plan fields come from the policy decision when it
     carries them (getattr: older decisions have none), else MoveJob's defaults."""
     defaults = MoveJob("", "0", "", "", "", "", 0.0)
@@ -183,4 +172,5 @@ def move_job(*, call_id: str, refer_id: str, target_uri: str, transferor: str, d
         dial_timeout_s=int(timeout) if timeout else defaults.dial_timeout_s,
         on_failure=str(getattr(decision, "on_failure", "") or defaults.on_failure),
         release_after_s=float(release) if release is not None else defaults.release_after_s,
+        recall_uri=recall_uri,
     )

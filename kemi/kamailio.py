@@ -43,6 +43,7 @@ from kemi.order import Timing
 from kemi.policy.cache import PolicyCache, PolicyUnavailable
 from kemi.resp import CircuitBreaker, RedisError, RespClient
 from kemi.sequencer import Deferred, Sequencer
+from kemi.sip.headers import contact_uri
 from kemi.sip.text import printable, text_fault
 from kemi.state import Event, State
 from kemi.store import TransferStore
@@ -352,7 +353,11 @@ class Referee:
         mark its Request-URI new: a NOTIFY sent again after a 491 was suspended in its
         failure route, where tm counts the Request-URI as used ("no branches")."""
         self._arm_notify_routes()
-        KSR.pv.sets("$ru", _get("$ru") or "")
+        note = self._notify_note()
+        target = (note or {}).get("u")
+        KSR.pv.sets("$ru", target or _get("$ru") or "")
+        if target:
+            KSR.pv.unset("$du")  # (see _notify_target)
         return CONTINUE
 
     @route("timer")
@@ -567,7 +572,7 @@ class Referee:
             fields["anchor_fallback"] = "no-asterisk-cseq"
         fields["anchor_mode"] = mode
         if mode == "accept":
-            contact = anchored.contact_uri(_get("$hdr(Contact)"))
+            contact = contact_uri(_get("$hdr(Contact)"))
             if contact is None:
                 _log(KSR.warn, f"REFER {plan.call_id}/{plan.refer_id} without Contact: "
                                f"relayed to anchored {name}")
@@ -622,6 +627,7 @@ class Referee:
                 transferor=plan.transferor, decision=plan.decision,
                 dial_template=self.anchored.dial, prefix=self.settings.redis.prefix,
                 node=self.anchored.node, now=now,
+                recall_uri=plan.fields.get("n_ruri", ""),  # A's Contact (NotifyRoute)
             )
             flat = [x for kv in job.to_fields().items() for x in kv]
             self.client.call("XADD", jobs_key(self.settings.redis.prefix, asterisk),
@@ -1138,6 +1144,7 @@ class Referee:
             KSR.hdr.append(f"Subscription-State: {repaired}\r\n")
             _log(KSR.notice, f"NOTIFY {call_id}: Subscription-State {sub_state!r} "
                              f"relayed as {repaired!r}")
+        ruri = self._notify_target(call_id, facts.refer_id)
         status = facts.status
         fields = {"last_notify": str(status.code) if status else "none"}
         if facts.terminated and status is not None:
@@ -1154,6 +1161,8 @@ class Referee:
             "d": f"{status.code} {status.reason}" if status else "no body",
             "c": cseq, "t": _get("$ft") or "", "x": facts.terminated, "a": False,
         }
+        if ruri is not None:
+            note["u"] = ruri  # a held one is resumed without it: set again then
         first = status is not None and status.code == 100
         verdict = None if cseq is None else self.order.verdict(call_id, note["t"], cseq, first)
         if verdict != "hold":
@@ -1180,6 +1189,32 @@ class Referee:
             KSR.sl.sl_reply_error()
         self.order.mark_sent(call_id, note["t"], cseq)
         return HANDLED
+
+    def _notify_target(self, call_id: str, refer_id: str | None) -> str | None:
+        """A NOTIFY whose Request-URI is this proxy itself -- an Asterisk with pjsip's
+        rewrite_contact = yes sends the subscription's NOTIFYs to the address the
+        transferor's messages came from -- goes to the transferor's Contact from its
+        REFER instead of looping back here (answered 404 while the record said
+        success).  Returns the Request-URI set, or None."""
+        if not _get("$tt") or not KSR.is_myself_ruri():
+            return None
+        try:
+            contact = self.store.transferor_contact(call_id, refer_id)
+        except RedisError as exc:
+            _log(KSR.err, f"NOTIFY {call_id} to this proxy itself: no transferor "
+                          f"Contact (Redis: {exc})")
+            return None
+        if contact is None:
+            _log(KSR.notice, f"NOTIFY {call_id} to this proxy itself ({_get('$ru')}): "
+                             "no transfer with the transferor's Contact")
+            return None
+        _log(KSR.info, f"NOTIFY {call_id} to this proxy itself ({_get('$ru')}): sent to "
+                       f"the transferor's Contact {contact}")
+        KSR.pv.sets("$ru", contact)
+        # rr took the Request-URI for a strict router's and set the destination to this
+        # proxy: the Contact is where it goes.
+        KSR.pv.unset("$du")
+        return contact
 
     def _take_accepts(self, call_id: str) -> None:
         """2xx answers to REFERs of this dialog not yet recorded (kemi.sequencer.Deferred):

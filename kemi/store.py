@@ -802,6 +802,15 @@ class TransferStore(ScriptStore):
             out.append((call_id, rid))
         return out
 
+    def transferor_contact(self, call_id: str, refer_id: str | None) -> str | None:
+        """The Contact of the transferor's REFER (the latest open transfer of the dialog
+        when the NOTIFY names none)."""
+        rid = refer_id if refer_id is not None else self._latest(call_id)
+        if rid is None:
+            return None
+        value = self._call("HGET", self.xfer_key(call_id, rid), "transferor_contact")
+        return _s(value) if value else None
+
     def get(self, call_id: str, refer_id: str | int) -> dict[str, str] | None:
         return _pairs(self._call("HGETALL", self.xfer_key(call_id, refer_id))) or None
 

@@ -16,6 +16,7 @@ from kemi.policy.model import Decision, Policy, ReferFacts
 from kemi.sip.errors import SipParseError
 from kemi.sip.headers import (
     Replaces,
+    contact_uri,
     parse_event,
     parse_name_addr,
     parse_refer_to,
@@ -175,6 +176,11 @@ def check_refer(msg: ReferMessage, policy: Policy) -> Reply | ReferPlan:
     }
     if referred:
         fields["referred_by"] = referred[0]
+    contact = contact_uri(msg.contact)
+    if contact:
+        # Where the transferor is reached: a NOTIFY sent to the proxy itself (an
+        # Asterisk with rewrite_contact) is routed there (kemi.kamailio.on_notify).
+        fields["transferor_contact"] = contact
     if refer_to.replaces is not None:
         fields["replaces"] = refer_to.replaces.call_id
     return ReferPlan(

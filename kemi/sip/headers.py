@@ -293,3 +293,15 @@ def _seconds(params: Params, name: str, header: str) -> int | None:
                 raise SipParseError(header, f"bad {name} {excerpt(value or '')}")
             return int(value)
     return None
+
+
+def contact_uri(contact: str | None) -> str | None:
+    """The URI of a Contact header value (the first one, without display name/params)."""
+    if not contact:
+        return None
+    text = contact.strip()
+    if "<" in text:
+        inner = text.split("<", 1)[1]
+        return inner.split(">", 1)[0].strip() or None
+    first = text.split(",", 1)[0]
+    return first.split(";", 1)[0].strip() or None

@@ -148,6 +148,7 @@ def test_accept_notifies_truthfully_and_asterisk_requests_are_renumbered(anchore
     assert job.transferor == "pbxa@127.0.0.1"
     assert job.reply_to == progress_key(PREFIX, NODE)
     assert job.on_failure == "reconnect" and job.dial_timeout_s > 0
+    assert job.recall_uri == f"sip:pbxa@127.0.0.1:{pa.port}"  # A's Contact: a recall's R-URI
     rid = job.refer_id
     al.state_is(call_id, rid, "trying")  # NOTIFY 100 sent and recorded at once
     al.progress(job, 180, "Ringing", False)
@@ -311,6 +312,71 @@ def test_relay_mode_sends_the_refer_to_asterisk_with_x_transfer_id(anchored_lab)
     assert record["anchored"] == "pbx1" and record["anchor_mode"] == "relay"
     assert record["state"] == "accepted"
     assert al.lab.rcli.xlen(jobs_key(PREFIX, "pbx1")) == 0
+
+
+def _relayed(al, a: parties.PbxA, notify: list[str], notify_ruri: str = "[$acontact]",
+             answers: tuple[int, ...] = ()):
+    pa, pz, call_id = al.start(
+        a, parties.Asterisk(expect_refer=True, wait_for_go=False, then=["BYE"],
+                            notify=notify, notify_ruri=notify_ruri, notify_answers=answers))
+    finish(al.lab, pa, pz)
+    return pa, call_id
+
+
+def _final_noted(al, call_id: str, field: str):
+    """The transferor's answer to the final NOTIFY is stored by the sweep."""
+    def noted():
+        record = al.lab.store.get(call_id, A_CSEQ) or {}
+        return record if field in record else None
+    record = wait_for(noted, 5)
+    assert record, (al.lab.store.get(call_id, A_CSEQ), al.lab.kamailio.log()[-3000:])
+    return record
+
+
+def test_relayed_notifies_sent_in_one_millisecond_reach_a_in_the_order_sent(anchored_lab):
+    """Issue 10.3: Asterisk sent NOTIFY 524 (100) and 525 (183) in the same millisecond;
+    A (strict as pjsip) got 525 first and answered 524 `500 Invalid CSeq`.  Here all
+    three leave Asterisk back to back and A must see each above the one before."""
+    al = anchored_lab(mode="relay")
+    a = parties.PbxA(al.asterisk_uri, notifies=3, burst=True, then=["BYE"])
+    pa, call_id = _relayed(al, a, ["100 Trying", "183 Session Progress", "200 OK"])
+    got = received(pa, "NOTIFY")
+    assert [n.cseq for n in got] == [ASTERISK_CSEQ + 1, ASTERISK_CSEQ + 2, ASTERISK_CSEQ + 3]
+    assert [n.body.strip() for n in got] == [
+        "SIP/2.0 100 Trying", "SIP/2.0 183 Session Progress", "SIP/2.0 200 OK"]
+    record = _final_noted(al, call_id, "final_notify_reply")
+    assert record["state"] == "succeeded" and record["final_notify_reply"] == "200"
+
+
+def test_relayed_notify_to_a_contact_rewritten_to_the_proxy_is_routed_to_a(anchored_lab):
+    """Issue 10.2: with pjsip's rewrite_contact = yes Asterisk's NOTIFYs go to the
+    address A's 200 came from -- the proxy itself -- and the proxy answered `404 Not
+    here` while the record said succeeded.  referee routes such a NOTIFY to the
+    transferor of its transfer (the Contact of A's REFER), so A learns the outcome."""
+    al = anchored_lab(mode="relay")
+    a = parties.PbxA(al.asterisk_uri, notifies=2, burst=True, then=["BYE"])
+    pa, call_id = _relayed(al, a, ["100 Trying", "200 OK"],
+                           notify_ruri="sip:pbxa@[remote_ip]:[remote_port]")
+    got = received(pa, "NOTIFY")
+    assert [n.body.strip() for n in got] == ["SIP/2.0 100 Trying", "SIP/2.0 200 OK"]
+    assert got[0].start_line == f"NOTIFY sip:pbxa@127.0.0.1:{al.a_port} SIP/2.0"
+    record = _final_noted(al, call_id, "final_notify_reply")
+    assert record["state"] == "succeeded" and record["final_notify_reply"] == "200"
+
+
+def test_relayed_final_notify_a_refuses_is_recorded_as_not_learnt(anchored_lab):
+    """The record says what A got: a final NOTIFY the transferor refused leaves the
+    transfer's outcome (Asterisk's) beside the fact that A never learnt it."""
+    al = anchored_lab(mode="relay")
+    pa, call_id = _relayed(
+        al, parties.PbxA(al.asterisk_uri, notifies=2, notify_481_at=2, burst=True,
+                          then=["BYE"]),
+        ["100 Trying", "200 OK"], answers=(200, 481))
+    assert len(received(pa, "NOTIFY")) == 2
+    record = _final_noted(al, call_id, "final_notify_reply")
+    assert record["final_notify_reply"] == "481"
+    assert record["final_sipfrag"] == "200 OK"
+    assert "refused 481 by the transferor" in al.lab.kamailio.log()
 
 
 def test_a_481_to_a_notify_ends_the_subscription_and_the_outcome_is_still_recorded(

@@ -11,7 +11,6 @@ from kemi.anchor import AnchorError, MoveJob, Progress, progress_key
 from kemi.anchored import (
     NotifyRoute,
     asterisk_for,
-    contact_uri,
     dial_string,
     move_job,
     notify_request,
@@ -41,17 +40,6 @@ def test_asterisk_for(ruri, du, expect):
 def test_out_of_dialog_or_unconfigured_is_never_anchored():
     assert asterisk_for(AST, "sip:a@127.0.0.1:5062", in_dialog=False) is None
     assert asterisk_for({}, "sip:a@127.0.0.1:5062") is None
-
-
-@pytest.mark.parametrize("value,expect", [
-    ('"PBX" <sip:pbxa@10.0.0.1:5070;transport=udp>;expires=60',
-     "sip:pbxa@10.0.0.1:5070;transport=udp"),
-    ("sip:pbxa@10.0.0.1;ob", "sip:pbxa@10.0.0.1"),
-    ("<sip:a@h>, <sip:b@h>", "sip:a@h"),
-    ("", None), (None, None),
-])
-def test_contact_uri(value, expect):
-    assert contact_uri(value) == expect
 
 
 ROUTE = NotifyRoute(

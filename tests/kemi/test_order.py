@@ -239,8 +239,9 @@ def test_whatever_the_workers_do_the_transferor_gets_202_then_notifies_in_cseq_o
             o.mark_sent(B, 100 + i)
         else:
             for k, h in enumerate(o.release(now, T)):
-                wire[h.tindex] = now + k * 1e-6  # one process, one after another
-                o.mark_sent(B, h.cseq)
+                # One process, one after another, each marked sent once it is out.
+                wire[h.tindex] = now + (k + 1) * 1e-6
+                events = sorted([*events, (wire[h.tindex], "sent", h.tindex)])
     assert set(wire) == {-1, *range(len(sent))}, f"never sent: {o.held}"
     order = sorted(wire, key=wire.get)
     assert order == [-1, *range(len(sent))], wire

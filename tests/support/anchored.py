@@ -17,6 +17,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from tests.support.order_scenarios import _answer, _capture
 from tests.support.scenarios import HEAD, _reply, _reply_sdp, _send, _with_sdp
 
 ASTERISK_CSEQ = 4711  # Asterisk's first CSeq in its dialog with A (random in real life)
@@ -54,6 +55,10 @@ class PbxA:
     then: list[str] = field(default_factory=lambda: ["UPDATE", "BYE"])  # from Asterisk
     bye_after_refer: bool = False  # A hangs up itself after the REFER's answer
     notify_481_at: int | None = None  # answer this NOTIFY (1-based) 481 and expect no more
+    # The NOTIFYs come back to back (Asterisk's relayed path): read them all, each CSeq
+    # above the one before, then answer each (SIPp cannot take a message while it is
+    # about to send one; tests.support.order_scenarios).
+    burst: bool = False
 
     def xml(self) -> str:
         out = HEAD + '<scenario name="pbx A (transferor)">\n'
@@ -80,8 +85,17 @@ class PbxA:
         i = 1
         for n in range(1, self.notifies + 1):
             answer = "481 Subscription Does Not Exist" if n == self.notify_481_at else "200 OK"
-            out += _strict_recv("NOTIFY", i) + _reply(answer, to_tag=False)
+            if self.burst:
+                out += _strict_recv("NOTIFY", i, _capture(i))
+            else:
+                out += _strict_recv("NOTIFY", i) + _reply(answer, to_tag=False)
             i += 1
+        if self.burst:
+            for n in range(1, self.notifies + 1):
+                if n > 1:  # the answers reach Asterisk in this order too
+                    out += '  <pause milliseconds="20"/>\n'
+                out += _answer(n, "481 Subscription Does Not Exist"
+                               if n == self.notify_481_at else "200 OK")
         if self.bye_after_refer:
             out += _send(self._in_dialog("BYE", A_CSEQ + 1, []), retrans=True)
             out += '  <recv response="200"/>\n'
@@ -139,6 +153,15 @@ class Asterisk:
     then: list[str] = field(default_factory=lambda: ["UPDATE", "BYE"])
     expect_refer: bool = False  # relay mode: the REFER reaches Asterisk
     expect_bye: bool = False  # A hangs up instead
+    # Relay mode: the NOTIFYs Asterisk sends after its 202 (sipfrag status lines, the
+    # last one terminated), back to back as res_pjsip_refer does (same millisecond), in
+    # its own format: "Event: refer" without id, From P's identity.
+    notify: list[str] = field(default_factory=list)
+    # The NOTIFYs' Request-URI.  "[$acontact]" is A's Contact; with pjsip's
+    # rewrite_contact = yes it is the address A's 200 came from: the proxy itself
+    # ("sip:pbxa@[remote_ip]:[remote_port]").
+    notify_ruri: str = "[$acontact]"
+    notify_answers: tuple[int, ...] = ()  # what A answers each NOTIFY (default: 200s)
 
     def xml(self) -> str:
         out = HEAD + '<scenario name="asterisk (anchor)">\n'
@@ -178,13 +201,16 @@ Max-Forwards: 70
         if self.expect_refer:
             out += '  <recv request="REFER"/>\n'
             out += _reply("202 Accepted", to_tag=False)
-            # Let the 202 reach A before anything else (the proxy records it on the way).
-            out += '  <pause milliseconds="300"/>\n'
+            if self.notify:
+                out += self._notifies()
+            else:
+                # Let the 202 reach A before anything else (the proxy records it).
+                out += '  <pause milliseconds="300"/>\n'
         if self.wait_for_go:
             out += '  <recv request="INFO"/>\n'
         if self.expect_bye:
             out += '  <recv request="BYE"/>\n' + _reply("200 OK", to_tag=False)
-        cseq = ASTERISK_CSEQ
+        cseq = ASTERISK_CSEQ + len(self.notify)
         for method in self.then:
             cseq += 1
             if method == "INVITE":
@@ -195,6 +221,25 @@ Max-Forwards: 70
             out += _send(self._in_dialog(method, cseq), retrans=True)
             out += '  <recv response="200"/>\n'
         return out + "</scenario>\n"
+
+    def _notifies(self) -> str:
+        out = ""
+        last = len(self.notify) - 1
+        for n, frag in enumerate(self.notify):
+            state = "terminated;reason=noresource" if n == last else "active;expires=599"
+            body = f"SIP/2.0 {frag}\r\n"
+            head = self._headers("NOTIFY", ASTERISK_CSEQ + 1 + n).replace(
+                "[$acontact]", self.notify_ruri, 1)
+            out += _send(
+                head.strip() + "\nEvent: refer\n"
+                f"Subscription-State: {state}\n"
+                "Content-Type: message/sipfrag;version=2.0\n"
+                f"Content-Length: {len(body)}\n\n{body}",
+                retrans=n == last)
+        for n, _ in enumerate(self.notify):
+            code = self.notify_answers[n] if self.notify_answers else 200
+            out += f'  <recv response="{code}"/>\n'
+        return out
 
     def _in_dialog(self, method: str, cseq: int, body: bool = False) -> str:
         text = self._headers(method, cseq)

@@ -13,6 +13,7 @@ from kemi.sip.headers import (
     ReferTo,
     Replaces,
     SubscriptionState,
+    contact_uri,
     parse_event,
     parse_name_addr,
     parse_refer_to,
@@ -529,3 +530,14 @@ def test_long_inputs_are_read_in_linear_time():
         parse_name_addr("<sip:a@h>;x" + " " * n + "y")
     assert len(split_values('<a,' * n)) == 1
     assert len(split_values('"a,"' * n)) == 1
+
+
+@pytest.mark.parametrize("value,expect", [
+    ('"PBX" <sip:pbxa@10.0.0.1:5070;transport=udp>;expires=60',
+     "sip:pbxa@10.0.0.1:5070;transport=udp"),
+    ("sip:pbxa@10.0.0.1;ob", "sip:pbxa@10.0.0.1"),
+    ("<sip:a@h>, <sip:b@h>", "sip:a@h"),
+    ("", None), (None, None),
+])
+def test_contact_uri(value, expect):
+    assert contact_uri(value) == expect
