@@ -100,6 +100,11 @@ class FollowSettings:
     wait_grace_s: float = 3.0
     # Originate of the recall -> A answered and bridged to P.
     recall_wait_s: float = 45.0
+    # A final Progress -> A's leg released (P hung up, fallback, the release timer): the
+    # Kamailio node NOTIFYs A from its progress timer (150 ms), and A must get that
+    # NOTIFY before Asterisk's BYE -- a PBX that ends the dialog at the BYE answers the
+    # NOTIFY 481 and never learns the outcome (issue 10.5).
+    final_notify_wait_s: float = 1.0
     recall_timeout_ms: int = 30000
     # Beyond dial_timeout_s: the longest an announcement + set-up may take before a job
     # without any dial outcome is closed (408).
@@ -266,7 +271,8 @@ class Phase(enum.Enum):
     CAUSE = "cause"  # DialEnd failure seen; waiting briefly for the target's cause
     RECONNECT = "reconnect"  # final failure sent; waiting for P and A in one bridge
     RECALL = "recall"  # A's leg was gone: recall placed, waiting for it to be bridged
-    RELEASE = "release"  # target answered; A is released after job.release_after_s
+    RELEASE = "release"  # A is released: release_after_s after an answer, else after
+    # final_notify_wait_s (its final NOTIFY first)
     DONE = "done"
 
 
@@ -290,6 +296,8 @@ class Transfer:
     originate_id: str = ""  # ActionID of the recall's Originate (OriginateResponse has it)
     last_action: str = ""  # what the awaited late action was for (Hangup-A, Bridge, ...)
     release_result: str = "a-released"
+    release_why: str = ""  # why A is released once final_notify_wait_s has passed
+    final_at: float | None = None  # when the final Progress was published
     rang: bool = False
     pending: list[dict[str, str | list[str]]] = field(default_factory=list)  # to send
     inflight: str = ""  # ActionID awaited
@@ -848,13 +856,20 @@ class Follower:
             return self._finish(tr, now, {"ami_result": result,
                                           "ami_release": "a hung up first"},
                                 f"A had already hung up ({why})")
+        notified_at = None if tr.final_at is None else tr.final_at + self.s.final_notify_wait_s
+        if notified_at is not None and now < notified_at:
+            tr.deadline, tr.release_why = notified_at, why
+            log.info("transfer %s: releasing A %s in %.2f s, after its final NOTIFY (%s)",
+                     tr.key, tr.a.name, notified_at - now, why)
+            return []
+        tr.release_why = ""
         log.info("transfer %s: releasing A %s (%s)", tr.key, tr.a.name, why)
         return self._send(tr, "Hangup-A", {"Action": "Hangup", "Channel": tr.a.name,
                                            "Cause": "16"})
 
     def _a_gone(self, tr: Transfer, now: float) -> list[Output]:
         if tr.phase is Phase.RELEASE and not tr.inflight:
-            return self._finish(tr, now, {"ami_result": "a-released",
+            return self._finish(tr, now, {"ami_result": tr.release_result,
                                           "ami_release": "a hung up first"},
                                 "A hung up before the release timer")
         if tr.phase is Phase.RECONNECT and not tr.inflight and not tr.wait_seen:
@@ -907,7 +922,8 @@ class Follower:
         if tr.phase is Phase.RECALL:
             return self._recall_failed(tr, now, "recall not bridged in time")
         if tr.phase is Phase.RELEASE:
-            return self._release_a(tr, now, f"release_after_s={tr.job.release_after_s:g}")
+            why = tr.release_why or f"release_after_s={tr.job.release_after_s:g}"
+            return self._release_a(tr, now, why, result=tr.release_result)
         return []
 
     # -- endings
@@ -948,6 +964,8 @@ class Follower:
                         tr.key, code, reason, detail)
             return []
         tr.final_sent = final
+        if final:
+            tr.final_at = now
         job = tr.job
         fields = [Annotate(job.call_id, job.refer_id, {"ami_final": str(code)}, detail)
                   ] if final else []

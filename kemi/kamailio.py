@@ -56,6 +56,7 @@ HTABLE = "referee"  # dialogs with a transfer on this node: Call-ID -> "from-tag
 AST_TABLE = "referee_ast"  # "ip:port" of each [anchored] Asterisk -> its name
 CSEQ_TABLE = "referee_cs"  # Call-ID -> the last CSeq an Asterisk sent in that dialog
 SHIFT_TABLE = "referee_x"  # Call-ID -> kemi.cseq state of a dialog referee NOTIFYs in
+SHIFT_KEEP_S = 60  # how long a dialog's CSeq state outlives its BYE
 JOBS_MAXLEN = 10000
 DIALOGS_TTL_S = 86400  # as the htables' autoexpire
 PROGRESS_BATCH = 50
@@ -1523,16 +1524,30 @@ class Referee:
         transferor_tag, refer_id, *flags = str(mark).split("|") + [""]
         by_transferor = (_get("$ft") or "") == transferor_tag
         event = Event.BYE_TRANSFEROR if by_transferor else Event.BYE_TRANSFEREE
+        ended_by = "transferor" if by_transferor else "transferee"
+        if not by_transferor and "a" in flags and _source() in self.asterisk_sources:
+            # Asterisk's BYE to A carries P's identity in its From, yet P may well be
+            # talking on: Asterisk released A's leg (the controller's ami_result says why).
+            ended_by = "asterisk"
         self._take_accepts(call_id)
-        self._apply(call_id, refer_id or None, event)
+        self._apply(call_id, refer_id or None, event, {"ended_by": ended_by},
+                    f"BYE from the {ended_by}" + (" (A's leg released by Asterisk)"
+                                                  if ended_by == "asterisk" else ""))
         if "a" in flags:
-            # The anchored dialog ends: nothing of it stays in shared memory.  (A BYE the
-            # peer refuses would leave the dialog up without translation; rare enough.)
-            for table in (HTABLE, SHIFT_TABLE, CSEQ_TABLE):
+            # The anchored dialog ends: nothing of it stays in shared memory for long.
+            # The CSeq state stays SHIFT_KEEP_S: a final NOTIFY still on its way (the
+            # progress timer's) is numbered right after the BYE, not REBUILD_MARGIN
+            # ahead as after a restart.  (A BYE the peer refuses would leave the dialog
+            # up without translation; rare enough.)
+            for table in (HTABLE, CSEQ_TABLE):
                 try:
                     KSR.htable.sht_rm(table, call_id)
                 except Exception:  # noqa: BLE001
                     pass
+            try:
+                KSR.htable.sht_setex(SHIFT_TABLE, call_id, SHIFT_KEEP_S)
+            except Exception:  # noqa: BLE001 - htable missing: nothing to keep either
+                pass
             self._forget_dialog(call_id)
         return CONTINUE
 

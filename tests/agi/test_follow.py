@@ -4,6 +4,7 @@ Asterisk 20 (../shared/asterisk-ami) in, actions / Progress / notes out."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 import pytest
 
@@ -24,6 +25,8 @@ from tests.support.ami_replay import Cast, cast, events, messages
 
 S = FollowSettings(transfer_context="ami-xfer", hold_context="ami-hold", hold_exten="hold",
                    recall_context="ami-recall")
+# For cases about something else than when A is released after a final (tested below).
+S_NOW = replace(S, final_notify_wait_s=0.0)
 OK = {"Response": "Success", "Message": "Variable Set"}
 
 
@@ -39,13 +42,14 @@ class Driver:
     """Feeds a recording's events to a Follower, answers its actions via `answer`."""
 
     def __init__(self, name: str, answer: Callable[[SendAction], Mapping[str, str]] | None = None,
-                 **job_kw):
+                 settings: FollowSettings = S, **job_kw):
         self.tr = transcript.ami(name)
         self.who = cast(self.tr)
-        self.f = Follower(S)
+        self.f = Follower(settings)
         self.job = job_for(self.who, **job_kw)
         self.answer = answer or (lambda a: OK)
         self.out: list = []
+        self.at: list[float] = []  # when each of `out` came
         self.events = events(self.tr)
         self.gate = next(m.t for m in messages(self.tr) if m.side == "S" and m.action != "Login")
 
@@ -54,6 +58,7 @@ class Driver:
         while work:
             o = work.pop(0)
             self.out.append(o)
+            self.at.append(now)
             if isinstance(o, SendAction):
                 work[:0] = self.f.response(o.action_id, self.answer(o), now)
 
@@ -92,6 +97,10 @@ class Driver:
             if isinstance(o, Annotate):
                 merged.update(o.fields)
         return merged
+
+    def when(self, kind: type, match: Callable[[object], bool] = lambda o: True) -> list[float]:
+        return [t for t, o in zip(self.at, self.out, strict=True)
+                if isinstance(o, kind) and match(o)]
 
     def acked(self) -> bool:
         return any(isinstance(o, Ack) for o in self.out)
@@ -234,6 +243,41 @@ def test_p_hangs_up_while_ringing_487_and_a_released():
     assert d.notes()["ami_result"] == "caller-gone" and d.acked()
 
 
+def test_a_is_released_only_once_its_final_notify_has_had_time_to_leave():
+    """Issue 10.5: A got Asterisk's BYE 40 ms before the NOTIFY 487 (Kamailio NOTIFYs
+    from a 150 ms progress timer; a PBX ending the dialog at the BYE answers 481).  The
+    controller publishes the 487 at P's hangup and hangs A up final_notify_wait_s later;
+    A hanging up meanwhile ends the job with no Hangup sent at all."""
+    def run(a_leaves: bool) -> Driver:
+        d = Driver("c-target-noanswer-bridge-app")
+        gone: list[float] = []
+
+        def inject(t, ev):
+            out = [ev]
+            if ev.get("Event") == "DialState" and ev.get("DialStatus") == "RINGING" and t > 2:
+                gone.append(t)
+                out.append({"Event": "Hangup", "Channel": d.who.p, "Uniqueid": d.who.p_uid,
+                            "Linkedid": d.who.p_uid, "Cause": "16"})
+                if a_leaves:  # (within the wait: the next event may come after it)
+                    out.append({"Event": "Hangup", "Channel": d.who.a,
+                                "Uniqueid": d.who.a_uid, "Linkedid": d.who.p_uid,
+                                "Cause": "16"})
+            return out
+
+        return d.run(until=6.0, inject=inject)
+
+    d = run(a_leaves=False)
+    [final] = d.when(Publish, lambda o: o.progress.final)
+    [hangup] = d.when(SendAction, lambda o: o.action == "Hangup")
+    assert hangup - final == pytest.approx(S.final_notify_wait_s)
+    assert d.notes()["ami_result"] == "caller-gone" and d.acked()
+
+    d = run(a_leaves=True)
+    assert d.progress() == [(180, False), (487, True)]
+    assert d.actions("Hangup") == []
+    assert d.notes()["ami_result"] == "caller-gone" and d.acked()
+
+
 def test_exactly_one_final():
     """After the 200, P's hangup (and every later event) publishes nothing more."""
     d = Driver("a-target-answers", release_after_s=0.1).run()
@@ -281,7 +325,8 @@ def test_hangup_of_a_refused_no_such_channel():
             return {"Response": "Error", "Message": "No such channel"}
         return OK
 
-    d = Driver("a-target-answers", answer=answer, release_after_s=0.1).run(until=6.0)
+    d = Driver("a-target-answers", answer=answer, settings=S_NOW,
+               release_after_s=0.1).run(until=6.0)
     assert d.notes()["ami_release"] == "already gone (No such channel)" and d.acked()
 
 
@@ -304,11 +349,14 @@ def test_setvar_refused_no_redirect():
     assert d.progress() == [(503, True)]
 
 
-def test_fallback_sets_plan_vars_and_releases_a():
-    d = Driver("b-target-busy-bridge-app", on_failure="fallback:vm,s,1").run(until=4.6)
+def test_fallback_sets_plan_vars_and_releases_a_after_its_final_notify():
+    d = Driver("b-target-busy-bridge-app", on_failure="fallback:vm,s,1").run(until=6.0)
     v = {a["Variable"]: a["Value"] for a in d.actions("Setvar")}
     assert v["XFER_RECONNECT"] == "fallback" and v["XFER_FALLBACK"] == "vm,s,1"
     assert d.actions("Hangup")[0]["Channel"] == d.who.a
+    [final] = d.when(Publish, lambda o: o.progress.final)
+    [hangup] = d.when(SendAction, lambda o: o.action == "Hangup")
+    assert hangup - final == pytest.approx(S.final_notify_wait_s)
 
 
 def test_redirect_success_but_nothing_moves():
@@ -431,7 +479,7 @@ def test_late_action_requeued_after_session_loss():
             return None
         return OK
 
-    d = Driver("a-target-answers", answer=answer, release_after_s=0.1)
+    d = Driver("a-target-answers", answer=answer, settings=S_NOW, release_after_s=0.1)
     d.f.response = _hold_hangup(d.f.response)  # type: ignore[method-assign]
     d.run(until=6.0)
     assert len(held) == 1 and not d.acked()

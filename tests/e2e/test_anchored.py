@@ -85,7 +85,9 @@ class AnchoredLab:
         return out
 
     def htables_empty_of(self, call_id: str) -> None:
-        for table in ("referee_x", "referee_cs", "referee"):
+        """Nothing of the ended dialog in shared memory but its CSeq state (referee_x),
+        which outlives the BYE kemi.kamailio.SHIFT_KEEP_S for a late final NOTIFY."""
+        for table in ("referee_cs", "referee"):
             dump = self.lab.kamailio.kamcmd("htable.dump", table)
             assert call_id not in dump, (table, dump)
 
@@ -203,6 +205,10 @@ def test_accept_notifies_truthfully_and_asterisk_requests_are_renumbered(anchore
         ("notify-success", "ringing", "succeeded", "applied"),
         ("bye-transferee", "succeeded", "succeeded", "ignored"),  # Asterisk released A
     ]
+    # Issue 10.6: the BYE's From is P's identity, but it was Asterisk releasing A.
+    assert record["ended_by"] == "asterisk"
+    assert al.lab.store.log(call_id, rid)[-1].endswith(
+        "BYE from the asterisk (A's leg released by Asterisk)")
     pending = al.lab.rcli.xpending(job.reply_to, PROGRESS_GROUP)
     assert pending["pending"] == 0
     al.htables_empty_of(call_id)
@@ -377,6 +383,42 @@ def test_relayed_final_notify_a_refuses_is_recorded_as_not_learnt(anchored_lab):
     assert record["final_notify_reply"] == "481"
     assert record["final_sipfrag"] == "200 OK"
     assert "refused 481 by the transferor" in al.lab.kamailio.log()
+
+
+def test_a_hanging_up_itself_is_recorded_as_the_transferor_ending_the_call(anchored_lab):
+    """Issue 10.6, the other side: A's own BYE is the transferor's."""
+    al = anchored_lab()
+    pa, pz, call_id = al.start(
+        parties.PbxA(al.asterisk_uri, notifies=1, then=[], bye_after_refer=True),
+        parties.Asterisk(wait_for_go=False, then=[], expect_bye=True),
+    )
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    finish(al.lab, pa, pz)
+    record = al.state_is(call_id, job.refer_id, "transferor-gone")
+    assert record["ended_by"] == "transferor"
+
+
+def test_a_final_notify_after_asterisks_bye_is_numbered_right_after_it(anchored_lab):
+    """Issue 10.5: when a final NOTIFY still comes after Asterisk's BYE to A, its CSeq
+    follows the BYE's by one -- the renumbering state outlives the BYE a while -- rather
+    than jumping kemi.cseq.REBUILD_MARGIN (1000) as after a restart."""
+    al = anchored_lab()
+    pa, pz, call_id = al.start(
+        parties.PbxA(al.asterisk_uri, notifies=1, then=["BYE", "NOTIFY"]),
+        parties.Asterisk(then=["BYE"]),
+    )
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.notified(pa, 1)
+    parties.go(al.asterisk_port, call_id)
+    assert wait_for(lambda: received(pa, "BYE"), 5), pa.messages()[-2000:]
+    al.progress(job, 487, "Request Terminated", True)
+    finish(al.lab, pa, pz)
+    [bye] = received(pa, "BYE")
+    first, last = received(pa, "NOTIFY")
+    assert bye.cseq == first.cseq + 1 and last.cseq == bye.cseq + 1
+    assert last.body == "SIP/2.0 487 Request Terminated"
 
 
 def test_a_481_to_a_notify_ends_the_subscription_and_the_outcome_is_still_recorded(
