@@ -6,7 +6,7 @@ Threads, and why:
   puts each event on our queue.
 * the job reader: XREADGROUP ... BLOCK on the jobs stream with its own RespClient (one
   socket per thread; RespClient bounds every call, so BLOCK works when its timeout is
-  longer than the BLOCK — kemi.resp is used rather than redis-py to keep one client with
+  longer than the BLOCK — kemi.storage.resp is used rather than redis-py to keep one client with
   one failure behaviour on both sides).  It reads only while AMI is logged in, so jobs
   wait in Redis while Asterisk is away.
 * the loop: the only thread that feeds the core, sends AMI actions and writes Redis, so
@@ -28,6 +28,9 @@ pyst2 0.5.1 defects handled here (README §7, notes/asterisk-agi.md):
 * a synchronous Originate blocks the session: the recall is `Async: true`;
 * a Manager object connects once (its threads are created in __init__): each session
   is a new object.
+
+Why this file is long: it is all the controller's I/O -- AMI session, job reader, Redis
+writes -- around one queue; its threads are only understood together.
 """
 
 from __future__ import annotations
@@ -59,10 +62,11 @@ from agi.follow import (
     Publish,
     SendAction,
 )
-from kemi.anchor import JOBS_GROUP, AnchorError, MoveJob, Progress, jobs_key
 from kemi.config import Settings
-from kemi.resp import RedisError, RedisReplyError, RespClient
-from kemi.store import TransferStore
+from kemi.core.anchor import JOBS_GROUP, AnchorError, MoveJob, Progress, jobs_key
+from kemi.storage import streams
+from kemi.storage.resp import RedisError, RespClient
+from kemi.storage.transfers import TransferStore
 
 log = logging.getLogger("referee.ami")
 
@@ -394,7 +398,7 @@ class AmiController:
     def _publish(self, out: Publish) -> None:
         for attempt in (1, 2):
             try:
-                _xadd_progress(self._redis, out.stream, out.progress)
+                streams.publish_progress(self._redis, out.stream, out.progress)
                 return
             except RedisError as exc:
                 log.error("progress %d for %s@%s not published (try %d): %s",
@@ -415,7 +419,7 @@ class AmiController:
 
     def _ack(self, entry_id: str) -> None:
         try:
-            self._redis.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+            streams.ack(self._redis, self.jobs_key, JOBS_GROUP, entry_id)
         except RedisError as exc:
             log.error("job %s not acked (it will be reclaimed): %s", entry_id, exc)
 
@@ -431,27 +435,20 @@ class AmiController:
                 continue
             try:
                 if not group_ready:
-                    try:
-                        client.call("XGROUP", "CREATE", self.jobs_key, JOBS_GROUP, "0",
-                                    "MKSTREAM")
-                    except RedisReplyError as exc:
-                        if exc.code != "BUSYGROUP":
-                            raise
+                    streams.ensure_group(client, self.jobs_key, JOBS_GROUP)
                     group_ready = True
                 if time.monotonic() - last_claim >= self.claim_every_s:
                     last_claim = time.monotonic()
                     self._claim(client)
                 if backlog:
-                    reply = client.call("XREADGROUP", "GROUP", JOBS_GROUP, self.consumer,
-                                        "COUNT", 100, "STREAMS", self.jobs_key, backlog)
-                    entries = _entries(reply)
+                    entries = streams.read_group(client, self.jobs_key, JOBS_GROUP,
+                                                 self.consumer, backlog, 100)
                     backlog = entries[-1][0] if entries else ""
                     self._take(client, entries, reclaimed=True)
                     continue
-                reply = client.call("XREADGROUP", "GROUP", JOBS_GROUP, self.consumer,
-                                    "COUNT", 10, "BLOCK", self.block_ms,
-                                    "STREAMS", self.jobs_key, ">")
-                self._take(client, _entries(reply), reclaimed=False)
+                self._take(client, streams.read_group(
+                    client, self.jobs_key, JOBS_GROUP, self.consumer, ">", 10,
+                    block_ms=self.block_ms), reclaimed=False)
             except Exception as exc:  # noqa: BLE001 - the reader must outlive one failure
                 if isinstance(exc, RedisError):
                     log.error("jobs stream %s: %s; retrying", self.jobs_key, exc)
@@ -467,26 +464,24 @@ class AmiController:
 
     def _claim(self, client: RespClient) -> None:
         """Jobs a crashed controller left pending (idle longer than any transfer lives)."""
-        reply = client.call("XAUTOCLAIM", self.jobs_key, JOBS_GROUP, self.consumer,
-                            self.claim_idle_ms, "0-0", "COUNT", 100)
-        entries = [e for e in (reply[1] if reply and len(reply) > 1 else []) if e]
+        entries = streams.claim_idle(client, self.jobs_key, JOBS_GROUP, self.consumer,
+                                     self.claim_idle_ms)
         if entries:
             log.warning("reclaimed %d job(s) idle > %d s from other controllers",
                         len(entries), self.claim_idle_ms // 1000)
-        self._take(client, [(_s(e[0]), [_s(x) for x in e[1] or ()]) for e in entries],
-                   reclaimed=True)
+        self._take(client, entries, reclaimed=True)
 
-    def _take(self, client: RespClient, entries: list[tuple[str, Any]], reclaimed: bool
+    def _take(self, client: RespClient, entries: list[streams.Entry], reclaimed: bool
               ) -> None:
-        for entry_id, body in entries:
-            raw = dict(zip(body[0::2], body[1::2], strict=False)) if body else {}
+        for entry_id, fields in entries:
+            raw = fields or {}
             try:
                 job = MoveJob.from_fields(raw)
             except AnchorError as exc:
                 log.error("job %s on %s unusable, dropped: %s", entry_id, self.jobs_key, exc)
                 try:
                     self._refuse(client, raw, str(exc))
-                    client.call("XACK", self.jobs_key, JOBS_GROUP, entry_id)
+                    streams.ack(client, self.jobs_key, JOBS_GROUP, entry_id)
                 except RedisError as ack_exc:  # the rest of the batch still goes on
                     log.error("job %s not acked (read again later): %s", entry_id, ack_exc)
                 continue
@@ -505,7 +500,7 @@ class AmiController:
             return
         now = self.clock()
         if reply_to:
-            _xadd_progress(client, reply_to, Progress(
+            streams.publish_progress(client, reply_to, Progress(
                 call_id, refer_id, 503, "Service Unavailable", True, now, "move job unusable"))
         TransferStore(client, prefix=self.prefix).annotate(
             call_id, refer_id, now, {"ami_result": "job-unusable", "ami_error": why},
@@ -519,21 +514,3 @@ class AmiController:
             log.warning("record of reclaimed job %s unreadable (%s); running it afresh",
                         job.xfer_id, exc)
             return None
-
-
-def _xadd_progress(client: RespClient, stream: str, progress: Progress) -> None:
-    args = [x for kv in progress.to_fields().items() for x in kv]
-    client.call("XADD", stream, "MAXLEN", "~", 10000, "*", *args)
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _entries(reply: Any) -> list[tuple[str, Any]]:
-    """[(entry_id, [field, value, ...])] out of an XREADGROUP reply."""
-    out: list[tuple[str, Any]] = []
-    for _key, items in reply or ():
-        for entry_id, body in items or ():
-            out.append((_s(entry_id), [_s(x) for x in body or ()]))
-    return out

@@ -1,5 +1,5 @@
 """The AMI controller's brain, sans-IO: channels as AMI shows them, and one state machine
-per anchored transfer (a kemi.anchor.MoveJob).
+per anchored transfer (a kemi.core.anchor.MoveJob).
 
 Why sans-IO: the controller's hard part is ordering — the Redirect's Success comes before
 the channels move, DialEnd before the target's Hangup, OriginateResponse before or after
@@ -8,12 +8,15 @@ without a socket, a thread or Redis.  The glue (agi/ami.py) feeds in AMI events 
 action responses, jobs and clock ticks, and performs what comes back:
 
     SendAction  an AMI action (ActionID chosen here, so responses route back by it)
-    Publish     a kemi.anchor.Progress to XADD to the job's reply_to stream
+    Publish     a kemi.core.anchor.Progress to XADD to the job's reply_to stream
     Annotate    facts for TransferStore.annotate (the transfer record)
     Ack         XACK the job: it is handled or definitively failed
 
 Each job sends at most one action at a time and waits for its response, so a failed
 Setvar never lets the Redirect through, and pyst2's FIFO response matching stays right.
+
+Why this file is long: it is one state machine, and h11's rule is ours -- every
+transition in one table (PHASES), in one file, next to the handlers that take them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agi import plan
-from kemi.anchor import MoveJob, Progress, final_status
+from kemi.core.anchor import MoveJob, Progress, final_status
 
 log = logging.getLogger("referee.ami")
 
@@ -310,6 +313,57 @@ class Transfer:
         return self.job.xfer_id
 
 
+class Step(enum.Enum):
+    """What moves a transfer from one phase to the next (PHASES)."""
+
+    RESUMED = "resumed"  # a reclaimed job whose channels had moved: follow its dial
+    LOCATED = "located"  # P and A found
+    VARS_SET = "vars-set"  # the last Setvar accepted: the dual Redirect is out
+    REDIRECTED = "redirected"  # the dual Redirect accepted
+    MOVED = "moved"  # both channels in their contexts (or dial events prove it)
+    DIAL_FAILED = "dial-failed"  # DialEnd with a failure: the target's cause may follow
+    ANSWERED = "answered"  # the target answered: A is released later
+    FAILED = "failed"  # the final failure told to A: P and A are reconnected
+    RECALLING = "recalling"  # A's leg was gone: it is called back
+    RELEASING = "releasing"  # A is to be released
+    FINISHED = "finished"  # the job is acknowledged
+
+
+class FollowError(RuntimeError):
+    """A step the phase table does not allow from the transfer's phase: a bug here, never
+    an input from Asterisk (events are filtered by phase before they step)."""
+
+
+P_ = Phase
+# Every transition of a followed transfer, and only these (h11's rule: one table, one
+# file).  FINISHED is allowed from every phase but DONE: a job can end early anywhere
+# (channels gone, a refusal, a timeout).  RELEASING is wherever A can be left parked:
+# after an answer, a fallback, P's hangup, a reclaimed job that had been answered.
+PHASES: dict[tuple[Phase, Step], Phase] = {
+    (P_.LOCATE, Step.LOCATED): P_.SETVAR,
+    (P_.LOCATE, Step.RESUMED): P_.DIALING,
+    (P_.SETVAR, Step.VARS_SET): P_.REDIRECT,
+    (P_.REDIRECT, Step.REDIRECTED): P_.MOVING,
+    (P_.MOVING, Step.MOVED): P_.DIALING,
+    (P_.DIALING, Step.ANSWERED): P_.RELEASE,
+    (P_.DIALING, Step.DIAL_FAILED): P_.CAUSE,
+    (P_.DIALING, Step.FAILED): P_.RECONNECT,
+    (P_.CAUSE, Step.FAILED): P_.RECONNECT,
+    (P_.RECONNECT, Step.RECALLING): P_.RECALL,
+    **{(phase, Step.RELEASING): P_.RELEASE for phase in (
+        P_.LOCATE, P_.SETVAR, P_.MOVING, P_.DIALING, P_.CAUSE, P_.RECONNECT, P_.RELEASE)},
+    **{(phase, Step.FINISHED): P_.DONE for phase in Phase if phase is not P_.DONE},
+}
+
+
+def advance(tr: Transfer, step: Step) -> None:
+    """Move `tr` on by one step of PHASES."""
+    target = PHASES.get((tr.phase, step))
+    if target is None:
+        raise FollowError(f"transfer {tr.job.xfer_id}: {step.value} in phase {tr.phase.value}")
+    tr.phase = target
+
+
 class Follower:
     """Every transfer this controller runs, and the channels they live on.
 
@@ -359,7 +413,7 @@ class Follower:
             return self._release_a(tr, now, "reclaimed after the answer")
         log.warning("reclaimed job %s (%s): channels moved, following again from here",
                     entry_id, job.xfer_id)
-        tr.phase = Phase.DIALING
+        advance(tr, Step.RESUMED)
         tr.deadline = now + job.dial_timeout_s + self.s.follow_slack_s
         return [self._note(tr, {"ami_reclaimed": f"{now:.3f}"}, "job reclaimed")]
 
@@ -484,7 +538,7 @@ class Follower:
 
     def _located(self, tr: Transfer, p: Channel, a: Channel, now: float) -> list[Output]:
         tr.p, tr.a = p, a
-        tr.phase = Phase.SETVAR
+        advance(tr, Step.LOCATED)
         tr.deadline = None
         job = tr.job
         log.info("transfer %s: P=%s (%s) A=%s (%s); moving P to %s,%s and A to %s,%s",
@@ -596,7 +650,7 @@ class Follower:
                           tr.key, tr.p.name if tr.p else "?", message)
                 return self._fail_early(tr, now, "redirect-failed", f"Setvar: {message}")
             if tr.pending and tr.pending[0]["Action"] == "Redirect":
-                tr.phase = Phase.REDIRECT
+                advance(tr, Step.VARS_SET)
             return self._pump(tr)
         if tr.phase is Phase.REDIRECT:
             if not ok:
@@ -604,7 +658,7 @@ class Follower:
                           "bridged", tr.key, tr.p.name if tr.p else "?",
                           tr.a.name if tr.a else "?", message)
                 return self._fail_early(tr, now, "redirect-failed", f"Redirect: {message}")
-            tr.phase = Phase.MOVING
+            advance(tr, Step.REDIRECTED)
             tr.deadline = now + self.s.move_confirm_s
             return self._check_moved(tr, now)
         # Later actions: Hangup of A, AMI Bridge, Originate of the recall, Hangup of P.
@@ -686,7 +740,7 @@ class Follower:
     def _check_moved(self, tr: Transfer, now: float) -> list[Output]:
         if tr.phase is not Phase.MOVING or tr.inflight or not (tr.moved_p and tr.moved_a):
             return []
-        tr.phase = Phase.DIALING
+        advance(tr, Step.MOVED)
         tr.deadline = now + tr.job.dial_timeout_s + self.s.follow_slack_s
         log.info("transfer %s: moved (P to %s, A to %s)", tr.key, self.s.transfer_context,
                  self.s.hold_context)
@@ -719,7 +773,7 @@ class Follower:
             self._mark_moved(tr)
             if status == "ANSWER":
                 return self._answered(tr, now)
-            tr.phase = Phase.CAUSE
+            advance(tr, Step.DIAL_FAILED)
             if tr.cause:
                 return self._final_failure(tr, now)
             tr.deadline = now + self.s.cause_wait_s
@@ -733,7 +787,7 @@ class Follower:
 
     def _mark_moved(self, tr: Transfer) -> None:
         if tr.phase is Phase.MOVING:  # dial events prove the move even if we missed it
-            tr.phase = Phase.DIALING
+            advance(tr, Step.MOVED)
 
     def _answered(self, tr: Transfer, now: float) -> list[Output]:
         assert tr.a is not None
@@ -742,7 +796,7 @@ class Follower:
             self._note(tr, {"ami_result": "target-answered", "ami_dialstatus": "ANSWER"},
                        "target answered"),
         ]
-        tr.phase = Phase.RELEASE
+        advance(tr, Step.ANSWERED)
         if not tr.a.alive:
             out += self._finish(tr, now, {"ami_result": "a-released",
                                           "ami_release": "a hung up first"},
@@ -763,7 +817,7 @@ class Follower:
             self._note(tr, {"ami_dialstatus": status, "ami_cause": str(tr.cause or "")},
                        detail),
         ]
-        tr.phase = Phase.RECONNECT
+        advance(tr, Step.FAILED)
         tr.deadline = now + self.s.reconnect_wait_s
         assert tr.a is not None
         if tr.job.on_failure.startswith("fallback:"):
@@ -812,7 +866,7 @@ class Follower:
         assert tr.p is not None and tr.a is not None
         if tr.recall_uid:
             return []
-        tr.phase = Phase.RECALL
+        advance(tr, Step.RECALLING)
         tr.deadline = now + self.s.recall_wait_s
         tr.recall_uid = f"{self.name}-recall-{tr.job.refer_id}-{self._seq + 1}"
         endpoint = recall_channel(tr.a.name, tr.job.recall_uri)
@@ -849,7 +903,7 @@ class Follower:
     def _release_a(self, tr: Transfer, now: float, why: str,
                    result: str = "a-released") -> list[Output]:
         assert tr.a is not None
-        tr.phase = Phase.RELEASE
+        advance(tr, Step.RELEASING)
         tr.deadline = None
         tr.release_result = result
         if not tr.a.alive:
@@ -945,7 +999,7 @@ class Follower:
                 detail: str) -> list[Output]:
         if tr.phase is Phase.DONE:
             return []
-        tr.phase = Phase.DONE
+        advance(tr, Step.FINISHED)
         tr.deadline = None
         tr.pending.clear()
         self.transfers.pop(tr.key, None)

@@ -33,7 +33,7 @@ from agi.plan import (
     dial_template,
 )
 from agi.session import AGIError, AGIHangup, AGISession
-from kemi.anchor import AnchorError, split_xfer_id
+from kemi.core.anchor import AnchorError, split_xfer_id
 
 log = logging.getLogger("referee.agi.handler")
 
@@ -52,7 +52,7 @@ def script_name(env: dict[str, str]) -> str:
 class TransferHandler:
     """callable(session) for FastAGIServer.
 
-    store: a kemi.store.TransferStore (or None: nothing recorded, e.g. a dry run).
+    store: a kemi.storage.transfers.TransferStore (or None: nothing recorded, e.g. a dry run).
     relayed_dial: template for the relayed path's dial string over the Refer-To
     ({user}, {host}, {uri}); relayed_timeout_s, relayed_announce: its Dial timeout and
     optional sound; replaces_predial: pre-dial handler (context^exten^priority) used for

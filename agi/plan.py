@@ -51,6 +51,9 @@ relayed (script "relayed"): Asterisk took the REFER itself (res_pjsip_refer) and
 
 Outcomes (`agi_result`): bridged-target, reconnected, wait-recall, fallback, caller-gone,
 target-failed (relayed only), error.
+
+Why this file is long: the two runs (anchored, relayed) share their steps (announcement,
+caller ID, dial, outcome) and are read side by side; each is one generator.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from agi.session import Reply, command_line
-from kemi.anchored import dial_string
+from kemi.core.anchored import dial_string
 
 ANCHORED = "anchored"
 RELAYED = "relayed"
@@ -205,7 +208,7 @@ def parse_fallback(value: str) -> tuple[str, str, str] | None:
 
 def bare_uri(refer_to: str) -> str:
     """The URI of a Refer-To as SIPREFERTOHDR gives it (bare, or in <> with parameters
-    after); its user and host are read by kemi.anchored.dial_string."""
+    after); its user and host are read by kemi.core.anchored.dial_string."""
     text = refer_to.strip()
     if text.startswith("<") and ">" in text:
         text = text[1:text.index(">")]
@@ -448,7 +451,7 @@ DialFor = Callable[[str], str]
 
 def dial_template(template: str) -> DialFor:
     """A relayed dial string from a template over the Refer-To: {user}, {host}, {uri}, filled
-    in exactly as for anchored transfers ([anchored] dial, kemi.anchored.dial_string)."""
+    in exactly as for anchored transfers ([anchored] dial, kemi.core.anchored.dial_string)."""
     return lambda uri: dial_string(template, uri)
 
 

@@ -12,10 +12,13 @@ _venv = os.environ.get("REFEREE_VENV")
 if _venv:
     site.addsitedir(os.path.join(_venv, "lib", "python3.11", "site-packages"))
 
-import kemi.kamailio as K  # noqa: E402
-import kemi.resp as R  # noqa: E402
-import kemi.store as S  # noqa: E402
+import kemi.kamailio.app as A  # noqa: E402
+import kemi.kamailio.refer as F  # noqa: E402
+import kemi.kamailio.replies as P  # noqa: E402
+import kemi.storage.resp as R  # noqa: E402
+import kemi.storage.transfers as S  # noqa: E402
 from kemi.kamailio import mod_init as _mod_init  # noqa: E402
+from kemi.storage.policy_cache import PolicyCache  # noqa: E402
 
 OUT = os.environ.get("REFEREE_PROFILE_DIR", "/tmp")
 _sections: dict[str, list] = {}
@@ -37,17 +40,17 @@ def _wrap(owner, name: str, label: str) -> None:
 
 
 _ORDER = [
-    (K.Referee, "referee_request", "referee_request (all)"),
-    (K.Referee, "on_refer", "  on_refer"),
-    (K, "_get", "    _get (KSR.pv.get)"),
-    (K, "_headers", "    _headers (KSR.hdr.get_idx)"),
-    (K.transfer, "check_refer", "    transfer.check_refer"),
-    (K.PolicyCache, "current", "    policy.current"),
+    (A.Referee, "referee_request", "referee_request (all)"),
+    (F.ReferRoutes, "on_refer", "  on_refer"),
+    (F, "pv", "    pv (KSR.pv.get)"),
+    (F, "header_values", "    header_values (KSR.hdr.get_idx)"),
+    (F.transfer, "check_refer", "    transfer.check_refer"),
+    (PolicyCache, "current", "    policy.current"),
     (S.TransferStore, "create", "    store.create"),
-    (K.Referee, "_follow", "    _follow (avps, htable, t_on_*)"),
-    (K, "_log", "    _log"),
-    (K.Referee, "referee_reply", "referee_reply (all)"),
-    (K.Referee, "on_reply", "  on_reply"),
+    (F.ReferRoutes, "_follow", "    _follow (avps, htable, t_on_*)"),
+    (F, "log", "    log"),
+    (A.Referee, "referee_reply", "referee_reply (all)"),
+    (P.ReplyRoutes, "on_reply", "  on_reply"),
     (S.TransferStore, "apply", "    store.apply"),
     (R.RespClient, "_round_trip", "RespClient._round_trip (both)"),
     (R.RespClient, "_usable", "  _usable"),
@@ -69,7 +72,7 @@ def _dump() -> None:
             fh.write(f"{label}\t{calls}\t{cpu}\t{refers}\n")
 
 
-_on_refer = K.Referee.on_refer
+_on_refer = F.ReferRoutes.on_refer
 
 
 def _counted(self):
@@ -81,7 +84,7 @@ def _counted(self):
             _dump()
 
 
-K.Referee.on_refer = _counted
+F.ReferRoutes.on_refer = _counted
 
 
 def mod_init():

@@ -55,8 +55,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.kamailio import Kamailio, free_udp_port  # noqa: E402
-from tests.support.redis import RedisServer  # noqa: E402
+from kemi.cli.demo.kamailio_node import Kamailio, free_udp_port  # noqa: E402
+from kemi.cli.demo.redis_server import RedisServer  # noqa: E402
 
 BENCH = REPO / "bench"
 SCENARIOS = BENCH / "scenarios"

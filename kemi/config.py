@@ -12,6 +12,8 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 
+from kemi.core.redis_url import check_redis_url
+
 DEFAULT_PATH = "/etc/referee/referee.toml"
 
 
@@ -19,7 +21,7 @@ DEFAULT_PATH = "/etc/referee/referee.toml"
 class RedisSettings:
     # redis://host:port/db or unix:///path?db=N (one Redis, or a Sentinel-managed primary);
     # redis+cluster://host:port,host:port,... for a Redis Cluster (seed nodes; the client
-    # is then kemi.resp.ClusterClient and the stores keep each script in one slot).
+    # is then kemi.storage.resp.ClusterClient and the stores keep each script in one slot).
     url: str = "redis://127.0.0.1:6379/0"
     # Budget for one Redis round trip on the SIP path (connect + command), in ms.
     timeout_ms: int = 50
@@ -37,13 +39,13 @@ class KamailioSettings:
     retry_after_s: int = 30
     # Where events Redis could not take are spooled until the sweep replays them.
     journal_dir: str = "/var/spool/referee"
-    # Index every INVITE dialog in Redis (kemi.dialogs) so a Replaces is checked here,
+    # Index every INVITE dialog in Redis (kemi.storage.dialogs) so a Replaces is checked here,
     # against dialogs set up through any node (RFC 3891).  Costs one Redis write per
     # initial INVITE, per tagged response to it and per BYE, on every call.  Off: only
     # transfers touch Redis.  A native kamailio-native.cfg must be started with the
     # define WITH_DIALOG_INDEX too, or those messages never reach Python.
     dialog_index: bool = False
-    # The order of a transfer's messages (kemi.order).  A NOTIFY that reaches the proxy
+    # The order of a transfer's messages (kemi.core.order).  A NOTIFY that reaches the proxy
     # before the REFER's 2xx has been relayed, or right after another NOTIFY of its
     # dialog, is held (tm t_suspend) and relayed in turn.  order_grace_ms: how long after
     # a worker decided to relay a message referee takes it to be on the wire;
@@ -82,7 +84,7 @@ class TransferSettings:
 
 @dataclass(frozen=True)
 class AnchoredSettings:
-    """Transfers of calls anchored in Asterisk (kemi.anchor): which REFERs referee accepts
+    """Transfers of calls anchored in Asterisk (kemi.core.anchor): which REFERs referee accepts
     itself instead of relaying, and what the Asterisk side does with them."""
 
     # name -> "host:port" of each Asterisk whose dialogs are anchored.  An in-dialog REFER
@@ -205,11 +207,9 @@ def parse(text: str, where: str = "<config>") -> Settings:
 def _check_redis_url(url: object, where: str) -> None:
     """The URL as the client will read it (building one parses, never connects), so a
     typo stops the start with the file and key named rather than the first SIP worker."""
-    from kemi.resp import RespClient
-
     _text(url, where)
     try:
-        RespClient(url)  # type: ignore[arg-type]
+        check_redis_url(url)  # type: ignore[arg-type]
     except ValueError as exc:
         text = str(exc) if str(url) in str(exc) else f"{url}: {exc}"
         raise ConfigError(f"{where}: {text}") from None

@@ -1,6 +1,6 @@
 """Fixtures shared by every test suite.
 
-`redis_server`: a private redis-server per test (tests.support.redis.RedisServer).
+`redis_server`: a private redis-server per test (kemi.cli.demo.redis_server.RedisServer).
 redis-server is part of what CI installs; a machine without it fails these tests loudly
 rather than skipping them.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis import RedisServer
+from kemi.cli.demo.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from agi.fastagi import FastAGIServer
-from kemi.resp import RespClient
-from kemi.store import TransferStore
+from kemi.storage.resp import RespClient
+from kemi.storage.transfers import TransferStore
 
 
 @pytest.fixture

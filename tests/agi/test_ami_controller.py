@@ -9,9 +9,9 @@ import time
 import pytest
 
 from agi.ami import AmiController
-from kemi.anchor import JOBS_GROUP, MoveJob, jobs_key, progress_key
 from kemi.config import AsteriskSettings, RedisSettings, Settings
-from kemi.resp import RespClient
+from kemi.core.anchor import JOBS_GROUP, MoveJob, jobs_key, progress_key
+from kemi.storage.resp import RespClient
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:asterisk.manager")
 
@@ -84,8 +84,8 @@ def test_job_reader_survives_a_failure_and_reads_the_job_again(redis_server, mon
 def test_an_unusable_job_is_refused_with_a_503_and_noted(redis_server):
     """A MoveJob with a bad field that still names its transfer: the transferor hears 503 at
     once (not the subscription's expiry), the record says why, the entry is acked."""
-    from kemi.anchor import Progress
-    from kemi.store import TransferStore
+    from kemi.core.anchor import Progress
+    from kemi.storage.transfers import TransferStore
 
     redis = RespClient(redis_server.url)
     store = TransferStore(redis, prefix="referee")

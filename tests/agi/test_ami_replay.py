@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import pytest
 
 from agi.ami import AmiController
-from kemi.anchor import JOBS_GROUP, MoveJob, Progress, jobs_key, progress_key
 from kemi.config import AsteriskSettings, RedisSettings, Settings
-from kemi.resp import RespClient
-from kemi.store import TransferStore
+from kemi.core.anchor import JOBS_GROUP, MoveJob, Progress, jobs_key, progress_key
+from kemi.storage.resp import RespClient
+from kemi.storage.transfers import TransferStore
 from tests.support import transcript
 from tests.support.ami_replay import Cast, ReplayPeer, cast, response_to
 

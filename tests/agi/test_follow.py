@@ -19,7 +19,7 @@ from agi.follow import (
     endpoint_of,
     target_exten,
 )
-from kemi.anchor import MoveJob
+from kemi.core.anchor import MoveJob
 from tests.support import transcript
 from tests.support.ami_replay import Cast, cast, events, messages
 

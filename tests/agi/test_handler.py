@@ -8,8 +8,8 @@ import time
 
 from agi.handler import TransferHandler, script_name
 from agi.plan import ANCHORED, RELAYED
-from kemi.resp import RespClient
-from kemi.store import TransferStore
+from kemi.storage.resp import RespClient
+from kemi.storage.transfers import TransferStore
 from tests.support import transcript
 from tests.support.agi_replay import ReplayPeer, split
 

@@ -333,7 +333,7 @@ def test_relayed_without_refer_to_dials_nothing():
 
 def test_relayed_dial_string_from_the_refer_to():
     """SIPREFERTOHDR bare or in <> with header parameters: {user} and {host} come from
-    kemi.anchored.dial_string, as for anchored transfers."""
+    kemi.core.anchored.dial_string, as for anchored transfers."""
     assert bare_uri("sip:2000@127.0.0.1") == "sip:2000@127.0.0.1"
     assert bare_uri(" <sip:2000@h;user=phone>;x=1?Replaces=x") == "sip:2000@h;user=phone"
     for header, dial in (("<sip:2000@h;user=phone>", "PJSIP/2000@h"),

@@ -32,8 +32,8 @@ import pytest
 
 from agi.handler import TransferHandler
 from agi.plan import ANCHORED, RELAYED
-from kemi.resp import RespClient
-from kemi.store import TransferStore
+from kemi.storage.resp import RespClient
+from kemi.storage.transfers import TransferStore
 from tests.support import transcript
 from tests.support.agi_replay import ReplayPeer, split
 

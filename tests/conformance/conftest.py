@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from kemi.cli.demo.kamailio_node import REPO, free_udp_port
+from kemi.cli.demo.sipp import Sipp
 from tests.conformance.counterparts import Party, Target, received
 from tests.e2e.conftest import Lab, make_lab
 from tests.e2e.test_attended import INDEX_ON, start_node
-from tests.support.kamailio import REPO, free_udp_port
-from tests.support.sipp import Sipp
 
 # The third-party scenarios are test data outside the project (licences differ): read in
 # place, never copied in.

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.scenarios import HEAD, _send
-from tests.support.scenarios import _with_sdp as _sdp
+from kemi.cli.demo.phones import HEAD, _send
+from kemi.cli.demo.phones import _with_sdp as _sdp
 from tests.support.siplog import SipMessage, sip_messages
 
 PROXY_ROUTE = "Route: <sip:[remote_ip]:[remote_port];lr>"

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 
+from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.conformance.conftest import ASTERISK, BLIND, BOTH_CONFIGS
 from tests.conformance.counterparts import Party, Target, messages, received
-from tests.support.kamailio import free_udp_port
 
 CALLS = ASTERISK / "contrib/sipp/calls"
 PJSIP = ASTERISK / "tests/channels/pjsip"

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import pytest
 
-from kemi.dialogs import DialogState, DialogStore
+from kemi.core.dialogs import DialogState
+from kemi.storage.dialogs import DialogStore
 from tests.conformance.conftest import ASTERISK, BOTH_CONFIGS, twin_address
 from tests.conformance.counterparts import REFER_TO_TWIN, Party, messages, received
 from tests.e2e.parties import wait_for

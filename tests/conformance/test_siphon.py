@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.conformance.conftest import BOTH_CONFIGS, SHARED
 from tests.conformance.counterparts import Party, Target, received
-from tests.support.kamailio import free_udp_port
 
 SIPP = SHARED / "siphon-rs/sip-testkit/sipp"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
-from kemi.store import TransferStore
-from tests.support import scenarios
-from tests.support.kamailio import Kamailio, write_referee_config
-from tests.support.sipp import Sipp
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import Kamailio, write_referee_config
+from kemi.cli.demo.sipp import Sipp
+from kemi.storage.transfers import TransferStore
 
 REFEREE = str(Path(sys.prefix) / "bin" / "referee")
 

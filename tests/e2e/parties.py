@@ -7,9 +7,9 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from tests.support.kamailio import free_udp_port
+from kemi.cli.demo.kamailio_node import free_udp_port
+from kemi.cli.demo.sipp import Sipp
 from tests.support.siplog import SipMessage, sip_messages
-from tests.support.sipp import Sipp
 
 
 def received(party: Sipp, method: str | None = None, status: int | None = None) -> list[SipMessage]:

@@ -14,12 +14,12 @@ import uuid
 
 import pytest
 
-from kemi.anchor import PROGRESS_GROUP, MoveJob, Progress, jobs_key, progress_key
+from kemi.cli.demo.kamailio_node import free_udp_port
+from kemi.core.anchor import PROGRESS_GROUP, MoveJob, Progress, jobs_key, progress_key
 from tests.e2e.conftest import make_lab
 from tests.e2e.parties import finish, received, sip_messages, wait_for
 from tests.support import anchored as parties
 from tests.support.anchored import A_CSEQ, ASTERISK_CSEQ
-from tests.support.kamailio import free_udp_port
 
 NODE = "kam-test"
 PREFIX = "referee"
@@ -86,7 +86,7 @@ class AnchoredLab:
 
     def htables_empty_of(self, call_id: str) -> None:
         """Nothing of the ended dialog in shared memory but its CSeq state (referee_x),
-        which outlives the BYE kemi.kamailio.SHIFT_KEEP_S for a late final NOTIFY."""
+        which outlives the BYE kemi.kamailio.anchored.cseq.SHIFT_KEEP_S for a late final NOTIFY."""
         for table in ("referee_cs", "referee"):
             dump = self.lab.kamailio.kamcmd("htable.dump", table)
             assert call_id not in dump, (table, dump)
@@ -402,7 +402,7 @@ def test_a_hanging_up_itself_is_recorded_as_the_transferor_ending_the_call(ancho
 def test_a_final_notify_after_asterisks_bye_is_numbered_right_after_it(anchored_lab):
     """Issue 10.5: when a final NOTIFY still comes after Asterisk's BYE to A, its CSeq
     follows the BYE's by one -- the renumbering state outlives the BYE a while -- rather
-    than jumping kemi.cseq.REBUILD_MARGIN (1000) as after a restart."""
+    than jumping kemi.core.cseq.REBUILD_MARGIN (1000) as after a restart."""
     al = anchored_lab()
     pa, pz, call_id = al.start(
         parties.PbxA(al.asterisk_uri, notifies=1, then=["BYE", "NOTIFY"]),

@@ -23,6 +23,7 @@ import time
 import pytest
 
 from agi.ami import AmiController
+from kemi.cli.demo.kamailio_node import free_udp_port
 from kemi.config import AsteriskSettings, RedisSettings, Settings
 from tests.e2e.parties import finish, received, sip_messages, wait_for
 from tests.e2e.test_anchored import NODE, PREFIX, anchored_settings
@@ -30,7 +31,6 @@ from tests.support import anchored as parties
 from tests.support import transcript
 from tests.support.ami_replay import ReplayPeer, cast, response_to
 from tests.support.anchored import A_CSEQ, ASTERISK_CSEQ
-from tests.support.kamailio import free_udp_port
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:asterisk.manager")
 

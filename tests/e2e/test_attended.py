@@ -11,11 +11,12 @@ import uuid
 
 import pytest
 
-from kemi.dialogs import DialogState, DialogStore
+from kemi.cli.demo.kamailio_node import free_udp_port
+from kemi.core.dialogs import DialogState
+from kemi.storage.dialogs import DialogStore
 from tests.e2e.conftest import make_lab
 from tests.e2e.parties import received, wait_for
 from tests.support.attended import Callee, Caller, Replacer, cid_args
-from tests.support.kamailio import free_udp_port
 from tests.ua.conftest import require_kind
 from tests.ua.phone import PhoneError, make_phone, parse_sip
 

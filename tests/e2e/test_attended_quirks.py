@@ -13,7 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
-from kemi.dialogs import DialogState
+from kemi.cli.demo.kamailio_node import free_udp_port
+from kemi.cli.demo.phones import HEAD, _reply
+from kemi.core.dialogs import DialogState
 from tests.e2e.parties import finish, received, wait_for
 from tests.e2e.test_attended import (  # noqa: F401 (fixtures)
     Call,
@@ -23,8 +25,6 @@ from tests.e2e.test_attended import (  # noqa: F401 (fixtures)
     registered_phones,
 )
 from tests.support.attended import Replacer
-from tests.support.kamailio import free_udp_port
-from tests.support.scenarios import HEAD, _reply
 from tests.ua.phone import parse_sip
 
 
@@ -76,7 +76,7 @@ def test_a_refer_to_naming_the_consultation_aor_is_routed_by_the_registrar_and_s
 # --------------------------------------------------------------- Replaces in the R-URI
 # One transferee pastes the Refer-To's headers into its INVITE's Request-URI and sends no
 # Replaces header (ua-quirks.md).  referee repairs it into the header the URI meant
-# (kemi/ruri.py) and judges it like any other -- so the repair grants no authority.
+# (kemi/core/ruri.py) and judges it like any other -- so the repair grants no authority.
 
 
 def _pasted(lab, me: str, target: str, replaces: str, expect: int):

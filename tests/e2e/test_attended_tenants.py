@@ -12,12 +12,13 @@ import uuid
 
 import pytest
 
-from kemi.dialogs import DialogState, DialogStore
+from kemi.cli.demo.kamailio_node import free_udp_port
+from kemi.core.dialogs import DialogState
+from kemi.storage.dialogs import DialogStore
 from tests.e2e.conftest import make_lab, referee_cli
 from tests.e2e.parties import received
 from tests.e2e.test_attended import INDEX_ON, SIPP_PARTIES, Call, replace
 from tests.support.attended import Callee, Caller, _reply, cid_args
-from tests.support.kamailio import free_udp_port
 
 
 @pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])

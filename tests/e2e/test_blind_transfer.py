@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.support import scenarios
-from tests.support.kamailio import free_udp_port
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import free_udp_port
 
 
 def run_transfer(lab, andrew, mckenzie, marsha=None):

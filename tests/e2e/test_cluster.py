@@ -1,17 +1,17 @@
 """A blind transfer through a real Kamailio whose [redis] url names a 3-master Redis
 Cluster (redis+cluster://...): the glue builds its client from the url as ever and gets
-kemi.resp.ClusterClient, and the transfer comes out recorded and streamed, with no
+kemi.storage.resp.ClusterClient, and the transfer comes out recorded and streamed, with no
 CROSSSLOT anywhere and nothing left in the shared keys."""
 
 from __future__ import annotations
 
 import pytest
 
-from kemi.resp import RespClient
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import Kamailio, write_referee_config
+from kemi.storage.resp import RespClient
 from tests.e2e.conftest import Lab, referee_cli
 from tests.e2e.test_blind_transfer import run_transfer
-from tests.support import scenarios
-from tests.support.kamailio import Kamailio, write_referee_config
 from tests.support.redis_cluster import redis_cluster  # noqa: F401 - a fixture
 
 

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
+from kemi.cli.demo.kamailio_node import sip_options
 from tests.e2e.test_attended import start_node
-from tests.support.kamailio import sip_options
 from tests.support.raw import RawUA
 
 SEED = 20261204

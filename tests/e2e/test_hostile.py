@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from kemi.cli.demo.kamailio_node import sip_options
 from tests.e2e.parties import wait_for
 from tests.e2e.test_attended import start_node
-from tests.support.kamailio import sip_options
 from tests.support.raw import RawUA, notify, refer
 
 INVITE = (
@@ -237,7 +237,7 @@ def test_a_forged_from_borrows_no_party_authority(tmp_path, redis_server, cfg):
     call = Call(lab, "andrew", "marsha", hold_ms=3000)
     ua = RawUA(lab.kamailio.port)
     try:
-        from kemi.dialogs import DialogState
+        from kemi.core.dialogs import DialogState
 
         call.wait_state(DialogState.CONFIRMED)
         for from_uri in FORGED_FROM:
@@ -255,7 +255,7 @@ def test_a_forged_from_borrows_no_party_authority(tmp_path, redis_server, cfg):
 
 
 def test_with_party_match_host_a_forger_on_another_ip_is_refused(tmp_path, redis_server):
-    from kemi.dialogs import DialogState
+    from kemi.core.dialogs import DialogState
     from tests.e2e.test_attended import Call
 
     lab = start_node(tmp_path, redis_server, "kamailio.cfg", party_match="host")

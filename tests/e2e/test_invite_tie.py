@@ -11,9 +11,9 @@ then a second call and a second transfer to Marsha, who answers.
 
 from __future__ import annotations
 
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.e2e.parties import wait_for
-from tests.support import scenarios
-from tests.support.kamailio import free_udp_port
 
 
 def play(lab, ports, andrew, mckenzie, marsha):

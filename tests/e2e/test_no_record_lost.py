@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.e2e.conftest import make_lab
-from tests.support import scenarios
-from tests.support.kamailio import free_udp_port
 
 
 @pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])

@@ -11,9 +11,9 @@ parties through both example configs.
 
 from __future__ import annotations
 
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.e2e.parties import received, wait_for
-from tests.support import scenarios
-from tests.support.kamailio import free_udp_port
 from tests.support.order_scenarios import PendingTransferor
 
 

@@ -3,7 +3,7 @@
 The transferee sends its 202 and its first NOTIFY in the same millisecond, and later the
 NOTIFYs for 180 and for the final response in the same millisecond; many transfers run at
 once, every SIP worker is busy and every core too (tests/support/load.py), so workers are
-descheduled at random.  Without referee's ordering (kemi/order.py) a few transfers in
+descheduled at random.  Without referee's ordering (kemi/core/order.py) a few transfers in
 each run reached the transferor out of order (seen: 202 after NOTIFY 100, NOTIFY 200
 before NOTIFY 180).  The transferor is strict (tests/support/order_scenarios):
 a NOTIFY before the 202 gets 491, NOTIFYs out of sipfrag order get 500, and either fails
@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import pytest
 
-from tests.support.kamailio import free_udp_port
+from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.support.load import busy_cpus
 from tests.support.order_scenarios import BurstTransferee, QuickTarget, StrictTransferor
 

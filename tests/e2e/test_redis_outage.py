@@ -10,13 +10,13 @@ import time
 
 import pytest
 
+from kemi.cli.demo import phones as scenarios
+from kemi.cli.demo.kamailio_node import sip_options
 from tests.e2e.conftest import make_lab
 from tests.e2e.parties import Parties, finish, received, sip_messages, wait_for
-from tests.support import scenarios
-from tests.support.kamailio import sip_options
 from tests.support.raw import RawUA, refer
 
-BUDGET_S = 0.1  # [redis] timeout_ms = 100, as tests.support.kamailio writes it
+BUDGET_S = 0.1  # [redis] timeout_ms = 100, as kemi.cli.demo.kamailio_node writes it
 FAILURES = 3
 OPEN_S = 1.0
 RETRY_AFTER_S = 30  # [kamailio] retry_after_s default

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from kemi.cli.demo import phones as scenarios
 from tests.e2e.conftest import make_lab
 from tests.e2e.parties import Parties, finish, received, wait_for
-from tests.support import scenarios
 
 
 def events(lab, record) -> list[tuple[str, str, str, str]]:
@@ -45,7 +45,7 @@ def test_refer_sub_false_means_no_notify_and_the_invite_2xx_closes_it_succeeded(
 
 
 MAX_OPEN_S = 2
-SWEEP_S = 1  # tests.support.kamailio.Kamailio.sweep_interval
+SWEEP_S = 1  # kemi.cli.demo.kamailio_node.Kamailio.sweep_interval
 
 
 @pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])

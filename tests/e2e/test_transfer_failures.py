@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from kemi.cli.demo import phones as scenarios
 from tests.e2e.parties import Parties, SilentPhone, received
-from tests.support import scenarios
 
 
 @pytest.mark.parametrize("code", [404, 486])

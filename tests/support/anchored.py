@@ -17,8 +17,8 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
+from kemi.cli.demo.phones import HEAD, _reply, _reply_sdp, _send, _with_sdp
 from tests.support.order_scenarios import _answer, _capture
-from tests.support.scenarios import HEAD, _reply, _reply_sdp, _send, _with_sdp
 
 ASTERISK_CSEQ = 4711  # Asterisk's first CSeq in its dialog with A (random in real life)
 A_CSEQ = 20  # A's own numbering of its requests to Asterisk

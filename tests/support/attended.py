@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from tests.support.scenarios import HEAD, SDP, _send, _with_sdp
+from kemi.cli.demo.phones import HEAD, SDP, _send, _with_sdp
 
 
 def cid_args(prefix: str) -> tuple[tuple[str, ...], str]:

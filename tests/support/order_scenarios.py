@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tests.support.scenarios import HEAD, _me, _phrase, _reply, _reply_sdp, _send, _with_sdp
+from kemi.cli.demo.phones import HEAD, _me, _phrase, _reply, _reply_sdp, _send, _with_sdp
 
 
 def _capture(n: int) -> str:

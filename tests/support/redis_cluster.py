@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from kemi.resp import CircuitBreaker, RespClient, key_slot
-from tests.support.redis import REDIS_SERVER, _free_port
+from kemi.cli.demo.redis_server import REDIS_SERVER, _free_port
+from kemi.storage.resp import CircuitBreaker, RespClient, key_slot
 
 RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 

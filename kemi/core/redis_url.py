@@ -1,0 +1,93 @@
+"""A Redis URL read the way referee's clients connect, without connecting: config checks
+it at start (a typo names the file and key, not the first SIP worker), and
+kemi.storage.resp builds its sockets from it.
+
+    redis://[user:password@]host[:port][/db]     unix://path[?db=N&password=P]
+    redis+cluster://[user:password@]host:port,host:port
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+CLUSTER_SCHEME = "redis+cluster://"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str  # printable: "host:port", "[v6]:port" or "unix:/path"
+    db: int
+    auth: tuple[str, ...] | None  # AUTH's arguments: (password,) or (user, password)
+    host: str = ""
+    port: int = 0
+    unix_path: str = ""
+
+
+def _db_number(url: str, text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{url}: database {text!r} is not a number")
+    return int(text)
+
+
+def parse_redis_url(url: str) -> Endpoint:
+    """A redis:// or unix:// URL; ValueError saying what is wrong."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    password = unquote(parts.password) if parts.password is not None else None
+    user = unquote(parts.username) if parts.username else None
+    auth = None
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url}: unix:// URL without a socket path")
+        db = _db_number(url, query.get("db", ["0"])[0])
+        if "password" in query:
+            password = query["password"][0]
+        if password is not None:
+            auth = (user, password) if user else (password,)
+        return Endpoint(f"unix:{parts.path}", db, auth, unix_path=parts.path)
+    if parts.scheme != "redis":
+        raise ValueError(f"{url}: unsupported scheme (use redis://, unix:// or "
+                         f"{CLUSTER_SCHEME})")
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 6379
+    path = parts.path.strip("/")
+    db = _db_number(url, path or query.get("db", ["0"])[0])
+    if password is not None:
+        auth = (user, password) if user else (password,)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return Endpoint(address, db, auth, host=host, port=port)
+
+
+def parse_cluster_url(url: str) -> tuple[list[str], str]:
+    """(seed "host:port" list, "user:password@" or "") from a redis+cluster:// URL."""
+    rest = url[len(CLUSTER_SCHEME):]
+    rest, _, path = rest.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError(f"{url}: a Redis Cluster has only database 0")
+    userinfo, _, hosts = rest.rpartition("@")
+    seeds = []
+    for item in hosts.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, port = item[1:].partition("]")
+            port = port.lstrip(":")
+            host = f"[{host}]"
+        else:
+            host, _, port = item.partition(":")
+        if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError(f"{url}: bad seed node {item!r} (want host:port, port 1-65535)")
+        seeds.append(f"{host}:{port or 6379}")
+    if not seeds:
+        raise ValueError(f"{url}: no seed node")
+    return seeds, (userinfo + "@" if userinfo else "")
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError if a client could not be built from `url` (of any supported scheme)."""
+    if url.startswith(CLUSTER_SCHEME):
+        parse_cluster_url(url)
+    else:
+        parse_redis_url(url)

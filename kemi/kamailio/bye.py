@@ -1,0 +1,45 @@
+"""BYE: the end of a dialog that carries a transfer, recorded with who ended it; with the
+dialog index on, every BYE ends its dialog's record."""
+
+from __future__ import annotations
+
+from kemi.core.dialogs import DialogEvent
+from kemi.core.sip.text import text_fault
+from kemi.core.state import Event
+from kemi.kamailio.anchored import AnchoredRoutes
+from kemi.kamailio.glue import CONTINUE, pv, source
+from kemi.kamailio.marks import read_mark
+from kemi.kamailio.recorder import Recorder
+from kemi.kamailio.services import Services
+
+
+class ByeRoutes:
+    def __init__(self, services: Services, recorder: Recorder,
+                 anchoring: AnchoredRoutes) -> None:
+        self.s = services
+        self.rec = recorder
+        self.anchoring = anchoring
+
+    def on_bye(self) -> int:
+        call_id = pv("$ci") or ""
+        if text_fault(call_id) is not None:
+            return CONTINUE  # no dialog referee follows has such a Call-ID
+        if self.s.dialog_index:
+            self.rec.record_dialog(DialogEvent.BYE, callee_tag=pv("$tt") or "")
+        mark = read_mark(call_id)
+        if mark is None:
+            return CONTINUE
+        by_transferor = (pv("$ft") or "") == mark.transferor_tag
+        event = Event.BYE_TRANSFEROR if by_transferor else Event.BYE_TRANSFEREE
+        ended_by = "transferor" if by_transferor else "transferee"
+        if not by_transferor and mark.anchored and source() in self.s.asterisk_sources:
+            # Asterisk's BYE to A carries P's identity in its From, yet P may well be
+            # talking on: Asterisk released A's leg (the controller's ami_result says why).
+            ended_by = "asterisk"
+        self.rec.take_accepts(call_id)
+        self.rec.apply(call_id, mark.refer_id or None, event, {"ended_by": ended_by},
+                       f"BYE from the {ended_by}" + (" (A's leg released by Asterisk)"
+                                                     if ended_by == "asterisk" else ""))
+        if mark.anchored:
+            self.anchoring.dialog_ended(call_id)
+        return CONTINUE

@@ -1,0 +1,108 @@
+"""Every write of the SIP path to the transfer records and the dialog index, and what is
+done when Redis cannot take it: spooled to the journal (kemi.storage.journal), or left
+for the sweep (kemi.kamailio.sequencer.Deferred) when a reply route must not wait."""
+
+from __future__ import annotations
+
+import time
+
+import KSR  # provided by app_python3
+
+from kemi.core import transfer
+from kemi.core.dialogs import DialogEvent, response_event
+from kemi.core.state import Event
+from kemi.kamailio.glue import log, pv, source
+from kemi.kamailio.services import Services
+from kemi.storage.resp import RedisError
+
+
+class Recorder:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    def apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
+               seq: int | None = None, at: float | None = None):
+        now = time.time() if at is None else at
+        try:
+            res = self.s.store.apply(
+                call_id, refer_id, event, now, fields=fields, deadline=deadline, detail=detail,
+                seq=seq,
+            )
+        except RedisError as exc:
+            spooled = self.spool(
+                "apply", call_id=call_id, refer_id=refer_id, event=str(event), now=now,
+                fields=fields, deadline=deadline, detail=detail, seq=seq,
+            )
+            log(KSR.err, f"{event} for {call_id}/{refer_id} {'spooled' if spooled else 'LOST'}"
+                          f" (Redis: {exc})")
+            return None
+        if res.outcome in ("illegal", "ambiguous", "unknown"):
+            log(KSR.notice, f"{event} for {call_id}/{refer_id}: {res.outcome} in state {res.old}")
+        elif res.final:
+            log(KSR.info, f"transfer {call_id}/{res.refer_id} {res.new}")
+        return res
+
+    def spool(self, op: str, **entry) -> bool:
+        try:
+            self.s.journal.append(op, **entry)
+            return True
+        except OSError as exc:
+            log(KSR.crit, f"journal {self.s.journal.dir} unwritable ({exc}): {op} {entry!r:.200}")
+            return False
+
+    def defer(self, call_id: str, entry: dict) -> None:
+        """A store call made by the sweep, never in this reply route; made now if the cfg
+        lacks the table."""
+        if not self.s.later.add(call_id, entry):
+            self.store_later(call_id, {**entry, "t": time.time()})
+
+    def take_accepts(self, call_id: str) -> None:
+        """2xx answers to REFERs of this dialog not yet recorded (kemi.kamailio.sequencer.Deferred):
+        recorded before the event that follows them."""
+        for entry in self.s.later.take_accepts(call_id):
+            self.store_later(call_id, entry)
+
+    def store_later(self, call_id: str, e: dict) -> None:
+        """Make a store call a reply route left for later (kemi.kamailio.sequencer.Deferred)."""
+        at = e.get("t") or time.time()
+        if e["k"] == "accept":
+            self.apply(call_id, e["r"], Event.REFER_ACCEPTED, {"refer_reply": str(e["c"])},
+                        str(e["c"]), at=at)
+        elif e["k"] == "apply":
+            self.apply(call_id, e.get("r"), Event(e["e"]), e.get("f"), e.get("d", ""), at=at)
+        elif e["k"] == "note":
+            try:
+                self.s.store.annotate(call_id, e.get("r"), at, e.get("f") or {}, e.get("d", ""))
+            except RedisError as exc:
+                spooled = self.spool("annotate", call_id=call_id, refer_id=e.get("r"),
+                                      now=at, fields=e.get("f") or {}, detail=e.get("d", ""))
+                log(KSR.err, f"note for {call_id} {'spooled' if spooled else 'LOST'} "
+                              f"(Redis: {exc})")
+
+    def record_dialog(self, event: DialogEvent, callee_tag: str | None = None) -> None:
+        """Apply one event of the current message's dialog to the index; never blocks the
+        call: a Redis failure is logged and the message goes on."""
+        call_id = pv("$ci") or ""
+        try:
+            caller = callee = None
+            if event not in (DialogEvent.BYE, DialogEvent.REFRESH):
+                caller = transfer.parse_name_addr(pv("$hdr(From)") or "", "From").uri.aor
+                callee = transfer.parse_name_addr(pv("$hdr(To)") or "", "To").uri.aor
+            self.s.dialogs.record(
+                event, call_id, pv("$ft") or "", time.time(), callee_tag=callee_tag,
+                caller=caller, callee=callee, node=f"{pv('$Ri') or ''}:{pv('$Rp') or ''}",
+                source=source() if event is not DialogEvent.FAILED else "",
+            )
+        except transfer.SipParseError as exc:
+            log(KSR.notice, f"dialog {call_id} {event} not indexed: {exc}")
+        except RedisError as exc:
+            log(KSR.warn, f"dialog {call_id} {event} not indexed (Redis: {exc})")
+
+    def record_response(self, code: int) -> None:
+        """A response to an indexed initial INVITE (or, in the failure route, its final
+        failure: the message there is the request, which carries no callee tag)."""
+        to_tag = pv("$tt") or ""
+        event = response_event(code, to_tag)
+        if event is None:
+            return
+        self.record_dialog(event, callee_tag=to_tag)

@@ -1,0 +1,262 @@
+"""The KSR side of kemi.core.order: each dialog's order state in shared memory, NOTIFYs held
+(tm t_suspend) and resumed in order (t_continue) by one timer process.
+
+Shared memory (htable modules, both example cfgs declare them):
+
+    referee_seq   Call-ID -> kemi.core.order.DialogOrder (JSON), under that slot's lock
+    referee_held  Call-ID -> "1" while the dialog has held NOTIFYs (what the timer scans)
+
+A dialog gets an entry when referee relays a REFER in it; NOTIFYs in other dialogs are
+relayed as before.  Every read-decide-write happens under the referee_seq slot lock, so
+two workers deciding about the same dialog see each other's decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import KSR  # provided by app_python3
+
+from kemi.core.order import DialogOrder, Held, OrderError, Timing, Verdict
+
+SEQ_TABLE = "referee_seq"
+HELD_TABLE = "referee_held"
+HELD_LIMIT_S = 40.0  # tm's fr_timer (30 s) has ended a held NOTIFY's transaction by then
+
+
+class Sequencer:
+    def __init__(self, timing: Timing, log: Callable[[str], None]) -> None:
+        self.timing = timing
+        self.log = log
+        self.ready = True  # False once the cfg is found without the htables
+
+    def _with(self, cid: str, change: Callable[[DialogOrder], object],
+              create: bool = False) -> object:
+        """Run `change` on the dialog's state under its slot lock and store the result;
+        None when the dialog has no state (and `create` is off) or the cfg lacks it."""
+        if not self.ready:
+            return None
+        try:
+            KSR.htable.sht_lock(SEQ_TABLE, cid)
+        except Exception as exc:  # noqa: BLE001 - htable missing: ordering off
+            self.ready = False
+            self.log(f"htable '{SEQ_TABLE}' unusable ({exc}): NOTIFYs are relayed unordered")
+            return None
+        try:
+            text = KSR.htable.sht_get(SEQ_TABLE, cid)
+            if text is None and not create:
+                return None
+            try:
+                state = DialogOrder.decode(None if text is None else str(text))
+            except OrderError as exc:
+                self.log(f"dialog {cid}: {exc}; started afresh")
+                state = DialogOrder()
+            out = change(state)
+            # Kept until the htable's autoexpire: the last CSeq relayed still orders the
+            # dialog's later NOTIFYs.
+            KSR.htable.sht_sets(SEQ_TABLE, cid, state.encode())
+            return out
+        finally:
+            KSR.htable.sht_unlock(SEQ_TABLE, cid)
+
+    # -- REFER -----------------------------------------------------------------------
+    def refer_relayed(self, cid: str, refer_id: str, tag: str) -> None:
+        now = time.time()
+        self._with(cid, lambda s: s.refer_relayed(refer_id, tag, now), create=True)
+
+    def refer_answered(self, cid: str, refer_id: str) -> None:
+        now = time.time()
+        self._with(cid, lambda s: s.refer_answered(refer_id, now))
+
+    # -- NOTIFY ----------------------------------------------------------------------
+    def verdict(self, cid: str, tag: str, cseq: int, first: bool) -> Verdict | None:
+        """What admit would say now (nothing changes); None: not sequenced here."""
+        now = time.time()
+        return self._with(cid, lambda s: s.verdict(tag, cseq, first, now, self.timing))
+
+    def admit(self, cid: str, tag: str, cseq: int, first: bool,
+              hold: bool = False) -> Verdict | None:
+        """"relay" (relay it now: it counts as sent), "hold" (call `suspend`), or None:
+        the dialog is not sequenced here."""
+        now = time.time()
+        return self._with(cid, lambda s: s.admit(tag, cseq, first, now, self.timing, hold))
+
+    def mark_sent(self, cid: str, tag: str, cseq: int) -> None:
+        """tm's t_relay of this NOTIFY has returned: it is on the wire."""
+        self._with(cid, lambda s: s.mark_sent(tag, cseq))
+
+    def suspend(self, cid: str, tag: str, cseq: int) -> bool:
+        """Suspend the current NOTIFY's transaction (creating it) into the place `admit`
+        queued it in; False if tm could not (the place is given up: relay it at once)."""
+        ids = self._suspend_current()
+        if ids is None or not self._with(cid, lambda s: s.attach(tag, cseq, *ids)):
+            now = time.time()
+            self._with(cid, lambda s: s.withdraw(tag, cseq, now))
+            return ids is not None  # suspended, its place gone: tm times it out
+        KSR.htable.sht_sets(HELD_TABLE, cid, "1")
+        return True
+
+    def requeue(self, cid: str, tag: str, cseq: int, delay_s: float) -> bool:
+        """Suspend a NOTIFY again in its failure route (the transferor answered 491) and
+        queue it to be sent again after `delay_s`."""
+        ids = self._suspend_current()
+        if ids is None:
+            return False
+        now = time.time()
+        held = Held(tag, cseq, ids[0], ids[1], now, False, now + delay_s)
+        self._with(cid, lambda s: s.hold(held), create=True)
+        KSR.htable.sht_sets(HELD_TABLE, cid, "1")
+        return True
+
+    @staticmethod
+    def _suspend_current() -> tuple[int, int] | None:
+        if KSR.tmx.t_suspend() < 0:
+            return None
+        try:
+            return int(KSR.pv.get("$T(id_index)")), int(KSR.pv.get("$T(id_label)"))
+        except (TypeError, ValueError):
+            return None
+
+    # -- the timer -------------------------------------------------------------------
+    def due(self, limit: int | None = None) -> list[tuple[str, Held]]:
+        """The held NOTIFYs to resume now (at most `limit`), dialog by dialog, each
+        dialog's in CSeq order; they count as relayed from here on (resume them all, in
+        this order, in this process, before anything else)."""
+        cids = self._held_dialogs()
+        if not cids:
+            return []
+        now = time.time()
+        out: list[tuple[str, Held]] = []
+        for cid in cids:
+            if limit is not None and len(out) >= limit:
+                break
+            room = None if limit is None else limit - len(out)
+
+            def step(s: DialogOrder, room=room) -> tuple[list[Held], list[Held], bool]:
+                stale = s.forget_stale(now, self.timing, HELD_LIMIT_S)
+                return s.release(now, self.timing, room), stale, bool(s.held)
+
+            res = self._with(cid, step)
+            if res is None:
+                KSR.htable.sht_rm(HELD_TABLE, cid)
+                continue
+            released, stale, still = res  # type: ignore[misc]
+            for h in stale:
+                self.log(f"NOTIFY {cid} CSeq {h.cseq} held {now - h.since:.0f} s: dropped "
+                         "(tm has timed its transaction out)")
+            if not still:
+                KSR.htable.sht_rm(HELD_TABLE, cid)
+            out += [(cid, h) for h in released]
+        return out
+
+    def _held_dialogs(self) -> list[str]:
+        return table_keys(HELD_TABLE)
+
+
+def table_keys(table: str) -> list[str]:
+    """The keys of an htable, read with its iterator (empty if the cfg lacks it)."""
+    it = f"{table}_it"
+    out: list[str] = []
+    try:
+        if KSR.htable.sht_iterator_start(it, table) < 0:
+            return out
+    except Exception:  # noqa: BLE001 - htable missing
+        return out
+    try:
+        while KSR.htable.sht_iterator_next(it) > 0:
+            key = KSR.pv.get(f"$shtitkey({it})")
+            if key is not None:
+                out.append(str(key))
+    finally:
+        KSR.htable.sht_iterator_end(it)
+    return out
+
+
+LATER_TABLE = "referee_later"
+
+
+class Deferred:
+    """Store calls a reply route must not wait for, kept in shared memory until they are
+    made elsewhere: a Redis round trip in a reply route would hold that reply while the
+    next message of the transfer overtakes it.
+
+        referee_later   Call-ID -> JSON list of entries (the slot lock guards it)
+
+    Entries: {"k": "accept", ...} a 2xx answer to a REFER, recorded with the next event of
+    its dialog (the first NOTIFY, the transferor's BYE, the tied INVITE), or by the sweep
+    after `accept_after_s` (a transferee that never NOTIFYs); {"k": "note"|"apply", ...}
+    what the transferor answered to a NOTIFY, stored by the next sweep.  A Kamailio
+    restart loses what is still here (at most one sweep interval of answers).
+    """
+
+    def __init__(self, log: Callable[[str], None], accept_after_s: float = 1.0) -> None:
+        self.log = log
+        self.accept_after_s = accept_after_s
+
+    def add(self, cid: str, entry: dict) -> bool:
+        """False: the cfg lacks the table (the caller makes the call itself)."""
+        try:
+            KSR.htable.sht_lock(LATER_TABLE, cid)
+        except Exception:  # noqa: BLE001 - htable missing
+            return False
+        try:
+            have = _load(KSR.htable.sht_get(LATER_TABLE, cid))
+            entry = {**entry, "t": round(time.time(), 3)} if "t" not in entry else entry
+            if entry["k"] == "accept" and any(
+                    e["k"] == "accept" and e.get("r") == entry.get("r") for e in have):
+                return True  # a retransmitted 2xx
+            have.append(entry)
+            return KSR.htable.sht_sets(LATER_TABLE, cid, json.dumps(
+                have, separators=(",", ":"))) >= 0
+        finally:
+            KSR.htable.sht_unlock(LATER_TABLE, cid)
+
+    def take_accepts(self, cid: str) -> list[dict]:
+        """The dialog's 2xx answers to REFERs not yet recorded (removed)."""
+        return self._take(cid, lambda e: e["k"] == "accept")
+
+    def due(self) -> list[tuple[str, dict]]:
+        """Entries to store now, taken: every answer to a NOTIFY, and 2xx answers to REFERs
+        older than accept_after_s; (call_id, entry), oldest first."""
+        cids = table_keys(LATER_TABLE)
+        limit = time.time() - self.accept_after_s
+        out: list[tuple[str, dict]] = []
+        for cid in cids:
+            out += [(cid, e) for e in self._take(
+                cid, lambda e: e["k"] != "accept" or e.get("t", 0) <= limit)]
+        return sorted(out, key=lambda ce: ce[1].get("t", 0))
+
+    def _take(self, cid: str, which: Callable[[dict], bool]) -> list[dict]:
+        try:
+            KSR.htable.sht_lock(LATER_TABLE, cid)
+        except Exception:  # noqa: BLE001
+            return []
+        try:
+            text = KSR.htable.sht_get(LATER_TABLE, cid)
+            if text is None:
+                return []
+            have = _load(text)
+            taken = [e for e in have if which(e)]
+            if not taken:
+                return []
+            rest = [e for e in have if not which(e)]
+            if rest:
+                KSR.htable.sht_sets(LATER_TABLE, cid, json.dumps(rest, separators=(",", ":")))
+            else:
+                KSR.htable.sht_rm(LATER_TABLE, cid)
+            return taken
+        finally:
+            KSR.htable.sht_unlock(LATER_TABLE, cid)
+
+
+def _load(text) -> list[dict]:
+    if text is None:
+        return []
+    try:
+        value = json.loads(str(text))
+    except ValueError:
+        return []  # nothing else writes here: a torn value is dropped
+    return [e for e in value if isinstance(e, dict) and "k" in e] if isinstance(value, list) \
+        else []

@@ -1,0 +1,61 @@
+"""`referee check` against real redis-servers: the one the tests use (appendonly off, as
+Debian's stock redis.conf), one started with config-examples/redis/redis.conf, and none."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kemi.cli.demo.kamailio_node import free_udp_port
+from kemi.cli.demo.redis_server import REDIS_SERVER
+
+REPO = Path(__file__).resolve().parents[3]
+REFEREE = str(Path(sys.prefix) / "bin" / "referee")
+
+
+def check(tmp_path: Path, url: str) -> subprocess.CompletedProcess:
+    db = tmp_path / "policy.db"
+    subprocess.run([REFEREE, "--db", str(db), "db", "init"], check=True, capture_output=True)
+    conf = tmp_path / "referee.toml"
+    conf.write_text(f'policy_db = "{db}"\n[redis]\nurl = "{url}"\ntimeout_ms = 200\n')
+    return subprocess.run([REFEREE, "--config", str(conf), "check"], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_a_redis_without_aof_is_reachable_but_warned_about(tmp_path, redis_server):
+    out = check(tmp_path, redis_server.url)
+    assert out.returncode == 0, out.stderr
+    assert f"redis 127.0.0.1:{redis_server.port}: reachable, appendonly off" in out.stdout
+    assert "warning: Redis at 127.0.0.1:" in out.stdout and "appendonly yes" in out.stdout
+    assert "policy " in out.stdout and "readable" in out.stdout
+
+
+def test_the_example_redis_conf_keeps_transfers_through_a_crash(tmp_path):
+    port = free_udp_port()  # a free number; TCP on loopback, checked by the start below
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, str(REPO / "config-examples/redis/redis.conf"), "--port", str(port),
+         "--bind", "127.0.0.1", "--dir", str(data), "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            out = check(tmp_path, f"redis://127.0.0.1:{port}/0")
+            if out.returncode == 0:
+                break
+            time.sleep(0.05)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"redis 127.0.0.1:{port}: reachable, appendonly on" in out.stdout
+        assert "warning" not in out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_no_redis_is_a_failure_said_in_one_line(tmp_path):
+    out = check(tmp_path, f"redis://127.0.0.1:{free_udp_port()}/0")
+    assert out.returncode == 1
+    assert "UNREACHABLE" in out.stdout

@@ -1,1 +1,0 @@
-"""Tests for kemi.policy: the decision procedure, the database and the reload cache."""

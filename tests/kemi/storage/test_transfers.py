@@ -1,0 +1,541 @@
+"""The transfer store against a real redis-server and a real 3-master Redis Cluster (the
+`raw`/`store` fixtures run each behaviour test on both): one round trip per event on a
+single Redis, atomic under concurrency, the Lua agreeing with kemi.core.state cell by cell,
+every key with a TTL.  Cluster-only behaviour (routing, MOVED, crash between the steps)
+is in test_cluster.py."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+import redis
+
+from kemi.core.state import FINAL, Event, State, step
+from kemi.storage.resp import RespClient
+from kemi.storage.transfers import SEP, ApplyResult, CreateResult, TransferStore, call_tag
+from tests.support.redis_cluster import all_keys, redis_cluster  # noqa: F401 - a fixture
+
+NOW = 1_700_000_000.0
+CID = "a84b4c76e66710@pc33.atlanta.example.com"
+
+
+class Counting:
+    """A client wrapper that counts round trips: a call is one, a pipeline is one (its
+    commands are sent before any reply is read), recorded as "PIPELINE:CMD,CMD"."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[str] = []
+        self.cluster = getattr(inner, "cluster", False) is True
+
+    def call(self, *args):
+        self.calls.append(str(args[0]))
+        fn = getattr(self.inner, "call", None) or self.inner.execute_command
+        return fn(*args)
+
+    def pipeline(self, commands):
+        self.calls.append("PIPELINE:" + ",".join(str(c[0]) for c in commands))
+        if hasattr(self.inner, "call"):
+            return self.inner.pipeline(commands)
+        p = self.inner.pipeline(transaction=False)
+        for c in commands:
+            p.execute_command(*c)
+        return p.execute(raise_on_error=False)
+
+
+@pytest.fixture(params=["single", "cluster"])
+def raw(request):
+    """A client of a fresh single Redis, or of the module's (flushed) Redis Cluster."""
+    if request.param == "single":
+        c = RespClient(request.getfixturevalue("redis_server").url, timeout_s=5)
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        c = RespClient(cluster.url, timeout_s=5)
+        assert c.cluster
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def store(raw):
+    return TransferStore(raw)
+
+
+def _create(store: TransferStore, call_id=CID, refer_id="1", **kw) -> CreateResult:
+    args = dict(
+        fields={"refer_to": "sip:marsha@example.com"}, now=NOW, deadline=NOW + 600,
+        transferor="andrew@example.com", transferee="mckenzie@example.com",
+        target="marsha@example.com",
+    )
+    args.update(kw)
+    return store.create(call_id, refer_id, **args)
+
+
+def assert_every_key_has_ttl(raw: RespClient) -> list[str]:
+    keys = all_keys(raw)
+    for key in keys:
+        assert raw.call("TTL", key) > 0, key
+    return keys
+
+
+# ----------------------------------------------------------------- basics
+
+
+def test_create_and_apply(store, raw):
+    res = _create(store)
+    assert res == CreateResult(True, "created", 1, 1)
+    rec = store.get(CID, "1")
+    assert rec is not None
+    assert rec["state"] == "refer-seen" and rec["refer_to"] == "sip:marsha@example.com"
+    assert rec["call_id"] == CID and rec["transferee"] == "mckenzie@example.com"
+    assert rec["created_at"] == f"{NOW:.3f}" and rec["events"] == "1"
+
+    r = store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1, {"accept_code": "202"})
+    assert r == ApplyResult("1", State.REFER_SEEN, State.ACCEPTED, "applied", False)
+    r = store.apply(CID, 1, Event.NOTIFY_TRYING, NOW + 2, detail="SIP/2.0 100 Trying")
+    assert (r.new, r.outcome) == (State.TRYING, "applied")
+    rec = store.get(CID, "1")
+    assert rec["state"] == "trying" and rec["accept_code"] == "202" and rec["events"] == "3"
+    assert raw.call("HGETALL", store.index_key(CID)) == [b"1", b"trying"]
+    log = [line.split("|", 5) for line in store.log(CID, "1")]
+    assert log == [
+        [f"{NOW:.3f}", "refer", "new", "refer-seen", "applied", ""],
+        [f"{NOW + 1:.3f}", "refer-accepted", "refer-seen", "accepted", "applied", ""],
+        [f"{NOW + 2:.3f}", "notify-trying", "accepted", "trying", "applied",
+         "SIP/2.0 100 Trying"],
+    ]
+    assert store.find_for_invite("mckenzie@example.com") == [(CID, "1", "marsha@example.com")]
+    assert_every_key_has_ttl(raw)
+
+
+def test_lua_agrees_with_the_table_for_every_cell(store, raw):
+    """Force each state into a record and apply each event: Lua == kemi.core.state.step."""
+    n = 0
+    for state in State:
+        if state is State.NEW:
+            continue
+        for event in Event:
+            n += 1
+            cid = f"cell-{n}"
+            _create(store, call_id=cid, transferee=None, deadline=NOW)  # EXPIRY is due
+            raw.call("HSET", store.xfer_key(cid, "1"), "state", state.value)
+            raw.call("HSET", store.index_key(cid), "1", state.value)
+            want = step(state, event)
+            got = store.apply(cid, "1", event, NOW + 1, {"probe": "x"})
+            assert (got.old, got.new, got.outcome, got.final) == (
+                want.old, want.new, want.outcome, want.final
+            ), (state, event)
+            rec = store.get(cid, "1")
+            assert rec["state"] == want.new.value
+            assert ("probe" in rec) == (want.outcome != "illegal")
+            assert rec.get("anomalies") == ("1" if want.outcome == "illegal" else None)
+
+
+def test_unknown_transfer_touches_nothing(store, raw):
+    r = store.apply(CID, "5", Event.NOTIFY_SUCCESS, NOW)
+    assert r == ApplyResult("5", None, None, "unknown", False)
+    assert all_keys(raw) == []
+    # A refer id that is no CSeq number cannot name a transfer: no round trip at all.
+    counted = Counting(raw)
+    assert TransferStore(counted).apply(CID, "abc", Event.NOTIFY_SUCCESS, NOW).outcome == (
+        "unknown"
+    )
+    assert counted.calls == []
+
+
+def test_refer_id_is_the_cseq_number(store):
+    _create(store, refer_id=7)
+    assert store.apply(CID, "007", Event.REFER_ACCEPTED, NOW).outcome == "applied"
+    assert store.get(CID, "7")["state"] == "accepted"
+    with pytest.raises(ValueError):
+        _create(store, refer_id="1a")
+
+
+def test_store_fields_are_refused_identity_may_be_repeated(store):
+    with pytest.raises(ValueError, match="state"):
+        _create(store, fields={"state": "succeeded"})
+    with pytest.raises(ValueError, match="target"):
+        _create(store, fields={"target": "someone@else"})
+    # The REFER's own facts may be repeated in fields (transfer.ReferPlan does).
+    same = {"call_id": CID, "refer_id": "01", "transferor": "andrew@example.com",
+            "target": "marsha@example.com", "rule": "r1"}
+    assert _create(store, fields=same).created
+    rec = store.get(CID, "1")
+    assert rec["refer_id"] == "1" and rec["rule"] == "r1" and rec["state"] == "refer-seen"
+    with pytest.raises(ValueError):
+        store.apply(CID, "1", Event.NOTIFY_TRYING, NOW, {"events": "0"})
+    with pytest.raises(ValueError):
+        store.apply(CID, "1", Event.NOTIFY_TRYING, NOW, {"target": "x"})
+
+
+def test_illegal_event_is_logged_but_sets_no_field(store):
+    _create(store)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)
+    r = store.apply(CID, "1", Event.REFER_REJECTED, NOW + 1, {"code": "603"}, detail="603")
+    assert (r.outcome, r.new) == ("illegal", State.ACCEPTED)
+    rec = store.get(CID, "1")
+    assert "code" not in rec and rec["anomalies"] == "1" and rec["state"] == "accepted"
+    assert store.log(CID, "1")[-1].endswith("|refer-rejected|accepted|accepted|illegal|603")
+
+
+# ----------------------------------------------------------------- final transitions
+
+
+FINAL_PATHS = {
+    "succeeded": [Event.REFER_ACCEPTED, Event.NOTIFY_RINGING, Event.NOTIFY_SUCCESS],
+    "failed": [Event.REFER_ACCEPTED, Event.BYE_TRANSFEROR, Event.NOTIFY_FAILURE],
+    "nosub-succeeded": [Event.REFER_ACCEPTED_NOSUB, Event.INVITE, Event.INVITE_2XX],
+    "expired": [Event.REFER_ACCEPTED, Event.EXPIRY],
+}
+
+
+@pytest.mark.parametrize("path", sorted(FINAL_PATHS))
+def test_final_transition_streams_and_sets_ttls(store, raw, path):
+    _create(store, refer_id="3", deadline=NOW + 1)  # due when the "expired" path expires it
+    _create(store, refer_id="4", transferee=None)  # a second, open transfer in the dialog
+    events = FINAL_PATHS[path]
+    results = [store.apply(CID, "3", ev, NOW + i, {f"f{i}": "v"}) for i, ev in
+               enumerate(events, 1)]
+    assert [r.final for r in results] == [False] * (len(events) - 1) + [True]
+    final_state = results[-1].new
+    assert final_state in FINAL
+
+    (entry,) = store.finished(10)
+    assert entry["state"] == final_state.value and entry["key"] == store.xfer_key(CID, "3")
+    assert entry["call_id"] == CID and entry["refer_id"] == "3"
+    assert entry["f1"] == "v" and entry["final_at"] == f"{NOW + len(events):.3f}"
+    assert entry["stream_id"]
+    # Final: done TTL on the transfer's keys, deadline and tie entry gone.
+    xk = store.xfer_key(CID, "3")
+    for key in (xk, xk + ":log"):
+        assert 3590 <= raw.call("TTL", key) <= 3600, key
+    assert raw.call("TTL", store.index_key(CID)) >= 3590
+    assert raw.call("ZSCORE", store.deadlines_key, f"{CID}{SEP}3") is None
+    assert raw.call("ZSCORE", store.deadlines_key, f"{CID}{SEP}4") is not None
+    assert store.find_for_invite("mckenzie@example.com") == []
+    assert raw.call("HGET", store.index_key(CID), "3") == final_state.value.encode()
+    keys = assert_every_key_has_ttl(raw)
+    assert store.stream_key in keys
+    # Later events are recorded, never streamed again.
+    assert store.apply(CID, "3", Event.NOTIFY_SUCCESS, NOW + 9).final is False
+    assert len(store.finished(10)) == 1
+
+
+def test_reject_closes_a_transfer(store, raw):
+    _create(store)
+    r = store.reject(CID, "1", NOW + 1, {"reply": "503"})
+    assert (r.new, r.final) == (State.REJECTED, True)
+    assert store.finished(1)[0]["reply"] == "503"
+    assert store.due(NOW + 10_000) == []
+    assert_every_key_has_ttl(raw)
+
+
+# ----------------------------------------------------------------- NOTIFY without ;id=
+
+
+def test_notify_without_id_resolves_only_an_unambiguous_transfer(store):
+    assert store.apply(CID, None, Event.NOTIFY_TRYING, NOW).outcome == "unknown"
+    _create(store, refer_id="1")
+    r = store.apply(CID, None, Event.NOTIFY_TRYING, NOW + 1)
+    assert (r.refer_id, r.new, r.outcome) == ("1", State.TRYING, "applied")
+    _create(store, refer_id="2")
+    before = (store.log(CID, "1"), store.log(CID, "2"))
+    r = store.apply(CID, None, Event.NOTIFY_SUCCESS, NOW + 2)
+    assert r == ApplyResult(None, None, None, "ambiguous", False)
+    assert (store.log(CID, "1"), store.log(CID, "2")) == before  # never guessed
+    # Once the first is final, the second is the only open one.
+    store.apply(CID, "1", Event.NOTIFY_SUCCESS, NOW + 3)
+    r = store.apply(CID, None, Event.NOTIFY_RINGING, NOW + 4)
+    assert (r.refer_id, r.new) == ("2", State.RINGING)
+    store.apply(CID, "2", Event.NOTIFY_FAILURE, NOW + 5)
+    assert store.apply(CID, None, Event.NOTIFY_TRYING, NOW + 6).outcome == "unknown"
+
+
+def test_two_refers_in_a_dialog_are_kept_apart(store):
+    _create(store, refer_id="1")
+    _create(store, refer_id="2", target="bob@example.com")
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1)
+    store.apply(CID, "2", Event.REFER_REJECTED, NOW + 1)
+    store.apply(CID, "1", Event.NOTIFY_SUCCESS, NOW + 2)
+    assert store.get(CID, "1")["state"] == "succeeded"
+    assert store.get(CID, "2")["state"] == "rejected"
+    assert store.get(CID, "2")["target"] == "bob@example.com"
+    assert len(store.log(CID, "1")) == 3 and len(store.log(CID, "2")) == 2
+    assert {e["refer_id"]: e["state"] for e in store.finished(10)} == {
+        "1": "succeeded", "2": "rejected"
+    }
+
+
+# ----------------------------------------------------------------- limits
+
+
+def test_duplicate_refer(store, raw):
+    _create(store)
+    res = _create(store)
+    assert res == CreateResult(False, "duplicate", 1, 1)  # a retransmission is not counted
+    assert len(store.log(CID, "1")) == 1
+
+
+def test_per_call_limit(store, raw):
+    assert _create(store, refer_id="1", max_per_call=2).created
+    assert _create(store, refer_id="2", max_per_call=2).transfers_in_call == 2
+    res = _create(store, refer_id="3", max_per_call=2)
+    assert res == CreateResult(False, "per-call-limit", 2, 3)
+    assert store.get(CID, "3") is None and store.log(CID, "3") == []
+    assert raw.call("HLEN", store.index_key(CID)) == 2
+    assert raw.call("ZCARD", store.deadlines_key) == 2
+    assert len(store.find_for_invite("mckenzie@example.com")) == 2
+    assert_every_key_has_ttl(raw)
+
+
+def test_rate_limit_per_transferor_per_minute(store, raw):
+    minute = (NOW // 60) * 60
+    for i in range(3):
+        assert _create(store, call_id=f"c{i}", now=minute + i, rate_limit=3).created
+    res = _create(store, call_id="c3", now=minute + 30, rate_limit=3)
+    assert res == CreateResult(False, "rate-limit", 0, 4)
+    assert store.get("c3", "1") is None
+    assert raw.call("EXISTS", store.index_key("c3")) == 0
+    # Another transferor, or the next minute, is not limited.
+    assert _create(store, call_id="c4", now=minute + 30, rate_limit=3,
+                   transferor="bob@example.com").refers_this_minute == 1
+    assert _create(store, call_id="c5", now=minute + 60, rate_limit=3).created
+    assert 0 < raw.call("TTL", store.rate_key("andrew@example.com", minute)) <= 120
+    assert_every_key_has_ttl(raw)
+
+
+# ----------------------------------------------------------------- odd Call-IDs
+
+
+@pytest.mark.parametrize(
+    "call_id",
+    ["{abc}@host", "a}b{c", "50%25+off@host", "x+y%z@[::1]", "sp ace\x1fsep@h", "ümlaut@h"],
+)
+def test_any_call_id_round_trips(store, raw, call_id):
+    tag = call_tag(call_id)
+    if "{" in call_id or "}" in call_id:
+        assert len(tag) == 16 and "{" not in tag
+    else:
+        assert tag == call_id
+    assert store.xfer_key(call_id, 1) == f"referee:{{{tag}}}:xfer:1"
+    _create(store, call_id=call_id, deadline=NOW + 5)
+    assert store.due(NOW + 10) == [(call_id, "1")]
+    assert store.find_for_invite("mckenzie@example.com") == [
+        (call_id, "1", "marsha@example.com")
+    ]
+    assert store.apply(call_id, None, Event.NOTIFY_SUCCESS, NOW + 1).refer_id == "1"
+    assert store.get(call_id, "1")["call_id"] == call_id
+    assert store.finished(1)[0]["call_id"] == call_id
+    assert store.due(NOW + 10) == []
+
+
+def test_brace_prefix_refused():
+    with pytest.raises(ValueError):
+        TransferStore(object(), prefix="a{b}")
+
+
+# ----------------------------------------------------------------- deadlines
+
+
+def sweep(store: TransferStore, now: float) -> list[tuple[str, str]]:
+    """What the glue's rtimer does: EXPIRY for each entry due() lists; the ones it closed."""
+    return [(cid, rid) for cid, rid in store.due(now)
+            if store.apply(cid, rid, Event.EXPIRY, now, detail="sweep").final]
+
+
+def test_deadlines_expiry_sweep_and_ttl(store, raw):
+    _create(store, refer_id="1", deadline=NOW + 60)
+    _create(store, refer_id="2", deadline=NOW + 600)
+    xk = store.xfer_key(CID, "1")
+
+    def score() -> float:
+        return float(raw.call("ZSCORE", store.deadlines_key, f"{CID}{SEP}1"))
+
+    assert 355 <= raw.call("TTL", xk) <= 360  # deadline + margin
+    # A NOTIFY's expires moves the deadline (and the TTL).  A single Redis moves the index
+    # entry in the same script; on a Cluster the entry keeps the earlier score (never a
+    # later one than the record's) until the sweep finds the transfer not due and
+    # re-indexes it -- an early entry costs a look, a late one could lose an expiry.
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1, deadline=NOW + 1200)
+    assert score() == (NOW + 60 if store.cluster else NOW + 1200)
+    assert 1490 <= raw.call("TTL", xk) <= 1500
+    assert store.get(CID, "1")["deadline"] == f"{NOW + 1200:.3f}"
+    # An illegal event does not move it.
+    store.apply(CID, "1", Event.REFER_REJECTED, NOW + 2, deadline=NOW + 5)
+    assert store.get(CID, "1")["deadline"] == f"{NOW + 1200:.3f}"
+    assert score() == (NOW + 60 if store.cluster else NOW + 1200)
+    assert store.due(NOW + 700) == ([(CID, "1"), (CID, "2")] if store.cluster else [(CID, "2")])
+    assert store.due(NOW + 700, limit=1) == [(CID, "1" if store.cluster else "2")]
+    # Only 2 is due; 1 is not, whatever the index said (an EXPIRY checks the record).
+    assert store.apply(CID, "1", Event.EXPIRY, NOW + 700).outcome == "ignored"
+    assert sweep(store, NOW + 700) == [(CID, "2")]
+    assert score() == NOW + 1200 and store.due(NOW + 700) == []
+    assert store.get(CID, "1")["state"] == "accepted"
+    # A deadline moved earlier moves the index entry with it, in both modes; the record's
+    # TTL is not shortened (so it outlives any entry a crash could have left behind).
+    store.apply(CID, "1", Event.NOTIFY_TRYING, NOW + 701, deadline=NOW + 800)
+    assert score() == NOW + 800
+    assert raw.call("TTL", xk) >= 1490
+    assert sweep(store, NOW + 799) == []
+    assert sweep(store, NOW + 800) == [(CID, "1")]
+    assert store.get(CID, "1")["state"] == "expired"
+    assert store.due(NOW + 2000) == []
+    assert_every_key_has_ttl(raw)
+
+
+def test_stale_deadline_of_a_vanished_transfer_is_dropped(store, raw):
+    _create(store, deadline=NOW)
+    raw.call("DEL", store.xfer_key(CID, "1"))
+    assert store.due(NOW + 1) == [(CID, "1")]
+    assert store.apply(CID, "1", Event.EXPIRY, NOW + 1).outcome == "unknown"
+    assert store.due(NOW + 1) == []
+
+
+# ----------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("kind", ["resp", "redis-py"])
+def test_one_round_trip_per_create_and_apply(redis_server, kind):
+    inner = (RespClient(redis_server.url, timeout_s=5) if kind == "resp"
+             else redis.Redis(port=redis_server.port))
+    counted = Counting(inner)
+    store = TransferStore(counted)
+    # First use after a (re)start: NOSCRIPT, then EVAL: counted, and once per script.
+    _create(store, refer_id="1")
+    assert counted.calls == ["EVALSHA", "EVAL"] and store.noscript_fallbacks == 1
+    counted.calls.clear()
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)
+    assert counted.calls == ["EVALSHA", "EVAL"] and store.noscript_fallbacks == 2
+    for fn in (
+        lambda: _create(store, refer_id="2"),
+        lambda: store.apply(CID, "1", Event.NOTIFY_TRYING, NOW),
+        lambda: store.apply(CID, None, Event.NOTIFY_TRYING, NOW),
+        lambda: store.apply(CID, "2", Event.NOTIFY_SUCCESS, NOW),
+        lambda: store.reject(CID, "1", NOW),
+        lambda: store.get(CID, "1"),
+        lambda: store.log(CID, "1"),
+        lambda: store.finished(5),
+        lambda: store.due(NOW),
+        lambda: store.find_for_invite("mckenzie@example.com"),
+    ):
+        counted.calls.clear()
+        fn()
+        assert len(counted.calls) == 1, counted.calls
+    assert store.noscript_fallbacks == 2
+    # (the reject came after a 202: illegal, so only transfer 2 finished)
+    assert [(e["refer_id"], e["state"]) for e in store.finished(5)] == [("2", "succeeded")]
+
+
+# ----------------------------------------------------------------- concurrency
+
+
+def _racer(url: str, me: int, rounds: int, start, out) -> None:
+    store = TransferStore(RespClient(url, timeout_s=5), log_maxlen=100_000)
+    results = []
+    start.wait(10)
+    for i in range(rounds):
+        field = f"p{me}_{i}"
+        if me == 0 and i == rounds // 2:
+            r = store.apply(CID, "1", Event.NOTIFY_SUCCESS, NOW + 1, {"winner": "yes"})
+            results.append(("success", r.outcome, r.final, "winner"))
+        r = store.apply(CID, "1", Event.NOTIFY_FAILURE_NONFINAL, NOW + 1, {field: "x"})
+        results.append(("nonfinal", r.outcome, r.final, field))
+    out.put((me, results))
+
+
+def test_concurrent_events_lose_no_update(store, raw):
+    rounds = 300
+    _create(store, transferee=None)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_racer, args=(raw.url, me, rounds, start, out))
+             for me in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = dict(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    flat = [r for me in (0, 1) for r in results[me]]
+    assert len(flat) == 2 * rounds + 1
+
+    rec = store.get(CID, "1")
+    log = store.log(CID, "1")
+    # Every event is in the log and the counter: nothing lost, nothing doubled.
+    assert len(log) == int(rec["events"]) == 2 + len(flat)
+    assert rec["state"] == "succeeded" and rec["winner"] == "yes"
+    assert sum(1 for r in flat if r[2]) == 1
+    # A field is there exactly when its event was not illegal (set atomically with it).
+    illegal = [r for r in flat if r[1] == "illegal"]
+    assert int(rec.get("anomalies", "0")) == len(illegal)
+    for _kind, outcome, _final, field in flat:
+        assert (field in rec) == (outcome != "illegal"), (field, outcome)
+    # The log is serial: every NONFINAL before the success was applied, every one after
+    # it illegal (a NOTIFY after the final one).
+    outcomes = [line.split("|")[1:5] for line in log[2:]]
+    cut = outcomes.index(["notify-success", "accepted", "succeeded", "applied"])
+    assert all(o == ["notify-failure-nonfinal", "accepted", "accepted", "applied"]
+               for o in outcomes[:cut])
+    assert all(o == ["notify-failure-nonfinal", "succeeded", "succeeded", "illegal"]
+               for o in outcomes[cut + 1:])
+    assert len(store.finished(10)) == 1
+    assert_every_key_has_ttl(raw)
+
+
+def test_annotate_writes_facts_beside_the_state_and_logs_them(store, raw):
+    _create(store)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, now=NOW + 1)
+    assert store.annotate(
+        CID, "1", NOW + 2, {"asterisk_result": "reconnected"}, detail="P back with A"
+    )
+    record = store.get(CID, "1")
+    assert record["state"] == "accepted"  # untouched
+    assert record["asterisk_result"] == "reconnected"
+    assert store.log(CID, "1")[-1].split("|") == [
+        f"{NOW + 2:.3f}", "note", "accepted", "accepted", "noted", "P back with A"
+    ]
+    assert_every_key_has_ttl(raw)
+
+
+def test_annotate_refuses_the_stores_own_fields_and_unknown_transfers(store):
+    with pytest.raises(ValueError):
+        store.annotate(CID, "1", NOW, {"state": "succeeded"})
+    assert store.annotate(CID, "99", NOW, {"asterisk_result": "x"}) is False
+    assert store.get(CID, "99") is None
+
+
+# ----------------------------------------------------------------- a REFER answered already
+
+
+def test_a_create_redis_runs_past_the_callers_budget_writes_nothing(store, raw):
+    """Issue 9 item 7: Redis hung, the REFER was answered 503, then Redis resumed and ran
+    the create.  Modelled by a budget already spent: nothing is written -- no record, no
+    index, no tie entry -- so nothing ties the transferee's next INVITE."""
+    raw.call("PING")  # a connection, so the client knows Redis's clock
+    assert isinstance(raw.clock_offset, float)
+    res = _create(store, answered_after_s=-1.0)
+    assert res.reason == "too-late" and not res.created
+    assert store.get(CID, "1") is None
+    assert raw.call("HLEN", store.index_key(CID)) == 0
+    assert store.find_for_invite("mckenzie@example.com") == []
+
+
+def test_a_create_within_the_budget_is_recorded(store, raw):
+    raw.call("PING")
+    assert _create(store, answered_after_s=0.5).created
+
+
+def test_without_redis_clock_offset_no_budget_is_checked(redis_server):
+    """A client that has not read Redis's clock yet (its first command) checks nothing:
+    better a record than a refusal on a guess."""
+    client = RespClient(redis_server.url, timeout_s=5)
+    try:
+        assert client.clock_offset is None
+        assert _create(TransferStore(client), answered_after_s=-1.0).created
+        assert isinstance(client.clock_offset, float)  # read in that first handshake
+    finally:
+        client.close()
