@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kemi.core.actions import Reply
 from kemi.core.policy.evaluate import decide
 from kemi.core.policy.model import Decision, Policy, ReferFacts
 from kemi.core.sip.errors import SipParseError
@@ -29,34 +30,12 @@ from kemi.core.sip.headers import (
     split_values,
 )
 from kemi.core.sip.sipfrag import StatusLine, is_sipfrag, parse_sipfrag
-from kemi.core.sip.text import printable, text_fault
+from kemi.core.sip.text import text_fault
 from kemi.core.sip.uri import Uri, parse_uri
 from kemi.core.state import Event, notify_event
 
 # Reason phrases referee writes; the Warning header says the specifics (RFC 3261 20.43).
 BAD_REQUEST = "Bad Request"
-
-
-@dataclass(frozen=True)
-class Reply:
-    """A final answer referee sends itself instead of relaying."""
-
-    code: int
-    reason: str
-    warning: str = ""
-    retry_after: int | None = None
-
-    def headers(self, agent: str = "referee") -> str:
-        """Extra header block for the reply, CRLF-terminated (may be empty)."""
-        out = ""
-        if self.warning:
-            # a quoted-string: no '\\' or '"', bad bytes as %XX
-            text = printable(self.warning, escape="%{:02X}").replace("\\", "/")
-            text = text.replace('"', "'")
-            out += f'Warning: 399 {agent} "{text}"\r\n'
-        if self.retry_after is not None:
-            out += f"Retry-After: {self.retry_after}\r\n"
-        return out
 
 
 @dataclass(frozen=True)

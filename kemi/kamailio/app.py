@@ -50,7 +50,7 @@ class Referee:
     @property
     def asterisk_sources(self) -> dict[str, str]:
         """"ip:port" of each [anchored] Asterisk -> its name."""
-        return self.s.asterisk_sources
+        return self.anchoring.sources
 
     def child_init(self, rank: int) -> int:
         self.s.child_init()

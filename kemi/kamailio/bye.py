@@ -31,15 +31,12 @@ class ByeRoutes:
             return CONTINUE
         by_transferor = (pv("$ft") or "") == mark.transferor_tag
         event = Event.BYE_TRANSFEROR if by_transferor else Event.BYE_TRANSFEREE
-        ended_by = "transferor" if by_transferor else "transferee"
-        if not by_transferor and mark.anchored and source() in self.s.asterisk_sources:
-            # Asterisk's BYE to A carries P's identity in its From, yet P may well be
-            # talking on: Asterisk released A's leg (the controller's ami_result says why).
-            ended_by = "asterisk"
+        ended_by, detail = "transferor" if by_transferor else "transferee", ""
+        if mark.anchored and not by_transferor:
+            ended_by, detail = self.anchoring.bye_sender(source()) or (ended_by, "")
         self.rec.take_accepts(call_id)
         self.rec.apply(call_id, mark.refer_id or None, event, {"ended_by": ended_by},
-                       f"BYE from the {ended_by}" + (" (A's leg released by Asterisk)"
-                                                     if ended_by == "asterisk" else ""))
+                       f"BYE from the {ended_by}" + (f" ({detail})" if detail else ""))
         if mark.anchored:
             self.anchoring.dialog_ended(call_id)
         return CONTINUE

@@ -13,7 +13,7 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi.core import transfer
+from kemi.core.actions import Reply
 from kemi.core.sip.text import printable
 
 CONTINUE = 1  # let the caller (cfg or proxy) go on routing
@@ -93,7 +93,7 @@ def header_values(name: str) -> list[str]:
         i += 1
 
 
-def answer(reply: transfer.Reply) -> int:
+def answer(reply: Reply) -> int:
     extra = reply.headers()
     if extra:
         KSR.hdr.append_to_reply(extra)

@@ -10,10 +10,11 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi.core import transfer
+from kemi.core import transfer, verdicts
 from kemi.core.cseq import CSeqError, parse_cseq_number
 from kemi.core.state import Event
-from kemi.kamailio.glue import CONTINUE, HANDLED, answer, arm_routes, log, pv
+from kemi.kamailio.glue import CONTINUE, HANDLED, arm_routes, log, pv
+from kemi.kamailio.perform import perform
 from kemi.kamailio.recorder import Recorder
 from kemi.kamailio.services import Services
 from kemi.storage.resp import RedisError
@@ -46,30 +47,18 @@ class NotifyRoutes:
             # A retransmission: tm has re-sent the last answer (none while it is held).
             # Handled before anything else: it must neither be recorded again nor queued.
             return HANDLED
-        bad = transfer.bad_call_id(pv("$ci") or "")
-        if bad is not None:
-            log(KSR.notice, f"NOTIFY answered {bad.code}: {bad.warning}")
-            return answer(bad)
-        sub_state = pv("$hdr(Subscription-State)")
-        facts = transfer.read_notify(
-            transfer.NotifyMessage(
-                event=event_hdr,
-                subscription_state=sub_state,
-                content_type=ctype,
-                body=pv("$rb") or "",
-            )
-        )
         call_id = pv("$ci") or ""
-        if isinstance(facts, transfer.Reply):
-            log(KSR.notice, f"NOTIFY {call_id} answered {facts.code}: {facts.warning}")
-            return answer(facts)
-        repaired = transfer.repaired_subscription_state(sub_state)
-        if repaired is not None:
-            # Read tolerantly, write strictly: a strict transferor drops the malformed one.
-            KSR.hdr.remove("Subscription-State")
-            KSR.hdr.append(f"Subscription-State: {repaired}\r\n")
-            log(KSR.notice, f"NOTIFY {call_id}: Subscription-State {sub_state!r} "
-                             f"relayed as {repaired!r}")
+        read = verdicts.notify(call_id, transfer.NotifyMessage(
+            event=event_hdr,
+            subscription_state=pv("$hdr(Subscription-State)"),
+            content_type=ctype,
+            body=pv("$rb") or "",
+        ))
+        if read.answered:
+            return perform(read.actions, self.rec)
+        perform(read.actions, self.rec)  # a malformed Subscription-State rewritten
+        facts = read.value
+        assert facts is not None
         ruri = self._target(call_id, facts.refer_id)
         status = facts.status
         fields = {"last_notify": str(status.code) if status else "none"}

@@ -9,6 +9,7 @@ import time
 import KSR  # provided by app_python3
 
 from kemi.core import transfer
+from kemi.core.actions import Store
 from kemi.core.dialogs import DialogEvent, response_event
 from kemi.core.state import Event
 from kemi.kamailio.glue import log, pv, source
@@ -71,13 +72,29 @@ class Recorder:
         elif e["k"] == "apply":
             self.apply(call_id, e.get("r"), Event(e["e"]), e.get("f"), e.get("d", ""), at=at)
         elif e["k"] == "note":
-            try:
-                self.s.store.annotate(call_id, e.get("r"), at, e.get("f") or {}, e.get("d", ""))
-            except RedisError as exc:
-                spooled = self.spool("annotate", call_id=call_id, refer_id=e.get("r"),
-                                      now=at, fields=e.get("f") or {}, detail=e.get("d", ""))
-                log(KSR.err, f"note for {call_id} {'spooled' if spooled else 'LOST'} "
-                              f"(Redis: {exc})")
+            self.note(call_id, e.get("r"), e.get("f") or {}, e.get("d", ""), at)
+
+    def store(self, action: Store) -> None:
+        """A Store action: its event applied (after any 2xx that waited for it), or, with
+        no event, a note on the record."""
+        if action.event is None:
+            self.note(action.call_id, action.refer_id, dict(action.fields), action.detail,
+                      time.time())
+            return
+        self.take_accepts(action.call_id)
+        self.apply(action.call_id, action.refer_id, action.event, dict(action.fields),
+                   action.detail)
+
+    def note(self, call_id: str, refer_id: str | None, fields: dict, detail: str,
+             at: float) -> None:
+        """Facts on a record without an event; spooled when Redis cannot take them."""
+        try:
+            self.s.store.annotate(call_id, refer_id, at, fields, detail)
+        except RedisError as exc:
+            spooled = self.spool("annotate", call_id=call_id, refer_id=refer_id, now=at,
+                                 fields=fields, detail=detail)
+            log(KSR.err, f"note for {call_id} {'spooled' if spooled else 'LOST'} "
+                         f"(Redis: {exc})")
 
     def record_dialog(self, event: DialogEvent, callee_tag: str | None = None) -> None:
         """Apply one event of the current message's dialog to the index; never blocks the

@@ -1,6 +1,6 @@
-"""REFER: checked against policy (kemi.core.transfer), against the dialog index when it
-is on (kemi.core.replaces), recorded, and relayed -- or, to an anchored Asterisk in
-accept mode, answered here (kemi.kamailio.anchored)."""
+"""REFER: checked against policy and, with the index on, against the dialog index
+(kemi.core.verdicts), recorded, and relayed -- or, to an anchored Asterisk in accept
+mode, answered here (kemi.kamailio.anchored)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import time
 
 import KSR  # provided by app_python3
 
-from kemi.core import replaces, transfer
-from kemi.core.anchor import xfer_id
+from kemi.core import transfer, verdicts
 from kemi.core.cseq import CSeqError, parse_cseq_number
-from kemi.core.state import Event
 from kemi.kamailio.anchored import AnchoredRoutes
-from kemi.kamailio.glue import CONTINUE, answer, arm_routes, header_values, log, pv, source
+from kemi.kamailio.glue import CONTINUE, arm_routes, header_values, pv, source
 from kemi.kamailio.marks import mark_dialog
+from kemi.kamailio.perform import perform
 from kemi.kamailio.recorder import Recorder
 from kemi.kamailio.services import Services
 from kemi.storage.policy_cache import PolicyUnavailable
@@ -53,65 +52,37 @@ class ReferRoutes:
         try:
             policy = self.s.policy.current()
         except PolicyUnavailable as exc:
-            log(KSR.err, f"REFER {msg.call_id}: policy unavailable: {exc}")
-            return answer(
-                transfer.Reply(500, "Server Internal Error", "transfer policy unavailable")
-            )
-        verdict = transfer.check_refer(msg, policy)
-        if isinstance(verdict, transfer.Reply):
-            log(KSR.notice,
-                 f"REFER {msg.call_id}/{cseq} answered {verdict.code}: {verdict.warning}")
-            return answer(verdict)
-        transferor = plan_transferor = verdict.transferor
+            return perform(verdicts.policy_unavailable(f"REFER {msg.call_id}", str(exc)).actions,
+                           self.rec)
+        checked = verdicts.refer(msg, policy)
+        if checked.answered:
+            return perform(checked.actions, self.rec)
+        plan = checked.value
+        assert plan is not None
+        transferor = plan.transferor
         if self.s.dialog_index and msg.to_tag:
-            judged = self._check_dialog(verdict, msg)
-            if isinstance(judged, int):
-                return judged
-            transferor = judged.transferor
-        if self.s.dialog_index and verdict.replaces is not None:
-            judged = self._check_replaces(verdict, transferor or plan_transferor)
-            if judged is not None:
-                return judged
-        return self._track(verdict)
-
-    def _check_dialog(self, plan: transfer.ReferPlan, msg: transfer.ReferMessage
-                            ) -> int | replaces.ReferDialog:
-        """An in-dialog REFER must be in a dialog the index knows, from one of its parties
-        (by tag and by source): a To-tag is no proof of a dialog (anyone can invent one
-        to pass the out-of-dialog gate), a From is no proof of a party.  An int when
-        answered, else what the index says of the dialog (noted on the record)."""
-        try:
-            found = self.s.dialogs.find(msg.call_id, msg.from_tag, msg.to_tag)
-        except RedisError as exc:
-            return self.redis_down(plan, exc)
-        ok = replaces.check_refer_dialog(found, msg.from_tag, source(), msg.auth_user,
-                                         self.s.host_only)
-        if isinstance(ok, transfer.Reply):
-            log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {ok.code}: "
-                             f"{ok.warning}")
-            return answer(ok)
-        if ok.transferee_src:
-            plan.fields["transferee_src"] = ok.transferee_src
-        return ok
-
-    def _check_replaces(self, plan: transfer.ReferPlan, transferor: str) -> int | None:
-        """The dialog an attended transfer names, judged against the index: an int when
-        the REFER was answered (or Redis is away), None to go on and record it."""
-        rp = plan.replaces
-        try:
-            found = self.s.dialogs.find(rp.call_id, rp.to_tag, rp.from_tag)
-        except RedisError as exc:
-            return self.redis_down(plan, exc)
-        ok = replaces.check_refer_replaces(rp, found, transferor,
-                                           self.s.policy.current(), plan.decision.tenant,
-                                           source=source(), auth_user=pv("$au"),
-                                           host_only=self.s.host_only)
-        if isinstance(ok, transfer.Reply):
-            log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered {ok.code}: "
-                             f"{ok.warning}")
-            return answer(ok)
-        plan.fields.update(ok.fields())
-        return None
+            try:
+                found = self.s.dialogs.find(msg.call_id, msg.from_tag, msg.to_tag)
+            except RedisError as exc:
+                return self._without_store(plan, str(exc))
+            judged = verdicts.refer_dialog(plan, found, msg.from_tag, source(), msg.auth_user,
+                                           self.s.host_only)
+            if judged.answered:
+                return perform(judged.actions, self.rec)
+            assert judged.value is not None
+            transferor = judged.value.transferor or transferor
+        if self.s.dialog_index and plan.replaces is not None:
+            rp = plan.replaces
+            try:
+                found = self.s.dialogs.find(rp.call_id, rp.to_tag, rp.from_tag)
+            except RedisError as exc:
+                return self._without_store(plan, str(exc))
+            judged_rp = verdicts.refer_replaces(
+                plan, found, transferor, self.s.policy.current(), plan.decision.tenant,
+                source=source(), auth_user=pv("$au"), host_only=self.s.host_only)
+            if judged_rp.answered:
+                return perform(judged_rp.actions, self.rec)
+        return self._track(plan)
 
     def _track(self, plan: transfer.ReferPlan) -> int:
         now = time.time()
@@ -136,49 +107,33 @@ class ReferRoutes:
                 answered_after_s=self.s.settings.redis.timeout_ms / 1000.0 + LATE_MARGIN_S,
             )
         except RedisError as exc:
-            return self.redis_down(plan, exc)
+            return self._without_store(plan, str(exc))
         if res.reason == "too-late":  # Redis ran it past our budget: nothing was recorded
-            return self.redis_down(plan, RedisError("Redis answered past the budget"))
+            return self._without_store(plan, "Redis answered past the budget")
         if not res.created and res.reason != "duplicate":
-            reply = transfer.limit_reply(res.reason, d)
-            log(KSR.notice, f"REFER {plan.call_id}/{plan.refer_id} answered 403: {reply.warning}")
-            return answer(reply)
+            return perform(verdicts.refer_over_limit(plan, res.reason).actions, self.rec)
         if mode == "accept":
             return self.anchoring.accept(plan, asterisk, duplicate=not res.created, now=now)
         if asterisk is not None:
-            # Relayed to the anchored Asterisk: its AGI finds the record by this header.
-            KSR.hdr.append(f"X-Transfer-Id: {xfer_id(plan.call_id, plan.refer_id)}\r\n")
+            self.anchoring.mark_relayed(plan)
         if token and res.created:
             refer_to = header_values("Refer-To")[0]
             KSR.hdr.remove("Refer-To")
             KSR.hdr.append(f"Refer-To: {transfer.with_tie_token(refer_to, token)}\r\n")
         self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
-        log(
-            KSR.info,
-            f"REFER {plan.call_id}/{plan.refer_id} {plan.transferor} -> {plan.target_uri} "
-            f"allowed ({d.rule})",
-        )
-        return CONTINUE
+        return perform((verdicts.refer_allowed(plan),), self.rec)
 
-    def redis_down(self, plan: transfer.ReferPlan, exc: Exception) -> int:
+    def _without_store(self, plan: transfer.ReferPlan, why: str) -> int:
+        """Redis away: relayed with its record spooled, or refused 503 ([kamailio]
+        redis_fail_mode)."""
         k = self.s.settings.kamailio
-        if k.redis_fail_mode == "open":
-            now = time.time()
-            spooled = self.rec.spool(
-                "create", call_id=plan.call_id, refer_id=plan.refer_id, fields=plan.fields,
-                now=now, deadline=now + min(plan.expiry_s, self.s.settings.transfer.max_open_s),
-                transferor=plan.transferor, transferee=plan.transferee, target=plan.target,
-            )
-            log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} relayed while Redis is away "
-                          f"({exc}); {'spooled' if spooled else 'NOT RECORDED'}")
+        v = verdicts.refer_without_store(
+            plan, why, fail_open=k.redis_fail_mode == "open", now=time.time(),
+            max_open_s=self.s.settings.transfer.max_open_s, retry_after_s=k.retry_after_s)
+        rc = perform(v.actions, self.rec)
+        if v.value:
             self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
-            return CONTINUE
-        log(KSR.err, f"REFER {plan.call_id}/{plan.refer_id} refused 503 (Redis: {exc})")
-        return answer(
-            transfer.Reply(
-                503, "Service Unavailable", "transfer state store unreachable", k.retry_after_s
-            )
-        )
+        return rc
 
     def _follow(self, call_id: str, refer_id: str, nosub: bool) -> None:
         """Arm the REFER's reply and failure routes and mark its dialog for BYEs."""
@@ -199,15 +154,7 @@ class ReferRoutes:
             refer_id = str(parse_cseq_number(pv("$cs")))
         except CSeqError:
             return CONTINUE
-        reply = transfer.unrelayed_reply(rc)
-        code = reply.code
-        answer(reply)
         call_id = pv("$ci") or ""
+        perform(verdicts.refer_unrelayed(call_id, refer_id, rc).actions, self.rec)
         self.s.order.refer_answered(call_id, refer_id)
-        res = self.rec.apply(call_id, refer_id, Event.REFER_REJECTED,
-                          {"refer_reply": str(code), "refer_unrelayed": str(rc)},
-                          f"{code} by the proxy: t_relay failed ({rc})")
-        if res is not None and res.final:
-            log(KSR.notice, f"REFER {call_id}/{refer_id} could not be relayed (t_relay "
-                             f"{rc}): answered {code}, transfer rejected")
         return CONTINUE

@@ -11,7 +11,7 @@ import KSR  # provided by app_python3
 
 from kemi import config
 from kemi.core.order import Timing
-from kemi.kamailio.glue import log, source_key
+from kemi.kamailio.glue import log
 from kemi.kamailio.sequencer import Deferred, Sequencer
 from kemi.storage.dialogs import DialogStore
 from kemi.storage.journal import Journal
@@ -33,10 +33,6 @@ class Services:
         self.host_only = self.settings.kamailio.party_match == "host"
         self.journal = Journal(self.settings.kamailio.journal_dir)
         self.anchored = self.settings.anchored
-        self.asterisk_sources = {
-            source_key(addr): name for name, addr in self.anchored.asterisk.items()
-        }
-        self.anchored_ready = False  # the cfg has the anchored-mode htables (child_init)
         k = self.settings.kamailio
         self.order = Sequencer(
             Timing(grace_s=k.order_grace_ms / 1000.0, window_s=k.order_window_ms / 1000.0),

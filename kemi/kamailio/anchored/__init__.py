@@ -17,7 +17,7 @@ import traceback
 import KSR  # provided by app_python3
 
 from kemi.core import anchored, transfer
-from kemi.core.anchor import AnchorError
+from kemi.core.anchor import AnchorError, xfer_id
 from kemi.core.cseq import CSeqError, CSeqShift
 from kemi.core.sip.headers import contact_uri
 from kemi.core.state import Event
@@ -29,7 +29,7 @@ from kemi.kamailio.anchored.cseq import (
     last_cseq,
     number_and_send,
 )
-from kemi.kamailio.glue import CONTINUE, HANDLED, as_pairs, log, pv
+from kemi.kamailio.glue import CONTINUE, HANDLED, as_pairs, log, pv, source_key
 from kemi.kamailio.marks import forget_mark, mark_dialog, read_mark
 from kemi.kamailio.recorder import Recorder
 from kemi.kamailio.services import Services
@@ -43,11 +43,16 @@ class AnchoredRoutes:
     def __init__(self, services: Services, recorder: Recorder) -> None:
         self.s = services
         self.rec = recorder
+        # "ip:port" as the cfg's $si:$sp reads it, of each [anchored] Asterisk -> its name
+        self.sources = {
+            source_key(addr): name for name, addr in services.anchored.asterisk.items()
+        }
+        self.ready = False  # the cfg has the anchored-mode htables (child_init)
 
     def child_init(self, rank: int) -> None:
         # The cfg recognises an Asterisk's requests by source address in this table.
-        self.s.anchored_ready = bool(self.s.asterisk_sources)
-        for addr, name in self.s.asterisk_sources.items():
+        self.ready = bool(self.sources)
+        for addr, name in self.sources.items():
             try:
                 if KSR.htable.sht_sets(AST_TABLE, addr, name) < 0:
                     raise LookupError(f"no htable {AST_TABLE}")
@@ -56,7 +61,7 @@ class AnchoredRoutes:
                     log(KSR.err, f"htable '{AST_TABLE}' unusable ({exc}): [anchored] "
                                  "REFERs are relayed (kamailio-native.cfg needs "
                                  "-A WITH_ANCHORED)")
-                self.s.anchored_ready = False
+                self.ready = False
                 break
 
     def choose(self, plan: transfer.ReferPlan) -> tuple[str | None, str | None]:
@@ -72,7 +77,7 @@ class AnchoredRoutes:
             return None, None
         mode = self.s.anchored.mode
         fields = {"anchored": name}
-        if mode == "accept" and not self.s.anchored_ready:
+        if mode == "accept" and not self.ready:
             mode = "relay"  # the cfg lacks the anchored-mode lines (logged at start)
             fields["anchor_fallback"] = "cfg-without-anchored-mode"
         elif mode == "accept" and not plan.nosub_requested \
@@ -253,6 +258,18 @@ class AnchoredRoutes:
         if record.get("anchor_mode") != "accept" or record.get("refer_sub") == "false":
             return
         self.notify(call_id, refer_id, record, 408, "Request Timeout", True, 0)
+
+    def bye_sender(self, source: str) -> tuple[str, str] | None:
+        """("asterisk", why) for a BYE in an anchored dialog that comes from its Asterisk:
+        its From carries P's identity, yet P may well be talking on -- Asterisk released
+        A's leg (the controller's ami_result says why)."""
+        if source in self.sources:
+            return "asterisk", "A's leg released by Asterisk"
+        return None
+
+    def mark_relayed(self, plan: transfer.ReferPlan) -> None:
+        """A REFER relayed to an anchored Asterisk: its AGI finds the record by this."""
+        KSR.hdr.append(f"X-Transfer-Id: {xfer_id(plan.call_id, plan.refer_id)}\r\n")
 
     def on_notify_reply(self, code: int) -> int:
         """A's answer to a NOTIFY referee sent: a 481 ends the subscription (RFC 6665)."""

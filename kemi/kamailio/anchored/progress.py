@@ -9,11 +9,11 @@ import traceback
 
 import KSR  # provided by app_python3
 
-from kemi.core import anchored
+from kemi.core import verdicts
 from kemi.core.anchor import PROGRESS_GROUP, AnchorError, Progress, progress_key
-from kemi.core.state import State
 from kemi.kamailio.anchored import AnchoredRoutes
 from kemi.kamailio.glue import CONTINUE, log
+from kemi.kamailio.perform import perform
 from kemi.kamailio.recorder import Recorder
 from kemi.kamailio.services import Services
 from kemi.storage import streams
@@ -111,20 +111,8 @@ class ProgressReader:
             log(KSR.notice, f"progress {entry_id} for unknown transfer "
                              f"{p.call_id}/{p.refer_id} dropped")
             return
-        nosub = record.get("refer_sub") == "false"
-        fields = {"last_progress": f"{p.code} {p.reason}"}
-        detail = f"{p.code} {p.reason}" + (f" ({p.detail})" if p.detail else "")
-        state = record.get("state", "")
-        live = state in (State.REFER_SEEN, State.ACCEPTED, State.TRYING, State.RINGING)
-        event = anchored.progress_event(p, nosub)
-        if not nosub and live:
-            deadline = float(record.get("deadline") or 0) or time.time()
-            self.anchoring.notify(
-                p.call_id, p.refer_id, record, p.code, p.reason, p.final,
-                int(deadline - time.time()), event=event, detail=detail, fields=fields,
-                record_first=True,
-            )
-            return
-        if not nosub:
-            detail += f"; no NOTIFY (transfer {state})"
-        self.rec.apply(p.call_id, p.refer_id, event, fields, detail)
+        perform(verdicts.progress(p, record, time.time()).actions, self.rec,
+                notify=lambda n: self.anchoring.notify(
+                    n.call_id, n.refer_id, record, n.code, n.reason, n.terminated,
+                    n.expires_s, event=n.event, detail=n.detail, fields=dict(n.fields),
+                    record_first=True))
