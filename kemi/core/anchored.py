@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kemi.core.actions import Log, Verdict, go_on
 from kemi.core.anchor import AnchorError, MoveJob, Progress, progress_key
 from kemi.core.sip.errors import SipParseError
 from kemi.core.sip.uri import parse_uri
@@ -174,3 +175,29 @@ def move_job(*, call_id: str, refer_id: str, target_uri: str, transferor: str, d
         release_after_s=float(release) if release is not None else defaults.release_after_s,
         recall_uri=recall_uri,
     )
+
+
+def accept_or_relay(what: str, name: str, mode: str, *, cfg_ready: bool, nosub: bool,
+                    cseq_known: bool, contact: str | None
+                    ) -> Verdict[tuple[str, dict[str, str]]]:
+    """Whether referee accepts a REFER to the anchored Asterisk `name` itself or relays it
+    to Asterisk: the configured mode, unless accepting could not be done safely.  The
+    value: (the mode, the record fields that say so)."""
+    fields = {"anchored": name}
+    actions: list[Log] = []
+    if mode == "accept" and not cfg_ready:
+        mode = "relay"  # the cfg lacks the anchored-mode lines (logged at start)
+        fields["anchor_fallback"] = "cfg-without-anchored-mode"
+    elif mode == "accept" and not nosub and not cseq_known:
+        # Without Asterisk's last CSeq toward A no NOTIFY can be numbered safely: let
+        # Asterisk take the REFER itself rather than break the dialog.
+        actions.append(Log("warn", f"{what} to anchored {name}: no CSeq of Asterisk's seen "
+                                   "in this dialog (its INVITE did not pass this node since "
+                                   "it started?); relayed instead of accepted"))
+        mode = "relay"
+        fields["anchor_fallback"] = "no-asterisk-cseq"
+    if mode == "accept" and contact is None:
+        actions.append(Log("warn", f"{what} without Contact: relayed to anchored {name}"))
+        mode = "relay"
+    fields["anchor_mode"] = mode
+    return go_on((mode, fields), *actions)

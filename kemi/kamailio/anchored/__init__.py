@@ -31,6 +31,7 @@ from kemi.kamailio.anchored.cseq import (
 )
 from kemi.kamailio.glue import CONTINUE, HANDLED, as_pairs, log, pv, source_key
 from kemi.kamailio.marks import forget_mark, mark_dialog, read_mark
+from kemi.kamailio.perform import perform
 from kemi.kamailio.recorder import Recorder
 from kemi.kamailio.services import Services
 from kemi.storage import streams
@@ -75,35 +76,26 @@ class AnchoredRoutes:
         )
         if name is None:
             return None, None
-        mode = self.s.anchored.mode
-        fields = {"anchored": name}
-        if mode == "accept" and not self.ready:
-            mode = "relay"  # the cfg lacks the anchored-mode lines (logged at start)
-            fields["anchor_fallback"] = "cfg-without-anchored-mode"
-        elif mode == "accept" and not plan.nosub_requested \
-                and last_cseq(plan.call_id) is None:
-            # Without Asterisk's last CSeq toward A no NOTIFY can be numbered safely: let
-            # Asterisk take the REFER itself rather than break the dialog.
-            log(KSR.warn, f"REFER {plan.call_id}/{plan.refer_id} to anchored {name}: no "
-                           "CSeq of Asterisk's seen in this dialog (its INVITE did not pass "
-                           "this node since it started?); relayed instead of accepted")
-            mode = "relay"
-            fields["anchor_fallback"] = "no-asterisk-cseq"
-        fields["anchor_mode"] = mode
+        configured = self.s.anchored.mode
+        contact = contact_uri(pv("$hdr(Contact)"))
+        v = anchored.accept_or_relay(
+            f"REFER {plan.call_id}/{plan.refer_id}", name, configured, cfg_ready=self.ready,
+            nosub=plan.nosub_requested,
+            cseq_known=(configured != "accept" or not self.ready or plan.nosub_requested
+                        or last_cseq(plan.call_id) is not None),
+            contact=contact)
+        perform(v.actions, self.rec)
+        assert v.value is not None
+        mode, fields = v.value
         if mode == "accept":
-            contact = contact_uri(pv("$hdr(Contact)"))
-            if contact is None:
-                log(KSR.warn, f"REFER {plan.call_id}/{plan.refer_id} without Contact: "
-                               f"relayed to anchored {name}")
-                fields["anchor_mode"] = mode = "relay"
-            else:
-                proto = (pv("$pr") or "udp").lower()
-                fields.update(anchored.NotifyRoute(
-                    from_hdr=pv("$hdr(To)") or "", to_hdr=pv("$hdr(From)") or "",
-                    ruri=contact, contact=pv("$ru") or "",
-                    nexthop=f"sip:{pv('$si')}:{pv('$sp')};transport={proto}",
-                    socket=f"{proto}:{pv('$Ri')}:{pv('$Rp')}",
-                ).fields())
+            assert contact is not None
+            proto = (pv("$pr") or "udp").lower()
+            fields.update(anchored.NotifyRoute(
+                from_hdr=pv("$hdr(To)") or "", to_hdr=pv("$hdr(From)") or "",
+                ruri=contact, contact=pv("$ru") or "",
+                nexthop=f"sip:{pv('$si')}:{pv('$sp')};transport={proto}",
+                socket=f"{proto}:{pv('$Ri')}:{pv('$Rp')}",
+            ).fields())
         plan.fields.update(fields)
         return name, mode
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from kemi.core import anchored
+from kemi.core.actions import Verdict
 from kemi.core.anchor import AnchorError, MoveJob, Progress, progress_key
 from kemi.core.anchored import (
     NotifyRoute,
@@ -148,3 +150,40 @@ def test_move_job_takes_the_decisions_plan():
     assert _job(PlanDecision(caller_id="+4930999")).caller_id == "+4930999"
     assert _job(PlanDecision(caller_id="keep")).caller_id == ""
     assert MoveJob.from_fields(job.to_fields()) == job
+
+
+# -- accept or relay -----------------------------------------------------------------------
+def _choice(mode="accept", **kw):
+    args = dict(cfg_ready=True, nosub=False, cseq_known=True, contact="sip:a@192.0.2.1")
+    args.update(kw)
+    return anchored.accept_or_relay("REFER c1/3", "pbx1", mode, **args)
+
+
+def test_an_anchored_refer_is_accepted_when_everything_needed_is_there():
+    v = _choice()
+    assert v.actions == () and v.value == ("accept", {"anchored": "pbx1", "anchor_mode": "accept"})
+
+
+def test_a_cfg_without_the_anchored_lines_relays_and_the_record_says_why():
+    mode, fields = _choice(cfg_ready=False).value
+    assert mode == "relay" and fields["anchor_fallback"] == "cfg-without-anchored-mode"
+
+
+def test_without_asterisks_cseq_a_subscribed_refer_is_relayed_with_a_warning():
+    v = _choice(cseq_known=False)
+    assert v.value[0] == "relay" and v.value[1]["anchor_fallback"] == "no-asterisk-cseq"
+    assert v.actions[0].level == "warn" and "no CSeq of Asterisk's" in v.actions[0].text
+
+
+def test_without_a_subscription_no_cseq_is_needed():
+    assert _choice(cseq_known=False, nosub=True).value[0] == "accept"
+
+
+def test_a_refer_without_contact_is_relayed_nothing_could_notify_a():
+    v = _choice(contact=None)
+    assert v.value[0] == "relay" and "without Contact" in v.actions[0].text
+
+
+def test_relay_mode_is_kept_as_configured():
+    v = _choice("relay", cfg_ready=False, cseq_known=False)
+    assert v == Verdict((), ("relay", {"anchored": "pbx1", "anchor_mode": "relay"}))
