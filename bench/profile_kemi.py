@@ -6,11 +6,14 @@ REFERs.  Counting costs a little itself (two clock reads per wrapped call).
 
 import os
 import site
+import sysconfig
 import time
 
 _venv = os.environ.get("REFEREE_VENV")
 if _venv:
-    site.addsitedir(os.path.join(_venv, "lib", "python3.11", "site-packages"))
+    # The venv's site-packages for the interpreter app_python3 runs (lib/pythonX.Y/...);
+    # "venv": Debian's default scheme would name /usr/local-style dist-packages.
+    site.addsitedir(sysconfig.get_path("purelib", "venv", vars={"base": _venv, "platbase": _venv}))
 
 import kemi.kamailio.app as A  # noqa: E402
 import kemi.kamailio.refer as F  # noqa: E402
