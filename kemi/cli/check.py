@@ -1,21 +1,29 @@
-"""`referee check`: can this node's referee do its job -- Redis reachable and keeping
-what it is told, the policy database readable -- said line by line.
+"""`referee check`: can this node's referee do its job -- Redis reachable, the primary,
+keeping what it is told; the journal empty; the policy database readable -- said line
+by line.
 
 Exit codes: 0 all fine (warnings may be printed), 1 something referee needs is not
-there (Redis unreachable, policy database unreadable).
+there (Redis unreachable or a replica, policy database unreadable).
+
+Not shown: the circuit breaker, which lives in each Kamailio process's memory; an open
+one shows in Kamailio's log as REFERs answered 503 or relayed "while Redis is away".
 """
 
 from __future__ import annotations
 
 from kemi.cli import EXIT_FAILED, EXIT_OK
+from kemi.storage import dialogs as _dialogs  # noqa: F401 - its scripts join SCRIPTS
 from kemi.storage import persistence
 from kemi.storage import policy_db as db
+from kemi.storage import transfers as _transfers  # noqa: F401 - its scripts join SCRIPTS
+from kemi.storage.journal import Journal
 from kemi.storage.resp import RedisError, RespClient
+from kemi.storage.scripts import SCRIPTS
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "check", help="Redis reachable and persistent, policy database readable")
+        "check", help="Redis reachable, primary and persistent; journal; policy database")
     p.set_defaults(handler=run)
 
 
@@ -23,27 +31,71 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _role(reply) -> str:
+    """'primary', or 'replica of host:port', from ROLE."""
+    kind = _text(reply[0]) if reply else "?"
+    if kind == "master":
+        return "primary"
+    if kind == "slave" and len(reply) > 2:
+        return f"replica of {_text(reply[1])}:{_text(reply[2])}"
+    return kind
+
+
+def _redis(client: RespClient) -> bool:
+    ok = True
+    if client.cluster:
+        infos = {addr: _text(v) for addr, v in
+                 client.on_each_master("INFO", "persistence").items()}
+        roles = {addr: "primary" for addr in infos}  # on_each_master asks primaries
+    else:
+        infos = {client.address: _text(client.call("INFO", "persistence"))}
+        roles = {client.address: _role(client.call("ROLE"))}
+    for addr, info in infos.items():
+        print(f"redis {addr}: reachable, {roles[addr]}, appendonly "
+              f"{'on' if persistence.aof_enabled(info) else 'off'}")
+        if roles[addr] != "primary":
+            print(f"redis {addr}: NOT WRITABLE: referee writes every event; name the "
+                  "primary in [redis] url")
+            ok = False
+        warning = persistence.persistence_warning(addr, info)
+        if warning:
+            print(f"warning: {warning}")
+    if not client.cluster:
+        shas = [s.sha for s in SCRIPTS]
+        cached = sum(int(x) for x in client.call("SCRIPT", "EXISTS", *shas))
+        print(f"redis {client.address}: {cached} of {len(shas)} referee scripts cached "
+              "(the rest are sent by their first use)")
+    return ok
+
+
+def _journal(directory: str) -> None:
+    try:
+        backlog = Journal(directory).backlog()
+    except OSError as exc:
+        print(f"warning: journal {directory} unreadable ({exc}): events Redis could not "
+              "take cannot be seen here")
+        return
+    waiting = sum(backlog.values())
+    if not waiting:
+        print(f"journal {directory}: empty")
+        return
+    files = ", ".join(f"{name}: {n}" for name, n in backlog.items())
+    print(f"warning: journal {directory}: {waiting} event(s) waiting for Redis ({files}); "
+          "the sweep replays them once Redis answers")
+
+
 def run(ctx, args) -> int:
     ok = True
     r = ctx.settings.redis
     client = RespClient(r.url, timeout_s=max(r.timeout_ms / 1000.0, 1.0))
     try:
-        if client.cluster:
-            infos = {addr: _text(v) for addr, v in
-                     client.on_each_master("INFO", "persistence").items()}
-        else:
-            infos = {client.address: _text(client.call("INFO", "persistence"))}
-        for addr, info in infos.items():
-            print(f"redis {addr}: reachable, appendonly "
-                  f"{'on' if persistence.aof_enabled(info) else 'off'}")
-            warning = persistence.persistence_warning(addr, info)
-            if warning:
-                print(f"warning: {warning}")
+        ok = _redis(client)
     except RedisError as exc:
         print(f"redis {r.url}: UNREACHABLE ({exc})")
         ok = False
     finally:
         client.close()
+    _journal(ctx.settings.kamailio.journal_dir)
     try:
         conn = db.connect(ctx.db, readonly=True)
         try:

@@ -1,24 +1,41 @@
-"""`referee transfers` and `referee transfer show`: what Redis knows, for the operator."""
+"""`referee transfers` and `referee transfer show`: what Redis knows, for the operator.
+
+    referee transfers [--limit N] [--json]          finished transfers, newest first
+    referee transfers --live [--limit N] [--json]   open ones, cluster-wide
+    referee transfer show CALL-ID [CSEQ] [--json]   one record, its events and its ladder
+
+Exit codes: 0 shown, 1 Redis unreadable or no such transfer, 2 bad input (a Call-ID with
+several transfers and no CSEQ names them).
+"""
 
 from __future__ import annotations
 
+import json
 import time
 
 from kemi.cli import Failed, UsageError
+from kemi.cli.ladder import Arrow, draw
 from kemi.storage.resp import RedisError, RespClient
 from kemi.storage.transfers import SEP, TransferStore
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("transfers", help="list finished transfers (newest first)")
+    p = subparsers.add_parser("transfers", help="list finished (or, with --live, open) "
+                                                "transfers")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--live", action="store_true",
+                   help="open transfers of the whole cluster, soonest deadline first")
+    p.add_argument("--json", action="store_true", help="one JSON array of the records")
     p.set_defaults(handler=cmd_list)
     p = subparsers.add_parser("transfer", help="one transfer")
     sub = p.add_subparsers(title="transfer commands", metavar="COMMAND")
     p.set_defaults(help_parser=p)
-    show = sub.add_parser("show", help="a transfer's record and the events referee saw")
+    show = sub.add_parser("show", help="a transfer's record, its events and its ladder")
     show.add_argument("call_id", help="Call-ID of the dialog the REFER came in")
-    show.add_argument("refer_id", help="the REFER's CSeq number")
+    show.add_argument("refer_id", nargs="?",
+                      help="the REFER's CSeq number (needed when the dialog had several)")
+    show.add_argument("--json", action="store_true",
+                      help="the record and its events as one JSON object")
     show.set_defaults(handler=cmd_show)
 
 
@@ -34,15 +51,40 @@ def _when(ts: str | None) -> str:
         return "-"
 
 
+def _age(record: dict[str, str], now: float) -> str:
+    try:
+        return f"{now - float(record.get('created_at') or ''):.0f}s"
+    except ValueError:
+        return "-"
+
+
 def cmd_list(ctx, args) -> int:
     if args.limit <= 0:
         raise UsageError("--limit must be a positive number")
+    store = _store(ctx)
     try:
-        rows = _store(ctx).finished(args.limit)
+        rows = store.open_transfers(args.limit) if args.live else store.finished(args.limit)
     except RedisError as exc:
         raise Failed(f"cannot read transfers from Redis: {exc}") from exc
+    if args.json:
+        print(json.dumps(rows, indent=1, sort_keys=True))
+        return 0
     if not rows:
-        print("no finished transfers")
+        print("no open transfers" if args.live else "no finished transfers")
+        return 0
+    if args.live:
+        now = time.time()
+        print(f"{'age':>6}  {'state':14}  {'transferor -> transferee -> target':58}  "
+              f"{'node':21}  anchored  call-id / refer-id")
+        for row in rows:
+            parties = (f"{row.get('transferor', '?')} -> {row.get('transferee', '?')} -> "
+                       f"{row.get('target', '?')}")
+            anchored = row.get("anchored", "")
+            if anchored:
+                anchored += f" ({row.get('anchor_mode', '?')})"
+            print(f"{_age(row, now):>6}  {row.get('state', '?'):14}  {parties:58}  "
+                  f"{row.get('node', '-'):21}  {anchored or '-':8}  "
+                  f"{row.get('call_id', '?')} / {row.get('refer_id', '?')}")
         return 0
     print(f"{'finished':19}  {'state':10}  {'transferor':24}  {'target':24}  call-id / refer-id")
     for row in rows:
@@ -54,6 +96,20 @@ def cmd_list(ctx, args) -> int:
     return 0
 
 
+def events(log: list[str]) -> list[dict]:
+    """The record's event log ("ts|event|old|new|outcome|detail") as dicts."""
+    out = []
+    for entry in log:
+        ts, event, old, new, outcome, detail = (entry.split("|", 5) + [""] * 6)[:6]
+        try:
+            at = float(ts)
+        except ValueError:
+            at = 0.0
+        out.append({"at": at, "event": event, "old": old, "new": new, "outcome": outcome,
+                    "detail": detail})
+    return out
+
+
 def format_record(record: dict[str, str], log: list[str]) -> str:
     """The record's fields, then its event log as a timeline."""
     lines = [f"transfer {record.get('call_id')} / {record.get('refer_id')}: {record.get('state')}"]
@@ -62,30 +118,80 @@ def format_record(record: dict[str, str], log: list[str]) -> str:
         lines.append(f"  {key:16} {record[key].replace(SEP, ' / ')}")
     lines.append("events (as referee applied them):")
     start = None
-    for entry in log:
-        ts, event, old, new, outcome, detail = (entry.split("|", 5) + [""] * 6)[:6]
-        try:
-            t = float(ts)
-        except ValueError:
-            t = 0.0
-        start = t if start is None else start
+    for e in events(log):
+        start = e["at"] if start is None else start
+        old, new, outcome = e["old"], e["new"], e["outcome"]
         arrow = f"{old} -> {new}" if outcome == "applied" and old != new else f"{old} ({outcome})"
-        lines.append(f"  +{t - start:7.3f}s  {event:24} {arrow:34} {detail}")
+        lines.append(f"  +{e['at'] - start:7.3f}s  {e['event']:24} {arrow:34} {e['detail']}")
     return "\n".join(lines)
+
+
+# Who sent what, for each event referee records: the ladder of a transfer as the proxy in
+# the middle saw it ("referee" is the proxy).  The sipfrag, code or who ended the call is
+# in the event's detail.
+_SENDS = {
+    "refer": ("transferor", "referee", "REFER"),
+    "refer-accepted": ("referee", "transferor", "{detail}"),
+    "refer-accepted-nosub": ("referee", "transferor", "{detail} (no subscription)"),
+    "refer-rejected": ("referee", "transferor", "{detail}"),
+    "notify-trying": ("referee", "transferor", "NOTIFY {detail}"),
+    "notify-ringing": ("referee", "transferor", "NOTIFY {detail}"),
+    "notify-success": ("referee", "transferor", "NOTIFY {detail}"),
+    "notify-failure": ("referee", "transferor", "NOTIFY {detail}"),
+    "notify-failure-nonfinal": ("referee", "transferor", "NOTIFY {detail}"),
+    "notify-481": ("transferor", "referee", "481 to NOTIFY"),
+    "invite": ("transferee", "target", "INVITE"),
+    "invite-2xx": ("target", "transferee", "{detail}"),
+    "invite-failed": ("target", "transferee", "{detail}"),
+    "bye-transferor": ("transferor", "referee", "BYE"),
+    "bye-transferee": ("transferee", "referee", "BYE"),
+    "expiry": ("referee", "transferor", "(expired: {detail})"),
+}
+COLUMNS = ["transferor", "referee", "transferee", "target"]
+
+
+def ladder(record: dict[str, str], log: list[str]) -> str:
+    """The transfer's SIP ladder, drawn from the events referee recorded (one arrow per
+    event; one that changed nothing is marked with its outcome)."""
+    arrows = []
+    for e in events(log):
+        src, dst, label = _SENDS.get(e["event"], ("referee", "referee", e["event"]))
+        label = label.format(detail=e["detail"] or e["event"]).strip()
+        if e["outcome"] != "applied":
+            label += f" [{e['outcome']}]"
+        arrows.append(Arrow(e["at"], src, dst, label))
+    names = "  ".join(f"{c}={record.get(c, '-')}" for c in ("transferor", "transferee",
+                                                              "target"))
+    return names + "\n" + draw(arrows, COLUMNS, width=28)
 
 
 def cmd_show(ctx, args) -> int:
     store = _store(ctx)
     try:
-        record = store.get(args.call_id, args.refer_id)
-        log = store.log(args.call_id, args.refer_id) if record else []
+        refer_id = args.refer_id
+        if refer_id is None:
+            found = store.refer_ids(args.call_id)
+            if not found:
+                raise Failed(f"no transfer in dialog {args.call_id} in Redis (expired or "
+                             "never seen)")
+            if len(found) > 1:
+                raise UsageError(f"dialog {args.call_id} has {len(found)} transfers "
+                                 f"(REFER CSeq {', '.join(found)}): name one")
+            refer_id = found[0]
+        record = store.get(args.call_id, refer_id)
+        log = store.log(args.call_id, refer_id) if record else []
     except RedisError as exc:
         raise Failed(f"cannot read the transfer from Redis: {exc}") from exc
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if not record:
-        raise Failed(
-            f"no transfer {args.call_id} / {args.refer_id} in Redis (expired or never seen)"
-        )
+        raise Failed(f"no transfer {args.call_id} / {refer_id} in Redis (expired or never "
+                     "seen)")
+    if args.json:
+        print(json.dumps({"record": record, "events": events(log)}, indent=1,
+                         sort_keys=True))
+        return 0
     print(format_record(record, log))
+    print("\nladder (what referee recorded):")
+    print(ladder(record, log))
     return 0

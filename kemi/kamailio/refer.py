@@ -89,6 +89,7 @@ class ReferRoutes:
         d = plan.decision
         expiry = min(plan.expiry_s, self.s.settings.transfer.max_open_s)
         asterisk, mode = self.anchoring.choose(plan)
+        plan.fields["node"] = f"{pv('$Ri')}:{pv('$Rp')}"  # where to look: `transfers --live`
         token = ""
         if self.s.settings.kamailio.tie_token and mode != "accept":
             token = plan.fields["tie_token"] = secrets.token_hex(6)

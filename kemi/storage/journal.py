@@ -51,6 +51,20 @@ class Journal:
         finally:
             os.close(fd)
 
+    def backlog(self) -> dict[str, int]:
+        """Events waiting per spool file (one file per Kamailio process), for the operator;
+        OSError if the directory cannot be read."""
+        out = {}
+        try:
+            entries = sorted(os.scandir(self.dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return {}
+        for e in entries:
+            if e.name.startswith((PENDING, CLAIMED)):
+                with open(e.path, "rb") as fh:
+                    out[e.name] = sum(1 for line in fh if line.strip())
+        return out
+
     def pending(self) -> bool:
         try:
             return any(e.name.startswith((PENDING, CLAIMED)) for e in os.scandir(self.dir))

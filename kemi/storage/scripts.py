@@ -59,6 +59,10 @@ class _Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
         self.cluster_text = "#!lua\n" + text
         self.cluster_sha = hashlib.sha1(self.cluster_text.encode()).hexdigest()
+        SCRIPTS.append(self)
+
+
+SCRIPTS: list[_Script] = []  # every script the stores send (`referee check` asks Redis)
 
 
 class ScriptStore:

@@ -483,6 +483,22 @@ class TransferStore(ScriptStore):
             out.append((call_id, rid))
         return out
 
+    def open_transfers(self, limit: int = 100) -> list[dict[str, str]]:
+        """Open transfers of the whole cluster (the deadline index), soonest deadline
+        first; an entry whose record is gone or final meanwhile is left out."""
+        members = self._call("ZRANGE", self.deadlines_key, 0, max(limit, 1) - 1)
+        out = []
+        for m in members or ():
+            call_id, _, rid = _s(m).rpartition(SEP)
+            record = self.get(call_id, rid)
+            if record and record.get("state") not in FINAL:
+                out.append(record)
+        return out
+
+    def refer_ids(self, call_id: str) -> list[str]:
+        """The REFERs referee recorded in a dialog (its index), oldest first."""
+        return sorted(_pairs(self._call("HGETALL", self.index_key(call_id))), key=int)
+
     def transferor_contact(self, call_id: str, refer_id: str | None) -> str | None:
         """The Contact of the transferor's REFER (the latest open transfer of the dialog
         when the NOTIFY names none)."""

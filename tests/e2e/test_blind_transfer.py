@@ -34,3 +34,4 @@ def test_success_reports_100_180_200_and_records_succeeded(lab):
     [record] = lab.finished()
     assert record["state"] == "succeeded"
     assert record["target"] == "marsha@127.0.0.1"
+    assert record["node"] == lab.kamailio.address  # the node that took the REFER

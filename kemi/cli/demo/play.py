@@ -12,9 +12,9 @@ from pathlib import Path
 
 from kemi.cli.demo import phones as scenarios
 from kemi.cli.demo.kamailio_node import Kamailio, free_udp_port, write_referee_config
-from kemi.cli.demo.ladder import draw, read_sipp_log
 from kemi.cli.demo.redis_server import RedisServer
 from kemi.cli.demo.sipp import Sipp
+from kemi.cli.ladder import draw, read_sipp_log
 from kemi.storage.resp import RespClient
 from kemi.storage.transfers import TransferStore
 

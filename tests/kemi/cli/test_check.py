@@ -28,7 +28,7 @@ def check(tmp_path: Path, url: str) -> subprocess.CompletedProcess:
 def test_a_redis_without_aof_is_reachable_but_warned_about(tmp_path, redis_server):
     out = check(tmp_path, redis_server.url)
     assert out.returncode == 0, out.stderr
-    assert f"redis 127.0.0.1:{redis_server.port}: reachable, appendonly off" in out.stdout
+    assert f"redis 127.0.0.1:{redis_server.port}: reachable, primary, appendonly off" in out.stdout
     assert "warning: Redis at 127.0.0.1:" in out.stdout and "appendonly yes" in out.stdout
     assert "policy " in out.stdout and "readable" in out.stdout
 
@@ -48,7 +48,7 @@ def test_the_example_redis_conf_keeps_transfers_through_a_crash(tmp_path):
                 break
             time.sleep(0.05)
         assert out.returncode == 0, out.stdout + out.stderr
-        assert f"redis 127.0.0.1:{port}: reachable, appendonly on" in out.stdout
+        assert f"redis 127.0.0.1:{port}: reachable, primary, appendonly on" in out.stdout
         assert "warning" not in out.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -59,3 +59,63 @@ def test_no_redis_is_a_failure_said_in_one_line(tmp_path):
     out = check(tmp_path, f"redis://127.0.0.1:{free_udp_port()}/0")
     assert out.returncode == 1
     assert "UNREACHABLE" in out.stdout
+
+
+def check_with(tmp_path: Path, url: str, journal: Path) -> subprocess.CompletedProcess:
+    db = tmp_path / "policy.db"
+    subprocess.run([REFEREE, "--db", str(db), "db", "init"], check=True, capture_output=True)
+    conf = tmp_path / "referee.toml"
+    conf.write_text(f'policy_db = "{db}"\n[redis]\nurl = "{url}"\ntimeout_ms = 200\n'
+                    f'[kamailio]\njournal_dir = "{journal}"\n')
+    return subprocess.run([REFEREE, "--config", str(conf), "check"], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_a_replica_is_no_place_for_referee_to_write(tmp_path, redis_server):
+    port = free_udp_port()
+    data = tmp_path / "replica"
+    data.mkdir()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+         "--save", "", "--replicaof", "127.0.0.1", str(redis_server.port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            out = check_with(tmp_path, f"redis://127.0.0.1:{port}/0", tmp_path / "j")
+            if "UNREACHABLE" not in out.stdout:
+                break
+            time.sleep(0.05)
+        assert out.returncode == 1
+        assert f"redis 127.0.0.1:{port}: reachable, replica of 127.0.0.1:{redis_server.port}" \
+            in out.stdout
+        assert "NOT WRITABLE" in out.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+def test_events_waiting_in_the_journal_are_counted_per_process(tmp_path, redis_server):
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    (journal / "journal-101.jsonl").write_text('{"op":"apply"}\n{"op":"apply"}\n')
+    (journal / "replaying-102.jsonl").write_text('{"op":"create"}\n')
+    out = check_with(tmp_path, redis_server.url, journal)
+    assert out.returncode == 0, out.stdout  # waiting is not failing: the sweep replays
+    assert (f"warning: journal {journal}: 3 event(s) waiting for Redis "
+            "(journal-101.jsonl: 2, replaying-102.jsonl: 1)") in out.stdout
+
+
+def test_an_empty_journal_and_the_scripts_redis_has_are_said(tmp_path, redis_server):
+    from kemi.storage import dialogs  # noqa: F401 - its scripts count too
+    from kemi.storage.resp import RespClient
+    from kemi.storage.scripts import SCRIPTS
+    from kemi.storage.transfers import TransferStore
+
+    TransferStore(RespClient(redis_server.url, timeout_s=2.0)).get("c1@h", "2")
+    out = check_with(tmp_path, redis_server.url, tmp_path / "none-yet")
+    assert f"journal {tmp_path / 'none-yet'}: empty" in out.stdout
+    assert f"0 of {len(SCRIPTS)} referee scripts cached" in out.stdout
+    client = RespClient(redis_server.url, timeout_s=2.0)
+    client.call("SCRIPT", "LOAD", SCRIPTS[0].text)
+    out = check_with(tmp_path, redis_server.url, tmp_path / "none-yet")
+    assert f"1 of {len(SCRIPTS)} referee scripts cached" in out.stdout
