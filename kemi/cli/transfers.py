@@ -3,9 +3,10 @@
     referee transfers [--limit N] [--json]          finished transfers, newest first
     referee transfers --live [--limit N] [--json]   open ones, cluster-wide
     referee transfer show CALL-ID [CSEQ] [--json]   one record, its events and its ladder
+    referee transfer end CALL-ID CSEQ [--reason T]  close one that is stuck
 
-Exit codes: 0 shown, 1 Redis unreadable or no such transfer, 2 bad input (a Call-ID with
-several transfers and no CSEQ names them).
+Exit codes: 0 done, 1 Redis unreadable, no such transfer or already final, 2 bad input
+(a Call-ID with several transfers and no CSEQ names them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import time
 
 from kemi.cli import Failed, UsageError
 from kemi.cli.ladder import Arrow, draw
+from kemi.core.anchor import Progress, progress_key
+from kemi.core.state import FINAL, Event
+from kemi.storage import streams
 from kemi.storage.resp import RedisError, RespClient
 from kemi.storage.transfers import SEP, TransferStore
 
@@ -37,6 +41,15 @@ def register(subparsers) -> None:
     show.add_argument("--json", action="store_true",
                       help="the record and its events as one JSON object")
     show.set_defaults(handler=cmd_show)
+    end = sub.add_parser("end", help="close a transfer that is stuck (final NOTIFY to the "
+                                     "transferor where referee is its notifier)")
+    end.add_argument("call_id", help="Call-ID of the dialog the REFER came in")
+    end.add_argument("refer_id", help="the REFER's CSeq number")
+    end.add_argument("--reason", default="ended by the operator",
+                     help="why, for the record (default: ended by the operator)")
+    end.add_argument("--wait", type=float, default=5.0, metavar="S",
+                     help="how long the node may take to NOTIFY the transferor (default 5)")
+    end.set_defaults(handler=cmd_end)
 
 
 def _store(ctx) -> TransferStore:
@@ -146,6 +159,7 @@ _SENDS = {
     "bye-transferor": ("transferor", "referee", "BYE"),
     "bye-transferee": ("transferee", "referee", "BYE"),
     "expiry": ("referee", "transferor", "(expired: {detail})"),
+    "operator-end": ("referee", "referee", "(closed: {detail})"),
 }
 COLUMNS = ["transferor", "referee", "transferee", "target"]
 
@@ -194,4 +208,52 @@ def cmd_show(ctx, args) -> int:
     print(format_record(record, log))
     print("\nladder (what referee recorded):")
     print(ladder(record, log))
+    return 0
+
+
+END_CODE, END_REASON = 487, "Request Terminated"
+
+
+def cmd_end(ctx, args) -> int:
+    """An anchored transfer referee accepted (referee is the notifier): its node is asked,
+    through its progress stream, to send the transferor a final NOTIFY 487 and record it.
+    Any other: the record is closed (event operator-end, state expired); the transferee is
+    the notifier there and referee cannot NOTIFY in its name."""
+    store = _store(ctx)
+    cid, rid = args.call_id, args.refer_id
+    try:
+        record = store.get(cid, rid)
+        if not record:
+            raise Failed(f"no transfer {cid} / {rid} in Redis (expired or never seen)")
+        state = record.get("state", "")
+        if state in FINAL:
+            raise Failed(f"transfer {cid} / {rid} is already {state}: nothing to end")
+        node = record.get("anchor_node", "")
+        if (record.get("anchor_mode") == "accept" and record.get("refer_sub") != "false"
+                and node):
+            stream = progress_key(ctx.settings.redis.prefix, node)
+            streams.publish_progress(store.client, stream, Progress(
+                cid, rid, END_CODE, END_REASON, True, time.time(), args.reason))
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline:
+                now = store.get(cid, rid) or {}
+                if now.get("state") in FINAL:
+                    print(f"transfer {cid} / {rid} ended: node {node} sent the transferor "
+                          f"NOTIFY {END_CODE} {END_REASON}; record {now['state']}")
+                    return 0
+                time.sleep(0.1)
+            print(f"node {node} did not NOTIFY within {args.wait:g} s (is it running?): "
+                  "closing the record only")
+        res = store.apply(cid, rid, Event.OPERATOR_END, time.time(),
+                          fields={"operator_end": args.reason}, detail=args.reason)
+    except RedisError as exc:
+        raise Failed(f"cannot end the transfer (Redis: {exc})") from exc
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not res.final:
+        raise Failed(f"transfer {cid} / {rid} not closed: {res.outcome} in state {res.old}")
+    why = ("no subscription" if record.get("refer_sub") == "false"
+           else "the transferee is its notifier" if not node else "its node did not answer")
+    print(f"transfer {cid} / {rid} closed: {res.old} -> {res.new} ({args.reason}); the "
+          f"transferor was not notified ({why})")
     return 0

@@ -53,6 +53,8 @@ class Event(StrEnum):
     BYE_TRANSFEROR = "bye-transferor"
     BYE_TRANSFEREE = "bye-transferee"
     EXPIRY = "expiry"
+    # An operator closed the transfer (`referee transfer end`): no outcome will be learnt.
+    OPERATOR_END = "operator-end"
 
 
 IGNORE: Final = "ignore"
@@ -86,6 +88,7 @@ _SUBSCRIBED: dict[Event, Cell] = {
     # subscription is a separate dialog usage that outlives a BYE (RFC 5057).
     E.BYE_TRANSFEREE: IGNORE,
     E.EXPIRY: S.EXPIRED,
+    E.OPERATOR_END: S.EXPIRED,
 }
 
 # Rows shared by the no-subscription states: the transferee's INVITE outcome closes it.
@@ -107,6 +110,7 @@ _NOSUB: dict[Event, Cell] = {
     E.BYE_TRANSFEROR: IGNORE,  # normal right after a 202 with Refer-Sub: false
     E.BYE_TRANSFEREE: IGNORE,  # the old call may end before or after the new one
     E.EXPIRY: S.EXPIRED,
+    E.OPERATOR_END: S.EXPIRED,
 }
 
 
@@ -127,6 +131,7 @@ def _final_row(state: State) -> dict[Event, Cell]:
         E.BYE_TRANSFEROR: IGNORE,  # RFC 5589: the BYE normally follows the final NOTIFY
         E.BYE_TRANSFEREE: IGNORE,
         E.EXPIRY: IGNORE,  # the sweep racing a final event
+        E.OPERATOR_END: IGNORE,  # the operator racing a final event
     }
     # A final NOTIFY may be processed before its 202 (another worker, RFC 3515 rule 8;
     # FreeSWITCH sends its final 200 at once): that late 202 is no anomaly.  After a
@@ -179,6 +184,7 @@ _row(S.REFER_SEEN, {
     # (or expiry) still decides.
     E.BYE_TRANSFEREE: IGNORE,
     E.EXPIRY: S.EXPIRED,
+    E.OPERATOR_END: S.EXPIRED,
 })
 
 _row(S.ACCEPTED, _SUBSCRIBED | {
@@ -225,6 +231,7 @@ _row(S.TRANSFEROR_GONE, {
     E.BYE_TRANSFEROR: IGNORE,
     E.BYE_TRANSFEREE: IGNORE,
     E.EXPIRY: S.EXPIRED,
+    E.OPERATOR_END: S.EXPIRED,
 })
 
 for _state in FINAL:

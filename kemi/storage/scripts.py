@@ -85,6 +85,11 @@ class ScriptStore:
         self.prefix = prefix
         self.noscript_fallbacks = 0
 
+    @property
+    def client(self) -> Any:
+        """The client the store talks through (for commands beside its own)."""
+        return self._client
+
     def _eval(self, script: _Script, keys: list[str], args: list[str]):
         sha, text = (script.cluster_sha, script.cluster_text) if self.cluster else (
             script.sha, script.text)

@@ -9,8 +9,11 @@ and mode relay (the REFER goes to Asterisk with X-Transfer-Id)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -542,3 +545,31 @@ def test_asterisks_out_of_dialog_requests_leave_no_cseq_behind(anchored_lab):
         ).encode(), ("127.0.0.1", port))
         assert s.recv(65535).startswith(b"SIP/2.0 ")  # answered: the cfg has run
     assert call_id not in al.lab.kamailio.kamcmd("htable.dump", "referee_cs")
+
+
+def test_an_operator_ending_a_stuck_transfer_sends_a_its_final_notify(anchored_lab):
+    """`referee transfer end`: the Asterisk side never reports; the operator ends the
+    transfer, the node that accepted it NOTIFYs A 487 (terminated) in the dialog's
+    numbering, and the record is final with that sipfrag."""
+    al = anchored_lab()
+    pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, notifies=2, then=["BYE"]),
+                               parties.Asterisk(then=["BYE"]))
+    job = al.job()
+    assert job is not None, al.lab.kamailio.log()[-4000:]
+    al.state_is(call_id, job.refer_id, "trying")
+    out = subprocess.run(
+        [str(Path(sys.prefix) / "bin" / "referee"), "--config",
+         str(al.lab.kamailio.referee_config), "transfer", "end", call_id, job.refer_id],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr + al.lab.kamailio.log()[-3000:]
+    assert f"node {NODE} sent the transferor NOTIFY 487 Request Terminated" in out.stdout
+    record = al.state_is(call_id, job.refer_id, "failed")
+    assert record["final_sipfrag"] == "487 Request Terminated"
+    al.notified(pa, 2)
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    last = received(pa, "NOTIFY")[-1]
+    assert last.body == "SIP/2.0 487 Request Terminated"
+    assert last.header("Subscription-State") == "terminated;reason=noresource"
+    [bye] = received(pa, "BYE")
+    assert bye.cseq == ASTERISK_CSEQ + 3  # numbered after both NOTIFYs

@@ -89,6 +89,7 @@ class AnchoredRoutes:
         mode, fields = v.value
         if mode == "accept":
             assert contact is not None
+            fields["anchor_node"] = self.s.anchored.node  # whose progress stream NOTIFYs A
             proto = (pv("$pr") or "udp").lower()
             fields.update(anchored.NotifyRoute(
                 from_hdr=pv("$hdr(To)") or "", to_hdr=pv("$hdr(From)") or "",

@@ -32,6 +32,7 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from kemi.cli import main  # noqa: E402
+from kemi.core.anchor import Progress  # noqa: E402
 from kemi.core.state import Event  # noqa: E402
 from kemi.storage.resp import RespClient  # noqa: E402
 from kemi.storage.transfers import TransferStore  # noqa: E402
@@ -149,3 +150,49 @@ def test_redis_away_is_a_clear_failure(tmp_path, capsys):
     conf.write_text('[redis]\nurl = "redis://127.0.0.1:1"\n')
     rc, _, err = run(conf, "transfers", "--live", capsys=capsys)
     assert rc == 1 and "cannot read transfers from Redis" in err
+
+
+# -- referee transfer end -------------------------------------------------------------------
+def test_end_closes_a_stuck_transfer_as_expired_with_the_reason(lab, capsys):
+    conf, store = lab
+    _create(store, "c1@h", "2", time.time())
+    store.apply("c1@h", "2", Event.REFER_ACCEPTED, time.time())
+    rc, out, _ = run(conf, "transfer", "end", "c1@h", "2", "--reason", "ticket 42",
+                     capsys=capsys)
+    assert rc == 0 and "closed: accepted -> expired (ticket 42)" in out
+    assert "not notified (the transferee is its notifier)" in out
+    record = store.get("c1@h", "2")
+    assert record["state"] == "expired" and record["operator_end"] == "ticket 42"
+    assert store.log("c1@h", "2")[-1].split("|")[1:5] == [
+        "operator-end", "accepted", "expired", "applied"]
+    assert json.loads(run(conf, "transfers", "--live", "--json", capsys=capsys)[1]) == []
+
+
+def test_end_refuses_a_transfer_that_is_already_final(lab, capsys):
+    conf, store = lab
+    _create(store, "c1@h", "2", time.time())
+    store.apply("c1@h", "2", Event.REFER_REJECTED, time.time())
+    rc, _, err = run(conf, "transfer", "end", "c1@h", "2", capsys=capsys)
+    assert rc == 1 and "is already rejected: nothing to end" in err
+
+
+def test_end_of_an_unknown_transfer_fails_clearly(lab, capsys):
+    conf, _ = lab
+    rc, _, err = run(conf, "transfer", "end", "nope@h", "9", capsys=capsys)
+    assert rc == 1 and "no transfer nope@h / 9" in err
+
+
+def test_end_of_an_anchored_transfer_asks_its_node_then_closes_if_it_does_not_answer(
+        lab, capsys):
+    """The node's NOTIFY is tested end to end (tests/e2e/test_anchored.py); here no node
+    runs: the request is left on its progress stream and the record closed."""
+    conf, store = lab
+    _create(store, "c1@h", "2", time.time(), anchor_mode="accept", anchor_node="kam1")
+    rc, out, _ = run(conf, "transfer", "end", "c1@h", "2", "--wait", "0.3", capsys=capsys)
+    assert rc == 0 and "node kam1 did not NOTIFY within 0.3 s" in out
+    assert "not notified (its node did not answer)" in out
+    [(_, flat)] = store.client.call("XRANGE", "referee:{anchor:kam1}:progress", "-", "+")
+    words = [x.decode() if isinstance(x, bytes) else x for x in flat]
+    sent = Progress.from_fields(dict(zip(words[0::2], words[1::2], strict=True)))
+    assert (sent.code, sent.reason, sent.final) == (487, "Request Terminated", True)
+    assert store.get("c1@h", "2")["state"] == "expired"

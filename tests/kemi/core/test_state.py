@@ -37,25 +37,27 @@ COLUMNS = [
     Event.NOTIFY_TRYING, Event.NOTIFY_RINGING, Event.NOTIFY_SUCCESS, Event.NOTIFY_FAILURE,
     Event.NOTIFY_FAILURE_NONFINAL, Event.NOTIFY_481, Event.INVITE, Event.INVITE_2XX,
     Event.INVITE_FAILED, Event.BYE_TRANSFEROR, Event.BYE_TRANSFEREE, Event.EXPIRY,
+    Event.OPERATOR_END,
 ]
 
 SPEC = """
 # ref=REFER acc/accn/rej=its 2xx / 2xx Refer-Sub:false / rejection; n*=NOTIFY try,
 # ring, ok, failure, failure-nonfinal, 481; inv/i2xx/ifl=transferee's INVITE and its
-# 2xx / failure; byr=BYE from transferor, bye=from transferee; exp=expiry
-# state ref  acc  accn rej  ntry nrng nok  nfl  nfn  n481 inv  i2xx ifl  byr  bye  exp
-new   seen X    X    X    X    X    X    X    X    X    X    X    X    X    X    X
-seen  -    acc  accn rej  try  ring ok   fail try  gone try  try  try  gone -    exp
-rej   X    X    X    X    X    X    X    X    X    -    -    -    -    -    -    -
-acc   -    -    X    X    try  ring ok   fail acc  gone try  -    -    gone -    exp
-accn  -    X    -    X    X    X    X    X    X    X    cln  ok   fail -    -    exp
-try   -    -    cln  X    try  ring ok   fail try  gone try  -    -    gone -    exp
-ring  -    -    cln  X    -    ring ok   fail ring gone -    -    -    gone -    exp
-cln   -    X    -    X    X    X    X    X    X    X    cln  ok   fail -    -    exp
-gone  -    -    -    rej  -    -    ok   fail -    -    -    ok   fail -    -    exp
-ok    X    -    X    X    X    X    -    X    X    -    -    -    -    -    -    -
-fail  X    -    X    X    X    X    X    -    X    -    -    -    -    -    -    -
-exp   X    X    X    X    X    X    X    X    X    -    -    -    -    -    -    -
+# 2xx / failure; byr=BYE from transferor, bye=from transferee; exp=expiry;
+# end=an operator's `referee transfer end`
+# state ref  acc  accn rej  ntry nrng nok  nfl  nfn  n481 inv  i2xx ifl  byr  bye  exp  end
+new   seen X    X    X    X    X    X    X    X    X    X    X    X    X    X    X    X
+seen  -    acc  accn rej  try  ring ok   fail try  gone try  try  try  gone -    exp  exp
+rej   X    X    X    X    X    X    X    X    X    -    -    -    -    -    -    -    -
+acc   -    -    X    X    try  ring ok   fail acc  gone try  -    -    gone -    exp  exp
+accn  -    X    -    X    X    X    X    X    X    X    cln  ok   fail -    -    exp  exp
+try   -    -    cln  X    try  ring ok   fail try  gone try  -    -    gone -    exp  exp
+ring  -    -    cln  X    -    ring ok   fail ring gone -    -    -    gone -    exp  exp
+cln   -    X    -    X    X    X    X    X    X    X    cln  ok   fail -    -    exp  exp
+gone  -    -    -    rej  -    -    ok   fail -    -    -    ok   fail -    -    exp  exp
+ok    X    -    X    X    X    X    -    X    X    -    -    -    -    -    -    -    -
+fail  X    -    X    X    X    X    X    -    X    -    -    -    -    -    -    -    -
+exp   X    X    X    X    X    X    X    X    X    -    -    -    -    -    -    -    -
 """
 
 
