@@ -1,5 +1,5 @@
 """The vocabulary of what referee does about a message, as values: Log, Reply, Relay,
-Store, Spool and Notify.
+Store, Spool, Notify and Count.
 
 Every decision of the core about a message comes out as a Verdict -- the actions the
 glue performs, in order, and the value the next step goes on with when the message is
@@ -92,7 +92,15 @@ class Notify:
     detail: str = ""
 
 
-Action = Log | Reply | Relay | Store | Spool | Notify
+@dataclass(frozen=True)
+class Count:
+    """Bump one of referee's counters (kemi.core.metrics.NAMES)."""
+
+    name: str
+    n: int = 1
+
+
+Action = Log | Reply | Relay | Store | Spool | Notify | Count
 
 
 @dataclass(frozen=True)
@@ -108,9 +116,12 @@ class Verdict(Generic[T]):
         return any(isinstance(a, Reply) for a in self.actions)
 
 
-def refused(what: str, reply: Reply, level: Level = "notice") -> Verdict[Any]:
-    """The request answered by referee, with the one log line an operator reads."""
-    return Verdict((Log(level, f"{what} answered {reply.code}: {reply.warning}"), reply))
+def refused(what: str, reply: Reply, level: Level = "notice",
+            counts: tuple[str, ...] = ()) -> Verdict[Any]:
+    """The request answered by referee, with the one log line an operator reads and the
+    counters it bumps."""
+    return Verdict((Log(level, f"{what} answered {reply.code}: {reply.warning}"), reply,
+                    *(Count(c) for c in counts)))
 
 
 def go_on(value: T, *actions: Action) -> Verdict[T]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from kemi.core import metrics, ruri, transfer
 from kemi.core import replaces as rp_rules
-from kemi.core import ruri, transfer
 from kemi.core.actions import (
+    Count,
     Log,
     Notify,
     Relay,
@@ -41,13 +42,18 @@ def refer(msg: ReferMessage, policy: Policy) -> Verdict[ReferPlan]:
     """Policy and syntax: the plan to record and relay, or the answer."""
     verdict = transfer.check_refer(msg, policy)
     if isinstance(verdict, Reply):
-        return refused(f"REFER {msg.call_id}/{msg.cseq}", verdict)
-    return go_on(verdict)
+        kind = "syntax" if verdict.code in (400, 416, 420) else "policy"
+        refusal = refused(f"REFER {msg.call_id}/{msg.cseq}", verdict,
+                          counts=metrics.refused(verdict.code, kind))
+        return Verdict((Count("refers_received"), *refusal.actions))
+    return go_on(verdict, Count("refers_received"))
 
 
 def policy_unavailable(what: str, why: str) -> Verdict[None]:
     return Verdict((Log("err", f"{what}: policy unavailable: {why}"),
-                    Reply(500, "Server Internal Error", "transfer policy unavailable")))
+                    Reply(500, "Server Internal Error", "transfer policy unavailable"),
+                    Count("refers_received"),
+                    *(Count(c) for c in metrics.refused(500, "policy"))))
 
 
 def refer_dialog(plan: ReferPlan, found: Sequence[Dialog], from_tag: str, source: str,
@@ -56,7 +62,8 @@ def refer_dialog(plan: ReferPlan, found: Sequence[Dialog], from_tag: str, source
     the transferee's source goes into the plan's record fields."""
     ok = rp_rules.check_refer_dialog(found, from_tag, source, auth_user, host_only)
     if isinstance(ok, Reply):
-        return refused(f"REFER {plan.call_id}/{plan.refer_id}", ok)
+        return refused(f"REFER {plan.call_id}/{plan.refer_id}", ok,
+                       counts=metrics.refused(ok.code, "out_of_dialog"))
     if ok.transferee_src:
         plan.fields["transferee_src"] = ok.transferee_src
     return go_on(ok)
@@ -72,14 +79,16 @@ def refer_replaces(plan: ReferPlan, found: Sequence[Dialog], transferor: str,
                                        source=source, auth_user=auth_user,
                                        host_only=host_only)
     if isinstance(ok, Reply):
-        return refused(f"REFER {plan.call_id}/{plan.refer_id}", ok)
+        return refused(f"REFER {plan.call_id}/{plan.refer_id}", ok,
+                       counts=metrics.refused(ok.code, "replaces"))
     plan.fields.update(ok.fields())
     return go_on(None)
 
 
 def refer_over_limit(plan: ReferPlan, reason: str) -> Verdict[None]:
-    return refused(f"REFER {plan.call_id}/{plan.refer_id}",
-                   transfer.limit_reply(reason, plan.decision))
+    reply = transfer.limit_reply(reason, plan.decision)
+    return refused(f"REFER {plan.call_id}/{plan.refer_id}", reply,
+                   counts=metrics.refused(reply.code, "limit"))
 
 
 def refer_without_store(plan: ReferPlan, why: str, *, fail_open: bool, now: float,
@@ -89,19 +98,22 @@ def refer_without_store(plan: ReferPlan, why: str, *, fail_open: bool, now: floa
     what = f"REFER {plan.call_id}/{plan.refer_id}"
     if not fail_open:
         return Verdict((Log("err", f"{what} refused 503 (Redis: {why})"),
-                        Reply(503, "Service Unavailable", STORE_DOWN, retry_after_s)))
+                        Reply(503, "Service Unavailable", STORE_DOWN, retry_after_s),
+                        *(Count(c) for c in metrics.refused(503, "store"))))
     entry = {
         "call_id": plan.call_id, "refer_id": plan.refer_id, "fields": plan.fields,
         "now": now, "deadline": now + min(plan.expiry_s, max_open_s),
         "transferor": plan.transferor, "transferee": plan.transferee, "target": plan.target,
     }
     return go_on(True, Spool("create", entry),
-                 Log("err", f"{what} relayed while Redis is away ({why}); spooled"))
+                 Log("err", f"{what} relayed while Redis is away ({why}); spooled"),
+                 Count("refers_relayed_unrecorded"))
 
 
-def refer_allowed(plan: ReferPlan) -> Log:
-    return Log("info", f"REFER {plan.call_id}/{plan.refer_id} {plan.transferor} -> "
-                       f"{plan.target_uri} allowed ({plan.decision.rule})")
+def refer_allowed(plan: ReferPlan) -> Verdict[None]:
+    return Verdict((Log("info", f"REFER {plan.call_id}/{plan.refer_id} {plan.transferor} -> "
+                                f"{plan.target_uri} allowed ({plan.decision.rule})"),
+                    Count("refers_relayed")))
 
 
 def refer_unrelayed(call_id: str, refer_id: str, rc: int) -> Verdict[None]:
@@ -114,6 +126,7 @@ def refer_unrelayed(call_id: str, refer_id: str, rc: int) -> Verdict[None]:
               f"{reply.code} by the proxy: t_relay failed ({rc})"),
         Log("notice", f"REFER {call_id}/{refer_id} could not be relayed (t_relay {rc}): "
                       f"answered {reply.code}, transfer rejected"),
+        Count("refers_unrelayed"),
     ))
 
 
@@ -123,15 +136,15 @@ def notify(call_id: str, msg: transfer.NotifyMessage) -> Verdict[transfer.Notify
     malformed Subscription-State is relayed repaired."""
     bad = transfer.bad_call_id(call_id)
     if bad is not None:
-        return refused("NOTIFY", bad)
+        return refused("NOTIFY", bad, counts=("notifies_refused",))
     facts = transfer.read_notify(msg)
     if isinstance(facts, Reply):
-        return refused(f"NOTIFY {call_id}", facts)
+        return refused(f"NOTIFY {call_id}", facts, counts=("notifies_refused",))
     repaired = transfer.repaired_subscription_state(msg.subscription_state)
     if repaired is None:
-        return go_on(facts)
+        return go_on(facts, Count("notifies_received"))
     # Read tolerantly, write strictly: a strict transferor drops the malformed one.
-    return go_on(facts,
+    return go_on(facts, Count("notifies_received"),
                  Relay(remove=("Subscription-State",), add=(f"Subscription-State: {repaired}",)),
                  Log("notice", f"NOTIFY {call_id}: Subscription-State "
                                f"{msg.subscription_state!r} relayed as {repaired!r}"))
@@ -166,12 +179,13 @@ def invite_replaces_read(call_id: str, values: Sequence[str],
     """The one Replaces of an INVITE and its sender's AOR, or the 400 it deserves."""
     rp = rp_rules.read_invite_replaces(values, "INVITE")
     if isinstance(rp, Reply):
-        return refused(f"INVITE {call_id} with Replaces", rp)
+        return refused(f"INVITE {call_id} with Replaces", rp, counts=("replaces_refused",))
     assert rp is not None  # values were given
     try:
         sender = transfer.parse_name_addr(from_header, "From").uri.aor
     except transfer.SipParseError as exc:
-        return refused(f"INVITE {call_id} with Replaces", Reply(400, "Bad Request", str(exc)))
+        return refused(f"INVITE {call_id} with Replaces", Reply(400, "Bad Request", str(exc)),
+                       counts=("replaces_refused",))
     return go_on((rp, sender))
 
 
@@ -182,7 +196,8 @@ def invite_replaces_unchecked(call_id: str, why: str, *, fail_open: bool,
         return go_on(None, Log("err", f"INVITE {call_id} with Replaces relayed unchecked "
                                       f"(Redis: {why})"))
     return Verdict((Log("err", f"INVITE {call_id} with Replaces refused 503 (Redis: {why})"),
-                    Reply(503, "Service Unavailable", INDEX_DOWN, retry_after_s)))
+                    Reply(503, "Service Unavailable", INDEX_DOWN, retry_after_s),
+                    Count("replaces_refused")))
 
 
 def invite_replaces(call_id: str, values: Sequence[str], found: Sequence[Dialog],
@@ -196,12 +211,14 @@ def invite_replaces(call_id: str, values: Sequence[str], found: Sequence[Dialog]
                                         auth_user=auth_user, source=source,
                                         host_only=host_only)
     if isinstance(ok, Reply):
-        return refused(f"INVITE {call_id} with Replaces from {sender}", ok)
+        return refused(f"INVITE {call_id} with Replaces from {sender}", ok,
+                       counts=("replaces_refused",))
     if ok is None or ok.transfer is None:
-        return go_on(None)
+        return go_on(None, Count("replaces_accepted"))
     t = ok.transfer
     return go_on(
         (t.call_id, t.refer_id),
+        Count("replaces_tied"),
         Store(t.call_id, t.refer_id, Event.INVITE, {"invite_call_id": call_id}),
         Log("info", f"INVITE {call_id} with Replaces from {sender} tied to transfer "
                     f"{t.call_id}/{t.refer_id}"))
@@ -215,7 +232,7 @@ def referred_invite(call_id: str, caller_aor: str, open_transfers, target, *,
     tie = transfer.tie_invite(open_transfers, target, invite_call_id=call_id,
                               referred_by=referred_by, token=token)
     if isinstance(tie, Reply):
-        return refused(f"referred INVITE from {caller_aor}", tie)
+        return refused(f"referred INVITE from {caller_aor}", tie, counts=("invites_refused",))
     if tie is None:
         return go_on(None, Log("info", f"referred INVITE from {caller_aor} matches no open "
                                        "transfer"))
@@ -224,13 +241,15 @@ def referred_invite(call_id: str, caller_aor: str, open_transfers, target, *,
                        f"INVITE {call_id} not tied: {tie.reason}")
                  for xcid, rid in tie.candidates]
         return go_on(None, Log("notice", f"referred INVITE {call_id} from {caller_aor} tied "
-                                         f"to no transfer: {tie.reason}"), *notes)
+                                         f"to no transfer: {tie.reason}"), *notes,
+                     Count("invites_untied"))
     return go_on(
         (tie.call_id, tie.refer_id),
         Store(tie.call_id, tie.refer_id, Event.INVITE,
               {"invite_call_id": call_id, "invite_tie": tie.how}),
         Log("info", f"referred INVITE {call_id} tied to transfer "
-                    f"{tie.call_id}/{tie.refer_id} ({tie.how})"))
+                    f"{tie.call_id}/{tie.refer_id} ({tie.how})"),
+        Count("invites_tied"))
 
 
 # -- anchored progress -------------------------------------------------------------------
@@ -248,11 +267,13 @@ def progress(p: Progress, record: Mapping[str, str], now: float) -> Verdict[None
     event = progress_event(p, nosub)
     if not nosub and state in LIVE:
         deadline = float(record.get("deadline") or 0) or now
-        return Verdict((Notify(p.call_id, p.refer_id, p.code, p.reason, p.final,
-                               int(deadline - now), event, fields, detail),))
+        return Verdict((Count("anchored_progress_read"),
+                        Notify(p.call_id, p.refer_id, p.code, p.reason, p.final,
+                               int(deadline - now), event, fields, detail)))
     if not nosub:
         detail += f"; no NOTIFY (transfer {state})"
-    return Verdict((Store(p.call_id, p.refer_id, event, fields, detail),))
+    return Verdict((Count("anchored_progress_read"),
+                    Store(p.call_id, p.refer_id, event, fields, detail)))
 
 
 def invite_call_id(call_id: str, transfer_related: bool) -> Verdict[bool]:
@@ -263,5 +284,5 @@ def invite_call_id(call_id: str, transfer_related: bool) -> Verdict[bool]:
     if bad is None:
         return go_on(True)
     if transfer_related:
-        return refused("INVITE", bad)
+        return refused("INVITE", bad, counts=("invites_refused",))
     return go_on(False, Log("notice", f"INVITE not indexed: {bad.warning}"))

@@ -89,6 +89,7 @@ class InviteRoutes:
         if judged.answered:
             return perform(judged.actions, self.rec)
         if judged.value is None:
+            perform(judged.actions, self.rec)
             return None
         # Tied to the attended transfer that named the dialog: its final NOTIFY closes it.
         self.rec.record_dialog(DialogEvent.INVITE)
@@ -108,7 +109,7 @@ class InviteRoutes:
             target = transfer.parse_uri_lenient(pv("$ru") or "")
         except transfer.SipParseError as exc:
             return perform(refused(f"referred INVITE {call_id}", Reply(
-                400, "Bad Request", str(exc))).actions, self.rec)
+                400, "Bad Request", str(exc)), counts=("invites_refused",)).actions, self.rec)
         try:
             open_transfers = self.s.store.open_for_invite(caller.aor)
         except RedisError as exc:

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable
 
 import KSR  # provided by app_python3
 
-from kemi.core.actions import Action, Log, Notify, Relay, Reply, Spool, Store
+from kemi.core.actions import Action, Count, Log, Notify, Relay, Reply, Spool, Store
+from kemi.kamailio import metrics
 from kemi.kamailio.glue import CONTINUE, HANDLED, answer, log
 from kemi.kamailio.recorder import Recorder
 
@@ -35,6 +36,8 @@ def perform(actions: Iterable[Action], rec: Recorder,
             rec.store(action)
         elif isinstance(action, Spool):
             rec.spool(action.op, **action.entry)
+        elif isinstance(action, Count):
+            metrics.bump(action.name, action.n)
         elif isinstance(action, Notify):
             if notify is None:
                 raise TypeError("a Notify where no notifier is given")

@@ -73,6 +73,16 @@ class Proxy(Referee):
         self.referee_resumed(msg)
         return HANDLED
 
+    @route("request")
+    def ksr_xhttp_event(self, msg, *_evname) -> int:
+        """An HTTP request (-A WITH_PROMETHEUS): /metrics is referee's counters, served by
+        xhttp_prom; anything else 404."""
+        if (KSR.pv.get("$hu") or "").startswith("/metrics"):
+            KSR.xhttp_prom.dispatch()
+            return HANDLED
+        KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "use /metrics")
+        return HANDLED
+
     def reqinit(self) -> int:
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.send_reply(483, "Too Many Hops")

@@ -8,10 +8,12 @@ import time
 
 import KSR  # provided by app_python3
 
+from kemi.core import metrics as core_metrics
 from kemi.core import transfer
 from kemi.core.actions import Store
 from kemi.core.dialogs import DialogEvent, response_event
 from kemi.core.state import Event
+from kemi.kamailio import metrics
 from kemi.kamailio.glue import log, pv, source
 from kemi.kamailio.services import Services
 from kemi.storage.resp import RedisError
@@ -39,13 +41,25 @@ class Recorder:
             return None
         if res.outcome in ("illegal", "ambiguous", "unknown"):
             log(KSR.notice, f"{event} for {call_id}/{refer_id}: {res.outcome} in state {res.old}")
+            if res.outcome == "illegal":
+                metrics.bump("events_illegal")
         elif res.final:
             log(KSR.info, f"transfer {call_id}/{res.refer_id} {res.new}")
+        self._count(event, res, fields or {})
         return res
+
+    @staticmethod
+    def _count(event: Event, res, fields: dict) -> None:
+        if str(event).startswith("notify-") and res.outcome in ("applied", "ignored"):
+            metrics.bump("notifies_applied")  # taken by the state table (legal)
+        if res.outcome == "applied" and res.final and res.new is not None:
+            metrics.bump(core_metrics.outcome(
+                str(res.new), fields.get("final_sipfrag") or fields.get("invite_reply", "")))
 
     def spool(self, op: str, **entry) -> bool:
         try:
             self.s.journal.append(op, **entry)
+            metrics.bump("events_spooled")
             return True
         except OSError as exc:
             log(KSR.crit, f"journal {self.s.journal.dir} unwritable ({exc}): {op} {entry!r:.200}")

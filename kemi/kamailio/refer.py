@@ -55,8 +55,9 @@ class ReferRoutes:
             return perform(verdicts.policy_unavailable(f"REFER {msg.call_id}", str(exc)).actions,
                            self.rec)
         checked = verdicts.refer(msg, policy)
+        rc = perform(checked.actions, self.rec)
         if checked.answered:
-            return perform(checked.actions, self.rec)
+            return rc
         plan = checked.value
         assert plan is not None
         transferor = plan.transferor
@@ -122,7 +123,7 @@ class ReferRoutes:
             KSR.hdr.remove("Refer-To")
             KSR.hdr.append(f"Refer-To: {transfer.with_tie_token(refer_to, token)}\r\n")
         self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
-        return perform((verdicts.refer_allowed(plan),), self.rec)
+        return perform(verdicts.refer_allowed(plan).actions, self.rec)
 
     def _without_store(self, plan: transfer.ReferPlan, why: str) -> int:
         """Redis away: relayed with its record spooled, or refused 503 ([kamailio]

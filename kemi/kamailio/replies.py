@@ -8,6 +8,7 @@ import KSR  # provided by app_python3
 
 from kemi.core import transfer
 from kemi.core.state import Event
+from kemi.kamailio import metrics
 from kemi.kamailio.anchored.cseq import restore_reply_cseq
 from kemi.kamailio.glue import CONTINUE, pv
 from kemi.kamailio.notify import NotifyRoutes
@@ -35,14 +36,18 @@ class ReplyRoutes:
             return CONTINUE
         refer_id = pv("$avp(rf_id)")
         if method == "REFER":
-            self.s.order.refer_answered(call_id, refer_id or "")
             event = transfer.refer_response_event(
                 code, pv("$avp(rf_nosub)") == "1", pv("$hdr(Refer-Sub)")
             )
-            if event is Event.REFER_ACCEPTED and self.s.later.add(
-                    call_id, {"k": "accept", "r": refer_id or "", "c": code}):
-                # Relayed at once; recorded with the first NOTIFY the transferor accepts
-                # (a Redis trip here would let that NOTIFY overtake this 2xx).
+            # Relayed at once; recorded with the first NOTIFY the transferor accepts (a
+            # Redis trip here would let that NOTIFY overtake this 2xx).  Noted before
+            # the NOTIFYs held for it are let go, so the first of them records it first.
+            deferred = event is Event.REFER_ACCEPTED and self.s.later.add(
+                call_id, {"k": "accept", "r": refer_id or "", "c": code})
+            self.s.order.refer_answered(call_id, refer_id or "")
+            if event in (Event.REFER_ACCEPTED, Event.REFER_ACCEPTED_NOSUB):
+                metrics.bump("refers_accepted")
+            if deferred:
                 return CONTINUE
         elif method == "INVITE":
             event = transfer.invite_response_event(code)

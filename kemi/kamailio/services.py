@@ -11,6 +11,7 @@ import KSR  # provided by app_python3
 
 from kemi import config
 from kemi.core.order import Timing
+from kemi.kamailio import metrics
 from kemi.kamailio.glue import log
 from kemi.kamailio.sequencer import Deferred, Sequencer
 from kemi.storage.dialogs import DialogStore
@@ -18,6 +19,13 @@ from kemi.storage.journal import Journal
 from kemi.storage.policy_cache import PolicyCache
 from kemi.storage.resp import CircuitBreaker, RespClient
 from kemi.storage.transfers import TransferStore
+
+_REDIS_COUNTERS = {"trip": "redis_round_trips", "failure": "redis_failures",
+                   "breaker-open": "redis_breaker_openings"}
+
+
+def _count_redis(what: str) -> None:
+    metrics.bump(_REDIS_COUNTERS[what])
 
 
 class Services:
@@ -58,6 +66,7 @@ class Services:
                 timeout_s=r.timeout_ms / 1000.0,
                 breaker=CircuitBreaker(r.breaker_failures, r.breaker_open_s),
             )
+            self._client.observer = _count_redis
         return self._client
 
     @property

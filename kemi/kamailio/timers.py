@@ -10,6 +10,7 @@ import traceback
 import KSR  # provided by app_python3
 
 from kemi.core.state import Event
+from kemi.kamailio import metrics
 from kemi.kamailio.anchored import AnchoredRoutes
 from kemi.kamailio.glue import CONTINUE, as_text, log
 from kemi.kamailio.notify import NotifyRoutes
@@ -84,12 +85,15 @@ class Timers:
             if report.applied or report.kept:
                 log(KSR.notice, f"journal replay: {report.applied} events stored, "
                                  f"{report.kept} still waiting for Redis")
+            if report.applied:
+                metrics.bump("events_replayed", report.applied)
             if report.kept:
                 return CONTINUE  # Redis still away: expiring now would race the replay
         for cid, entry in self.s.later.due():
             self.rec.store_later(cid, entry)
         try:
             due = self.s.store.due(now, limit=200)
+            metrics.set_gauge("transfers_live", self.s.store.open_count())
         except RedisError as exc:
             log(KSR.warn, f"expiry sweep skipped: {exc}")
             return CONTINUE

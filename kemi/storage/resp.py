@@ -318,6 +318,8 @@ class RespClient:
         self.url = url
         self.timeout_s = timeout_s
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        # Told "trip", "failure" and "breaker-open" (Kamailio's counters); None: nobody.
+        self.observer: Callable[[str], None] | None = None
         self._family, self._sockaddr, self.address, self._db, self._auth = _parse_url(url)
         self._addrinfo: tuple | None = None
         self._sock: socket.socket | None = None
@@ -373,10 +375,19 @@ class RespClient:
         try:
             result = work(deadline)
         except self._FAILURES as exc:
+            was = self.breaker.state
             self.breaker.failure()
+            self._observe("failure")
+            if was != "open" and self.breaker.state == "open":
+                self._observe("breaker-open")
             raise self._failed(exc) from None
         self.breaker.success()
+        self._observe("trip")
         return result
+
+    def _observe(self, what: str) -> None:
+        if self.observer is not None:
+            self.observer(what)
 
     def _failed(self, exc: BaseException) -> RedisUnavailable:
         return _unavailable(exc, self.address, self.timeout_s)
@@ -638,6 +649,7 @@ class ClusterClient(RespClient):
         self.url = url
         self.timeout_s = timeout_s
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self.observer: Callable[[str], None] | None = None  # passed on to node clients
         self.seeds, self._userinfo = parse_cluster_url(url)
         self.address = ",".join(self.seeds)
         self._nodes: dict[str, RespClient] = {}
@@ -695,6 +707,7 @@ class ClusterClient(RespClient):
         node = self._nodes.get(addr)
         if node is None:
             node = RespClient(f"redis://{self._userinfo}{addr}/0", self.timeout_s, self.breaker)
+            node.observer = self.observer
             self._nodes[addr] = node
         return node
 

@@ -495,6 +495,10 @@ class TransferStore(ScriptStore):
                 out.append(record)
         return out
 
+    def open_count(self) -> int:
+        """How many transfers of the whole cluster are open (their deadline entries)."""
+        return int(self._call("ZCARD", self.deadlines_key) or 0)
+
     def refer_ids(self, call_id: str) -> list[str]:
         """The REFERs referee recorded in a dialog (its index), oldest first."""
         return sorted(_pairs(self._call("HGETALL", self.index_key(call_id))), key=int)

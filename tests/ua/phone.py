@@ -758,27 +758,36 @@ ringback_disabled\tyes
         (self.workdir / "accounts").write_text(acc)
         (self.workdir / "contacts").write_text("")
 
-    def start(self, timeout: float = 10.0):
-        self._write_config()
+    def start(self, timeout: float = 10.0, attempts: int = 3):
+        """baresip exits at once when one of its ports (probed free, SIP, control, RTP)
+        was taken meanwhile by another process: it is started again on fresh ports."""
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(self.workdir),
             "TMPDIR": str(self.workdir),
             "LANG": "C",
         }
-        self._spawn([self.BINARY, "-f", str(self.workdir), "-s"], env=env)
-        self._thread(self._stdout_reader)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._sock = socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1)
+        for attempt in range(1, attempts + 1):
+            self._write_config()
+            self._spawn([self.BINARY, "-f", str(self.workdir), "-s"], env=env)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    self._sock = socket.create_connection(("127.0.0.1", self.ctrl_port),
+                                                          timeout=1)
+                    break
+                except OSError:
+                    if self.proc.poll() is not None:
+                        break
+                    if time.monotonic() > deadline:
+                        raise PhoneError(f"{self.name}: ctrl_tcp did not come up") from None
+                    time.sleep(0.05)
+            if self._sock is not None:
                 break
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise PhoneError(f"{self.name}: baresip exited; see {self.log_path}") from None
-                if time.monotonic() > deadline:
-                    raise PhoneError(f"{self.name}: ctrl_tcp did not come up") from None
-                time.sleep(0.05)
+            if attempt == attempts:
+                raise PhoneError(f"{self.name}: baresip exited {attempts} times; see "
+                                 f"{self.log_path}")
+        self._thread(self._stdout_reader)
         self._sock.settimeout(None)
         self._thread(self._ctrl_reader)
         return self

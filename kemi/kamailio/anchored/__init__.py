@@ -21,6 +21,7 @@ from kemi.core.anchor import AnchorError, xfer_id
 from kemi.core.cseq import CSeqError, CSeqShift
 from kemi.core.sip.headers import contact_uri
 from kemi.core.state import Event
+from kemi.kamailio import metrics
 from kemi.kamailio.anchored.cseq import (
     AST_TABLE,
     CSEQ_TABLE,
@@ -110,6 +111,8 @@ class AnchoredRoutes:
         KSR.sl.send_reply(202, "Accepted")
         if duplicate:
             return HANDLED  # a retransmission: everything below was done the first time
+        metrics.bump("anchored_accepted")
+        metrics.bump("refers_accepted")
         try:
             self._after_202(plan, asterisk, now)
         except Exception as exc:  # noqa: BLE001 - the 202 is out: a 500 now would be a
@@ -142,6 +145,7 @@ class AnchoredRoutes:
                 recall_uri=plan.fields.get("n_ruri", ""),  # A's Contact (NotifyRoute)
             )
             streams.queue_job(self.s.client, self.s.settings.redis.prefix, asterisk, job)
+            metrics.bump("anchored_jobs_queued")
         except (RedisError, AnchorError) as exc:
             log(KSR.err, f"REFER {cid}/{rid}: move job for {asterisk} not queued ({exc}); "
                           "transfer failed")
