@@ -35,6 +35,7 @@ writes -- around one queue; its threads are only understood together.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -238,6 +239,7 @@ class AmiController:
                                    done_ttl_s=settings.transfer.done_ttl_s)
         self.logins = 0
         self.jobs_seen = 0
+        self.results: collections.Counter[str] = collections.Counter()  # ami_result notes
         self._last_tick = 0.0
 
     # -- lifecycle
@@ -406,6 +408,8 @@ class AmiController:
                           attempt, exc)
 
     def _annotate(self, out: Annotate) -> None:
+        if "ami_result" in out.fields:
+            self.results[out.fields["ami_result"]] += 1
         try:
             found = self.store.annotate(out.call_id, out.refer_id, self.clock(), out.fields,
                                         out.detail)

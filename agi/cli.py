@@ -84,14 +84,29 @@ def cmd_run(ctx: Context, args) -> int:
             raise Failed(f"FastAGI cannot listen on {settings.asterisk.agi_host}:"
                          f"{settings.asterisk.agi_port}: {exc}") from None
     controller = AmiController(settings)
-    controller.start()
     a = settings.asterisk
+    metrics = None
+    if a.metrics_port:
+        from agi.metrics import MetricsServer
+
+        try:
+            metrics = MetricsServer(a.metrics_host, a.metrics_port, controller, server)
+        except OSError as exc:
+            if server is not None:
+                server.shutdown(grace_s=0.0)
+            raise Failed(f"metrics cannot listen on {a.metrics_host}:{a.metrics_port}: "
+                         f"{exc}") from None
+    controller.start()
+    if metrics is not None:
+        metrics.start()
     log.info("referee asterisk %r: AMI %s:%s as %r, jobs from %s", a.name, a.ami_host,
              a.ami_port, a.ami_user, controller.jobs_key)
     while not stop.wait(0.5):
         pass
     if server is not None:
         server.shutdown(grace_s=5.0)
+    if metrics is not None:
+        metrics.stop()
     controller.stop()
     log.info("stopped")
     return EXIT_OK

@@ -130,6 +130,10 @@ class AsteriskSettings:
     hold_context: str = "referee-hold"
     hold_exten: str = "hold"
     recall_context: str = "referee-recall"
+    # `referee asterisk run`'s counters as Prometheus text at http://host:port/metrics
+    # (AMI session, jobs, outcomes, AGI sessions); 0: not served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
     # (How long after the target answered the transferor's leg is released is policy, per
     # rule or tenant -- `policy add --release-after`, `tenant set --bye-wait` -- carried
     # by each MoveJob, not a setting here.)
@@ -283,6 +287,9 @@ def _check_asterisk(a: AsteriskSettings, where: str) -> None:
         _text(getattr(a, key), f"{where} {key}", empty=True)
     _port(a.ami_port, f"{where} ami_port")
     _port(a.agi_port, f"{where} agi_port")
+    _text(a.metrics_host, f"{where} metrics_host")
+    _need(a.metrics_port == 0 or (type(a.metrics_port) is int and 0 < a.metrics_port < 65536),
+          f"{where} metrics_port = {a.metrics_port!r}: must be a port, 1-65535, or 0 (off)")
     _seconds(a.agi_session_limit_s, f"{where} agi_session_limit_s", 1, 7 * 86400)
     _seconds(a.relayed_timeout_s, f"{where} relayed_timeout_s", 1, 600, integer=True)
     _need(a.replaces_predial == "" or len(a.replaces_predial.split("^")) == 3,

@@ -31,6 +31,8 @@ def test_the_example_file_loads_and_documents_every_setting():
     ('[anchored]\nnode = "a{b}"', "node = 'a{b}': must be 1-64"),
     ("[asterisk]\nami_port = 0", "ami_port = 0: must be a port"),
     ('[asterisk]\nagi_port = "4573"', "agi_port = '4573': must be a port"),
+    ('[asterisk]\nmetrics_port = 70000', "metrics_port = 70000: must be a port, 1-65535, "
+                                         "or 0 (off)"),
     ('[asterisk]\nname = ""', "name = '': must be 1-64"),
     ('[asterisk]\nreplaces_predial = "ctx^s"', "must be context^exten^priority"),
     ("[asterisk]\nagi_session_limit_s = 20.0\nrelayed_timeout_s = 30",
