@@ -8,11 +8,28 @@ from collections.abc import Callable, Iterable
 import KSR  # provided by app_python3
 
 from kemi.core.actions import Action, Count, Log, Notify, Relay, Reply, Spool, Store
+from kemi.core.sip.text import printable
 from kemi.kamailio import metrics
 from kemi.kamailio.glue import CONTINUE, HANDLED, answer, log
 from kemi.kamailio.recorder import Recorder
 
 _LEVELS = {"info": "info", "notice": "notice", "warn": "warn", "err": "err"}
+
+
+_hep: bool | None = None  # siptrace loaded (-A WITH_HOMER)? known after the first try
+
+
+def hep_log(text: str) -> None:
+    """referee's decision beside the message's ladder in Homer: a HEP log correlated by
+    the current message's Call-ID (siptrace hlog); nothing without siptrace."""
+    global _hep
+    if _hep is False:
+        return
+    try:
+        KSR.siptrace.hlog(f"referee: {printable(text)}")
+        _hep = True
+    except Exception:  # noqa: BLE001 - no siptrace in this cfg: no HEP logs
+        _hep = False
 
 
 def perform(actions: Iterable[Action], rec: Recorder,
@@ -22,6 +39,7 @@ def perform(actions: Iterable[Action], rec: Recorder,
     for action in actions:
         if isinstance(action, Log):
             log(getattr(KSR, _LEVELS[action.level]), action.text)
+            hep_log(action.text)
         elif isinstance(action, Reply):
             answer(action)
             rc = HANDLED
