@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kemi.cli.demo.redis_server import RedisServer
+from tests.support.postgres import pg_dsn  # noqa: F401 - a fixture, for every test module
 
 
 @pytest.fixture

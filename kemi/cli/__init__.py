@@ -20,7 +20,8 @@ from typing import NoReturn
 
 from kemi import config
 
-COMMAND_MODULES = ("kemi.cli.policy", "kemi.cli.transfers", "kemi.cli.demo", "kemi.cli.check")
+COMMAND_MODULES = ("kemi.cli.policy", "kemi.cli.transfers", "kemi.cli.demo", "kemi.cli.check",
+                   "kemi.cli.log")
 PLUGIN_GROUP = "referee.commands"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -1,6 +1,9 @@
 """`referee transfers` and `referee transfer show`: what Redis knows, for the operator.
 
-    referee transfers [--limit N] [--json]          finished transfers, newest first
+    referee transfers [--limit N] [--json]          finished transfers, newest first (Redis,
+                                                    then the SQL transfer log for older ones)
+    referee transfers --since WHEN [--until WHEN] [--csv | --json]
+                                                    from the SQL transfer log (billing, CDR)
     referee transfers --live [--limit N] [--json]   open ones, cluster-wide
     referee transfer show CALL-ID [CSEQ] [--json]   one record, its events and its ladder
     referee transfer end CALL-ID CSEQ [--reason T]  close one that is stuck
@@ -11,14 +14,17 @@ Exit codes: 0 done, 1 Redis unreadable, no such transfer or already final, 2 bad
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 import time
+from datetime import datetime
 
 from kemi.cli import Failed, UsageError
 from kemi.cli.ladder import Arrow, draw
 from kemi.core.anchor import Progress, progress_key
 from kemi.core.state import FINAL, Event
-from kemi.storage import streams
+from kemi.storage import policy_db, streams, transfer_log
 from kemi.storage.resp import RedisError, RespClient
 from kemi.storage.transfers import SEP, TransferStore
 
@@ -30,6 +36,12 @@ def register(subparsers) -> None:
     p.add_argument("--live", action="store_true",
                    help="open transfers of the whole cluster, soonest deadline first")
     p.add_argument("--json", action="store_true", help="one JSON array of the records")
+    p.add_argument("--since", metavar="WHEN",
+                   help="finished at or after WHEN (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], "
+                        "local time), from the SQL transfer log")
+    p.add_argument("--until", metavar="WHEN", help="finished before WHEN (with --since)")
+    p.add_argument("--csv", action="store_true",
+                   help="with --since: CSV, one row per transfer (billing, CDR)")
     p.set_defaults(handler=cmd_list)
     p = subparsers.add_parser("transfer", help="one transfer")
     sub = p.add_subparsers(title="transfer commands", metavar="COMMAND")
@@ -71,14 +83,83 @@ def _age(record: dict[str, str], now: float) -> str:
         return "-"
 
 
+def _when_arg(text: str, what: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]") \
+            from None
+
+
+def _from_sql(ctx, args) -> int:
+    start = _when_arg(args.since, "--since")
+    end = _when_arg(args.until, "--until") if args.until else None
+    try:
+        conn = policy_db.connect(ctx.db, readonly=True)
+        try:
+            rows = transfer_log.since(conn, start, end)
+        finally:
+            conn.close()
+    except policy_db.DbError as exc:
+        raise Failed(f"cannot read the transfer log: {exc}") from exc
+    columns = [c for c in transfer_log.COLUMNS if c != "record"]
+    if args.json:
+        print(json.dumps([{c: r[c] for c in columns} for r in rows], indent=1))
+        return 0
+    if args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(columns)
+        for r in rows:
+            out.writerow([_csv_value(c, r[c]) for c in columns])
+        return 0
+    for r in rows:
+        print(f"{_when(str(r['final_at']))}  {r['outcome']:10}  {r['transferor']:24}  "
+              f"{r['target']:24}  {r['call_id']} / {r['refer_id']}")
+    return 0
+
+
+def _csv_value(column: str, value) -> str:
+    if column in ("created_at", "final_at"):
+        return datetime.fromtimestamp(float(value)).isoformat(timespec="milliseconds")
+    return str(value)
+
+
+def _older_from_sql(ctx, rows: list[dict], limit: int) -> list[dict]:
+    """Finished transfers Redis's stream has trimmed, from the SQL transfer log (none when
+    the database has no log)."""
+    try:
+        conn = policy_db.connect(ctx.db, readonly=True)
+        try:
+            if "004_transfer_log" not in policy_db.applied(conn):
+                return rows
+            logged = transfer_log.newest(conn, limit)
+        finally:
+            conn.close()
+    except policy_db.DbError as exc:
+        print(f"referee: transfer log unreadable ({exc}): Redis's records only",
+              file=sys.stderr)
+        return rows
+    seen = {(r.get("call_id"), r.get("refer_id")) for r in rows}
+    for r in logged:
+        if (r["call_id"], r["refer_id"]) not in seen and len(rows) < limit:
+            rows.append(json.loads(r["record"]))
+    return rows
+
+
 def cmd_list(ctx, args) -> int:
     if args.limit <= 0:
         raise UsageError("--limit must be a positive number")
+    if args.since:
+        return _from_sql(ctx, args)
+    if args.until or args.csv:
+        raise UsageError("--until and --csv read the SQL transfer log: give --since")
     store = _store(ctx)
     try:
         rows = store.open_transfers(args.limit) if args.live else store.finished(args.limit)
     except RedisError as exc:
         raise Failed(f"cannot read transfers from Redis: {exc}") from exc
+    if not args.live and len(rows) < args.limit:
+        rows = _older_from_sql(ctx, rows, args.limit)
     if args.json:
         print(json.dumps(rows, indent=1, sort_keys=True))
         return 0

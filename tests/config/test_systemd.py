@@ -11,19 +11,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kemi import config
 from kemi.cli.demo.kamailio_node import REPO
 
 SYSTEMD = REPO / "config-examples" / "systemd"
 UNIT = SYSTEMD / "referee-asterisk.service"
+LOG_UNIT = SYSTEMD / "referee-log.service"
 TMPFILES = SYSTEMD / "referee.tmpfiles.conf"
 VENV_REFEREE = "/opt/referee/.venv/bin/referee"
 
 
-def _unit() -> configparser.ConfigParser:
+def _unit(path: Path = UNIT) -> configparser.ConfigParser:
     unit = configparser.ConfigParser(strict=True, interpolation=None)
     unit.optionxform = str  # keys are case-sensitive in systemd
-    unit.read_string(UNIT.read_text())
+    unit.read_string(path.read_text())
     return unit
 
 
@@ -39,11 +42,19 @@ def test_the_unit_runs_the_asterisk_side_restarts_it_and_reads_referees_settings
     assert default == {"REFEREE_CONFIG": config.DEFAULT_PATH}
 
 
-def test_systemd_accepts_the_unit(tmp_path: Path):
+def test_the_log_writers_unit_runs_it_where_it_may_write_the_database():
+    service = _unit(LOG_UNIT)["Service"]
+    assert shlex.split(service["ExecStart"]) == [VENV_REFEREE, "log", "run"]
+    assert service["Restart"] == "on-failure"
+    assert service["ReadWritePaths"] == str(Path(config.Settings().policy_db).parent)
+
+
+@pytest.mark.parametrize("unit", [UNIT, LOG_UNIT], ids=lambda p: p.name)
+def test_systemd_accepts_the_unit(tmp_path: Path, unit: Path):
     """With ExecStart pointed at this checkout's venv (verify wants the binary to exist)."""
     referee = Path(sys.prefix) / "bin" / "referee"
-    copy = tmp_path / UNIT.name
-    copy.write_text(UNIT.read_text().replace(VENV_REFEREE, str(referee)))
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace(VENV_REFEREE, str(referee)))
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and out.stderr.strip() == "", out.stderr

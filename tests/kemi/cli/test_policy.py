@@ -58,12 +58,13 @@ def installed():
 def cli(tmp_path, installed) -> Cli:
     c = Cli(tmp_path)
     assert c.ok("db", "init").strip() == (
-        f"{c.db}: applied 001_policy, 002_transfer_plan, 003_dialled_numbers")
+        f"{c.db}: applied 001_policy, 002_transfer_plan, 003_dialled_numbers, "
+        "004_transfer_log")
     return c
 
 
 def test_init_is_idempotent(cli):
-    assert cli.ok("db", "init").strip() == f"{cli.db}: up to date (003_dialled_numbers)"
+    assert cli.ok("db", "init").strip() == f"{cli.db}: up to date (004_transfer_log)"
 
 
 def test_commands_before_init_fail_with_a_hint(tmp_path, installed):
@@ -289,7 +290,8 @@ def test_the_cli_on_a_database_not_yet_upgraded(tmp_path, installed):
     assert r.code == 1 and "schema older than this referee? run `referee db init`" in r.err, r
     r = c("tenant", "set", "acme", "--replaces-scope", "tenant")
     assert r.code == 1 and "run `referee db init` to upgrade it" in r.err, r
-    assert c.ok("db", "init").strip() == f"{c.db}: applied 002_transfer_plan, 003_dialled_numbers"
+    assert c.ok("db", "init").strip() == (
+        f"{c.db}: applied 002_transfer_plan, 003_dialled_numbers, 004_transfer_log")
     c.ok("policy", "add", "--action", "allow", "--any", "--dial-timeout", "20")
     c.ok("tenant", "set", "acme", "--replaces-scope", "tenant")
     assert c.ok("tenant", "list").splitlines()[1].split()[:2] == ["acme", "100"]

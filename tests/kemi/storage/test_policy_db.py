@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -28,7 +24,7 @@ def sqlite_db(tmp_path: Path) -> str:
     return path
 
 
-ALL = ["001_policy", "002_transfer_plan", "003_dialled_numbers"]
+ALL = ["001_policy", "002_transfer_plan", "003_dialled_numbers", "004_transfer_log"]
 
 
 def version(conn: db.Connection) -> int:
@@ -318,40 +314,6 @@ def test_cache_logs_skipped_rows(sqlite_db, caplog):
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def pg_dsn():
-    """A throwaway PostgreSQL 15 in a temp dir (run as 'postgres' when we are root)."""
-    import psycopg  # noqa: F401 - part of the test extra; a missing one must fail, not skip
-    initdb = shutil.which("initdb", path=str(PG_BIN)) or shutil.which("initdb")
-    pg_ctl = shutil.which("pg_ctl", path=str(PG_BIN)) or shutil.which("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.fail("PostgreSQL server binaries not installed (run .ci/setup)")
-    prefix: list[str] = []
-    top = tempfile.mkdtemp(prefix="referee-pg-")
-    if os.geteuid() == 0:
-        prefix = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(top, "postgres")
-    data, port = os.path.join(top, "data"), _free_port()
-    run = dict(check=True, capture_output=True, timeout=60)
-    subprocess.run([*prefix, initdb, "-D", data, "-A", "trust", "-U", "referee", "--no-sync"],
-                   **run)
-    subprocess.run([*prefix, pg_ctl, "-D", data, "-l", os.path.join(top, "log"), "-w", "-o",
-                    f"-k {top} -p {port} -c listen_addresses='' -c fsync=off", "start"], **run)
-    try:
-        yield f"postgresql://referee@/postgres?host={top}&port={port}"
-    finally:
-        subprocess.run([*prefix, pg_ctl, "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_postgresql_migrate_triggers_checks_and_cache(pg_dsn):
