@@ -4,6 +4,7 @@ kemi.storage.resp builds its sockets from it.
 
     redis://[user:password@]host[:port][/db]     unix://path[?db=N&password=P]
     redis+cluster://[user:password@]host:port,host:port
+    redis+sentinel://[user:password@]host:port,host:port/<primary name>[/db]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 CLUSTER_SCHEME = "redis+cluster://"
+SENTINEL_SCHEME = "redis+sentinel://"
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,35 @@ def parse_cluster_url(url: str) -> tuple[list[str], str]:
     return seeds, (userinfo + "@" if userinfo else "")
 
 
+@dataclass(frozen=True)
+class SentinelTarget:
+    sentinels: tuple[str, ...]  # "host:port" of each Sentinel, asked in this order
+    primary: str  # the name the Sentinels monitor it by
+    db: int
+    auth: tuple[str, ...] | None  # for the primary (Sentinels are asked without)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """A redis+sentinel:// URL; ValueError saying what is wrong."""
+    rest = url[len(SENTINEL_SCHEME):]
+    hosts, _, path = rest.partition("/")
+    name, _, db_text = path.strip("/").partition("/")
+    if not name:
+        raise ValueError(f"{url}: no primary name (redis+sentinel://h:p,h:p/<name>)")
+    seeds, userinfo = parse_cluster_url(CLUSTER_SCHEME + hosts)
+    auth = None
+    if userinfo:
+        user, sep, password = userinfo[:-1].partition(":")
+        auth = (unquote(user), unquote(password)) if sep and user else (
+            unquote(password if sep else user),)
+    return SentinelTarget(tuple(seeds), name, _db_number(url, db_text or "0"), auth)
+
+
 def check_redis_url(url: str) -> None:
     """ValueError if a client could not be built from `url` (of any supported scheme)."""
     if url.startswith(CLUSTER_SCHEME):
         parse_cluster_url(url)
+    elif url.startswith(SENTINEL_SCHEME):
+        parse_sentinel_url(url)
     else:
         parse_redis_url(url)

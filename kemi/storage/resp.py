@@ -13,6 +13,11 @@ SIP worker must never wait on Redis longer than a fixed budget.  So the client i
 Error replies are values (`RedisReplyError`) in the parser and in `pipeline`, and raised
 by `call`; transport trouble always raises `RedisUnavailable`.
 
+A Sentinel-managed primary: `SentinelClient` (what `RespClient("redis+sentinel://s1:p,
+s2:p/name")` gives) asks the Sentinels where the primary is before connecting, and again
+after a transport failure or a READONLY reply (a failover made the old address a
+replica): that call fails (the REFER gets its 503), the next one goes to the new primary.
+
 Redis Cluster: `ClusterClient` (what `RespClient("redis+cluster://h1:p1,h2:p2")` gives)
 keeps the same API, routes each command by its first key's slot (CRC16, written here),
 follows MOVED/ASK, and sends a pipeline to all the nodes it touches before reading any
@@ -31,7 +36,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kemi.core.redis_url import CLUSTER_SCHEME, parse_cluster_url, parse_redis_url
+from kemi.core.redis_url import (
+    CLUSTER_SCHEME,
+    SENTINEL_SCHEME,
+    parse_cluster_url,
+    parse_redis_url,
+    parse_sentinel_url,
+)
 
 __all__ = [
     "NEED_MORE",
@@ -42,6 +53,7 @@ __all__ = [
     "RedisReplyError",
     "RedisUnavailable",
     "RespClient",
+    "SentinelClient",
     "RespParser",
     "command_key",
     "crc16",
@@ -307,6 +319,8 @@ class RespClient:
     def __new__(cls, url: str = "redis://127.0.0.1:6379/0", *args, **kwargs):
         if cls is RespClient and isinstance(url, str) and url.startswith(CLUSTER_SCHEME):
             cls = ClusterClient
+        elif cls is RespClient and isinstance(url, str) and url.startswith(SENTINEL_SCHEME):
+            cls = SentinelClient
         return super().__new__(cls)
 
     def __init__(
@@ -538,6 +552,91 @@ def _parse_url(url: str):
     if ep.unix_path:
         return socket.AF_UNIX, ep.unix_path, ep.address, ep.db, ep.auth
     return socket.AF_INET, (ep.host, ep.port), ep.address, ep.db, ep.auth
+
+
+# --------------------------------------------------------------------------- sentinel
+
+# Replies that say this address no longer takes writes as the primary: READONLY (it is a
+# replica now) and NOREPLICAS (min-replicas-to-write: its replica left, as during a
+# failover -- config-examples/redis/sentinel.conf sets it so that no write is accepted
+# by a primary about to be demoted).
+DEMOTED = frozenset({"READONLY", "NOREPLICAS"})
+
+
+class SentinelClient(RespClient):
+    """RespClient to the primary a set of Sentinels name (module text)."""
+
+    def __init__(
+        self,
+        url: str = "redis+sentinel://127.0.0.1:26379/mymaster",
+        timeout_s: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+    ):
+        self.target = parse_sentinel_url(url)
+        super().__init__("redis://127.0.0.1/0", timeout_s, breaker)  # replaced below
+        self.url = url
+        self._db, self._auth = self.target.db, self.target.auth
+        self._sockaddr = None  # the primary's (host, port), asked of the Sentinels
+        self.address = f"{self.target.primary} (via Sentinel)"
+        self.discoveries = 0  # how often the primary was looked up (tests, metrics)
+
+    def call(self, *args: str | bytes | int | float):
+        try:
+            return super().call(*args)
+        except RedisReplyError as exc:
+            if exc.code in DEMOTED:
+                raise self._demoted(exc) from None
+            raise
+
+    def pipeline(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list:
+        replies = super().pipeline(commands)
+        for reply in replies:
+            if isinstance(reply, RedisReplyError) and reply.code in DEMOTED:
+                raise self._demoted(reply)
+        return replies
+
+    def _demoted(self, exc: RedisReplyError) -> RedisUnavailable:
+        old = self.address
+        self._forget()
+        return RedisUnavailable(f"{old} no longer takes writes as the primary "
+                                f"({exc.message}): asking the Sentinels again")
+
+    def _forget(self) -> None:
+        self.close()
+        self._sockaddr = None
+        self._addrinfo = None
+
+    def _failed(self, exc: BaseException) -> RedisUnavailable:
+        out = super()._failed(exc)
+        self._forget()  # the primary may have moved: ask again next time
+        return out
+
+    def _connect(self, deadline: float) -> None:
+        if self._sockaddr is None:
+            self._discover(deadline)
+        super()._connect(deadline)
+
+    def _discover(self, deadline: float) -> None:
+        """The primary's address from the first Sentinel that knows it."""
+        why = "no Sentinel answered"
+        for sentinel in self.target.sentinels:
+            ask = RespClient(f"redis://{sentinel}/0", timeout_s=max(_remaining(deadline), 0.001),
+                             breaker=CircuitBreaker(1_000_000))
+            try:
+                reply = ask.call("SENTINEL", "get-master-addr-by-name", self.target.primary)
+            except RedisError as exc:
+                why = f"Sentinel {sentinel}: {exc}"
+                continue
+            finally:
+                ask.close()
+            if isinstance(reply, list) and len(reply) == 2:
+                host, port = (x.decode() if isinstance(x, bytes) else str(x) for x in reply)
+                self._sockaddr, self._addrinfo = (host, int(port)), None
+                self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                self.discoveries += 1
+                return
+            why = f"Sentinel {sentinel} does not know {self.target.primary!r}"
+        raise ConnectionRefusedError(0, why)
 
 
 # --------------------------------------------------------------------------- cluster

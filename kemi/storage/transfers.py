@@ -22,7 +22,8 @@ it is open), a final one `done_ttl_s`; shared keys (index, deadlines, tie, strea
 ever have their TTL extended.  The stream therefore vanishes after `done_ttl_s` without a
 finished transfer: its reader must create its consumer group with MKSTREAM and expect that.
 
-Deployment.  Single Redis or a Sentinel-managed primary (RespClient, redis-py): one script
+Deployment.  Single Redis or a Sentinel-managed primary (RespClient or SentinelClient,
+redis-py): one script
 per event does everything -- the call's keys and the four shared ones -- atomically, in
 one round trip.  Redis Cluster (ClusterClient, `redis+cluster://` in [redis] url): the
 same scripts run under a `#!lua` shebang, so Redis itself refuses any key outside the
