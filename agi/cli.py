@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from typing import Any
 
-from kemi.cli import EXIT_FAILED, EXIT_OK, Context, Failed
+from kemi.cli import EXIT_FAILED, EXIT_OK, Context, Failed, stop_on_signals
 
 log = logging.getLogger("referee.asterisk")
 
@@ -68,14 +66,7 @@ def cmd_run(ctx: Context, args) -> int:
 
     _logging()
     settings = ctx.settings
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     server = _agi_server(settings)
     if server is not None:
         try:

@@ -10,10 +10,8 @@ opened or has no transfer_log table (run `referee db init` to upgrade it).
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
-from kemi.cli import EXIT_OK, Failed, UsageError
+from kemi.cli import EXIT_OK, Failed, UsageError, stop_on_signals
 from kemi.storage import policy_db as db
 from kemi.storage.resp import RespClient
 from kemi.storage.transfer_log import LogWriter
@@ -49,14 +47,7 @@ def cmd_run(ctx, args) -> int:
     r = ctx.settings.redis
     store = TransferStore(RespClient(r.url, timeout_s=5.0), prefix=r.prefix)
     writer = LogWriter(store, conn, batch=args.batch)
-    stop = threading.Event()
-
-    def on_signal(signum, _frame) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop = stop_on_signals(log)
     log.info("transfer log: %s -> %s", store.stream_key, conn.target.display)
     try:
         writer.run(stop, once=args.once)

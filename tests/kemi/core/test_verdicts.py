@@ -10,22 +10,11 @@ from kemi.core.anchor import Progress
 from kemi.core.policy.model import Policy, Tenant
 from kemi.core.sip.uri import parse_uri
 from kemi.core.state import Event
+from tests.kemi.core.test_transfer import refer  # the same REFER as the rules are tested on
 
 DEFAULT = Tenant("default", priority=2147483647, id=1)
 POLICY = Policy.build((DEFAULT,), (), (), version=1)
 GOOD = "abc%40h%3Bto-tag%3D1%3Bfrom-tag%3D2"
-
-
-def refer(**kw) -> transfer.ReferMessage:
-    base = dict(
-        call_id="abc@host", cseq=2, from_uri="<sip:andrew@example.com>;tag=a1",
-        from_tag="a1", to_uri="<sip:mckenzie@example.com>;tag=m1", to_tag="m1",
-        request_uri="sip:mckenzie@192.0.2.5", source_ip="192.0.2.1",
-        refer_to=["<sip:marsha@example.com>"], referred_by=["<sip:andrew@example.com>"],
-        contact="<sip:andrew@192.0.2.1>",
-    )
-    base.update(kw)
-    return transfer.ReferMessage(**base)
 
 
 def acts(v: Verdict) -> tuple:
