@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 
-from kemi.core.redis_url import check_redis_url
+from kemi.core.redis_url import check_redis_url, parse_redis_url
 
 DEFAULT_PATH = "/etc/referee/referee.toml"
 
@@ -214,6 +214,10 @@ def _check_redis_url(url: object, where: str) -> None:
     _text(url, where)
     try:
         check_redis_url(url)  # type: ignore[arg-type]
+        if str(url).startswith("rediss://"):
+            for f in parse_redis_url(str(url)).files():
+                if not os.access(f, os.R_OK):
+                    raise ValueError(f"TLS file {f} is not readable")
     except ValueError as exc:
         text = str(exc) if str(url) in str(exc) else f"{url}: {exc}"
         raise ConfigError(f"{where}: {text}") from None

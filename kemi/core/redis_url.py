@@ -3,6 +3,7 @@ it at start (a typo names the file and key, not the first SIP worker), and
 kemi.storage.resp builds its sockets from it.
 
     redis://[user:password@]host[:port][/db]     unix://path[?db=N&password=P]
+    rediss://...same...?ssl_ca_certs=CA[&ssl_certfile=CERT&ssl_keyfile=KEY]   (TLS)
     redis+cluster://[user:password@]host:port,host:port
     redis+sentinel://[user:password@]host:port,host:port/<primary name>[/db]
 """
@@ -24,6 +25,14 @@ class Endpoint:
     host: str = ""
     port: int = 0
     unix_path: str = ""
+    tls: bool = False  # rediss://: TLS, the server's certificate checked against ca_file
+    ca_file: str = ""  # "" with TLS: the system's CA store
+    cert_file: str = ""  # a client certificate (Redis tls-auth-clients yes), with its key
+    key_file: str = ""
+
+    def files(self) -> list[str]:
+        """The files TLS reads (named in the URL)."""
+        return [f for f in (self.ca_file, self.cert_file, self.key_file) if f]
 
 
 def _db_number(url: str, text: str) -> int:
@@ -48,9 +57,16 @@ def parse_redis_url(url: str) -> Endpoint:
         if password is not None:
             auth = (user, password) if user else (password,)
         return Endpoint(f"unix:{parts.path}", db, auth, unix_path=parts.path)
-    if parts.scheme != "redis":
-        raise ValueError(f"{url}: unsupported scheme (use redis://, unix:// or "
-                         f"{CLUSTER_SCHEME})")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"{url}: unsupported scheme (use redis://, rediss://, unix://, "
+                         f"{CLUSTER_SCHEME} or {SENTINEL_SCHEME})")
+    tls = parts.scheme == "rediss"
+    files = {k: query.get(k, [""])[0] for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+    if not tls and any(files.values()):
+        raise ValueError(f"{url}: ssl_* options need rediss://")
+    if bool(files["ssl_certfile"]) != bool(files["ssl_keyfile"]):
+        raise ValueError(f"{url}: a client certificate needs both ssl_certfile and "
+                         "ssl_keyfile")
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 6379
     path = parts.path.strip("/")
@@ -58,7 +74,9 @@ def parse_redis_url(url: str) -> Endpoint:
     if password is not None:
         auth = (user, password) if user else (password,)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return Endpoint(address, db, auth, host=host, port=port)
+    return Endpoint(address, db, auth, host=host, port=port, tls=tls,
+                    ca_file=files["ssl_ca_certs"], cert_file=files["ssl_certfile"],
+                    key_file=files["ssl_keyfile"])
 
 
 def parse_cluster_url(url: str) -> tuple[list[str], str]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -335,6 +336,7 @@ class RespClient:
         # Told "trip", "failure" and "breaker-open" (Kamailio's counters); None: nobody.
         self.observer: Callable[[str], None] | None = None
         self._family, self._sockaddr, self.address, self._db, self._auth = _parse_url(url)
+        self._tls = _tls_context(url) if url.startswith("rediss://") else None
         self._addrinfo: tuple | None = None
         self._sock: socket.socket | None = None
         self._pid = 0
@@ -466,7 +468,9 @@ class RespClient:
             return False  # inherited across fork: close our copy, never share it
         try:
             sock.settimeout(0)  # with a timeout, Python would poll() before the peek
-            sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            # (the raw socket's bytes: an SSLSocket refuses recv flags; any TLS record
+            # waiting -- a close_notify -- means start over, as stray bytes do)
+            socket.socket.recv(sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return True  # nothing to read: alive and idle
         except OSError:
@@ -501,6 +505,12 @@ class RespClient:
                 raise _Timeout from None
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock.settimeout(_remaining(deadline))
+                try:
+                    sock = self._tls.wrap_socket(sock, server_hostname=self._sockaddr[0])
+                except TimeoutError:
+                    raise _Timeout from None
         except BaseException:
             sock.close()
             if family != socket.AF_UNIX:
@@ -552,6 +562,18 @@ def _parse_url(url: str):
     if ep.unix_path:
         return socket.AF_UNIX, ep.unix_path, ep.address, ep.db, ep.auth
     return socket.AF_INET, (ep.host, ep.port), ep.address, ep.db, ep.auth
+
+
+def _tls_context(url: str) -> ssl.SSLContext | None:
+    """The TLS context of a rediss:// URL (server certificate and host checked), else None;
+    OSError (ssl.SSLError, FileNotFoundError) for files that cannot be used."""
+    ep = parse_redis_url(url)
+    if not ep.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=ep.ca_file or None)
+    if ep.cert_file:
+        ctx.load_cert_chain(ep.cert_file, ep.key_file)
+    return ctx
 
 
 # --------------------------------------------------------------------------- sentinel
