@@ -214,7 +214,7 @@ def test_construction_never_connects():
 
 
 @pytest.mark.parametrize(("url", "message"), [
-    ("http://x", "unsupported scheme (use redis://, unix:// or redis+cluster://)"),
+    ("http://x", "unsupported scheme (use redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://)"),
     ("redis://h/x", "database 'x' is not a number"),
     ("redis://h:1/?db=a", "database 'a' is not a number"),
     ("unix:///tmp/r.sock?db=-1", "database '-1' is not a number"),
