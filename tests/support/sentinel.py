@@ -1,4 +1,4 @@
-"""A Sentinel-managed Redis on loopback for the tests: a primary, a replica and three
+"""A Sentinel-managed Redis on loopback for the tests: a primary, two replicas and three
 Sentinels (redis-server --sentinel), each a real process in its own temp dir, stopped by
 PID; `failover()` asks the Sentinels to promote the replica (SENTINEL FAILOVER)."""
 
@@ -35,11 +35,11 @@ class SentinelSet:
         log.close()
 
     def start(self) -> SentinelSet:
-        for name in ("primary", "replica", "s1", "s2", "s3"):
+        for name in ("primary", "replica", "replica2", "s1", "s2", "s3"):
             self.ports[name] = _free_port()
         base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--protected-mode", "no"]
-        for name in ("primary", "replica"):
+        for name in ("primary", "replica", "replica2"):
             (self.top / name).mkdir(parents=True, exist_ok=True)
         # As config-examples/redis/redis-sentinel-node.conf says (read from it): a primary
         # whose replica has left (promoted) refuses writes instead of keeping ones a
@@ -53,9 +53,10 @@ class SentinelSet:
         assert len(safe) == 4, safe
         self._start("primary", ["--port", str(self.ports["primary"]),
                                 "--dir", str(self.top / "primary"), *base, *safe])
-        self._start("replica", ["--port", str(self.ports["replica"]),
-                                "--dir", str(self.top / "replica"), *base, *safe,
-                                "--replicaof", "127.0.0.1", str(self.ports["primary"])])
+        for name in ("replica", "replica2"):
+            self._start(name, ["--port", str(self.ports[name]),
+                               "--dir", str(self.top / name), *base, *safe,
+                               "--replicaof", "127.0.0.1", str(self.ports["primary"])])
         for s in ("s1", "s2", "s3"):
             conf = self.top / f"{s}.conf"
             conf.write_text(
@@ -82,7 +83,7 @@ class SentinelSet:
             info = self._ask(self.ports["primary"], "INFO", "replication")
         except Exception:  # noqa: BLE001 - not up yet
             return False
-        return b"connected_slaves:1" in info and b"state=online" in info
+        return b"connected_slaves:2" in info and info.count(b"state=online") == 2
 
     def sentinels_agree(self) -> bool:
         try:
@@ -91,6 +92,20 @@ class SentinelSet:
                        for s in ("s1", "s2", "s3"))
         except Exception:  # noqa: BLE001 - not up yet
             return False
+
+    def describe(self) -> str:
+        """Each data node's port, role and good replicas (for a failing test's message)."""
+        out = []
+        for name in ("primary", "replica", "replica2"):
+            try:
+                info = self._ask(self.ports[name], "INFO", "replication").decode()
+            except Exception as exc:  # noqa: BLE001
+                out.append(f"{name}:{self.ports[name]} {exc}")
+                continue
+            keep = [ln for ln in info.splitlines()
+                    if ln.startswith(("role", "min_slaves_good", "master_port"))]
+            out.append(f"{name}:{self.ports[name]} " + " ".join(keep))
+        return "; ".join(out)
 
     def primary_port(self) -> int:
         host, port = self._ask(self.ports["s1"], "SENTINEL", "get-master-addr-by-name", NAME)
@@ -105,6 +120,18 @@ class SentinelSet:
             int(self._ask(self.ports[s], "SENTINEL", "get-master-addr-by-name", NAME)[1])
             != old for s in ("s1", "s2", "s3")), timeout_s)
         return self.primary_port()
+
+    def settled(self, old: int, new: int, timeout_s: float = 30.0) -> None:
+        """Wait until the failover is over: the old primary replicates the new one, which
+        has a good replica (so takes writes again)."""
+        def done() -> bool:
+            try:
+                was = self._ask(old, "INFO", "replication")
+                now = self._ask(new, "INFO", "replication")
+            except Exception:  # noqa: BLE001
+                return False
+            return b"role:slave" in was and b"min_slaves_good_slaves:0" not in now
+        self._wait(done, timeout_s)
 
     @staticmethod
     def _wait(check, timeout_s: float) -> None:

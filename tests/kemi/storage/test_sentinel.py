@@ -46,9 +46,16 @@ def test_a_sentinel_url_is_accepted_by_the_settings(tmp_path, sentinels):
         config.load(str(path))
 
 
-def test_a_failover_during_transfers_loses_no_record(sentinels):
+def test_a_failover_during_transfers_is_followed_and_keeps_what_was_settled(sentinels):
+    """Redis replicates asynchronously: a write the old primary acknowledged in the moment
+    of the switch may not have reached the replica promoted (Sentinel promises no more;
+    min-replicas-to-write narrows that moment).  What holds, and is checked: every failure
+    is a RedisUnavailable (the REFER's 503), the client follows the new primary, every
+    record written before the failover began is there, and so is every one after it
+    settled."""
     store = TransferStore(RespClient(sentinels.url, timeout_s=0.3))
-    done, failures, stop = [], [], threading.Event()
+    done: list[tuple[str, float]] = []
+    failures, stop = [], threading.Event()
 
     def traffic():
         i = 0
@@ -59,7 +66,7 @@ def test_a_failover_during_transfers_loses_no_record(sentinels):
                 store.create(cid, "1", {}, now=now, deadline=now + 60, transferor="a@x",
                              transferee="b@x", target="c@x")
                 store.apply(cid, "1", Event.REFER_ACCEPTED, now)
-                done.append(cid)
+                done.append((cid, time.monotonic()))
             except RedisUnavailable as exc:
                 failures.append(str(exc))
             time.sleep(0.01)
@@ -68,20 +75,23 @@ def test_a_failover_during_transfers_loses_no_record(sentinels):
     runner.start()
     try:
         time.sleep(0.5)
-        before = len(done)
+        began = time.monotonic()
         old = sentinels.primary_port()
         new = sentinels.failover()
-        assert new != old
+        sentinels.settled(old, new)
+        settled = time.monotonic()
         time.sleep(1.0)  # traffic goes on against the new primary
     finally:
         stop.set()
         runner.join(timeout=10)
-    assert before > 0 and len(done) > before + 10, (before, len(done), failures[-3:])
-    # Every transfer recorded before, during and after the switch is there, accepted.
+    assert new != old
     check = TransferStore(RespClient(f"redis://127.0.0.1:{new}/0", timeout_s=2.0))
-    states = {cid: (check.get(cid, "1") or {}).get("state") for cid in done}
-    assert set(states.values()) == {"accepted"}, [c for c, s in states.items() if s != "accepted"]
+    before = [cid for cid, at in done if at < began]
+    after = [cid for cid, at in done if at > settled + 0.5]
+    assert before and len(after) > 10, (len(before), len(after), failures[-3:])
+    lost = [cid for cid in before + after if (check.get(cid, "1") or {}).get("state")
+            != "accepted"]
+    assert lost == []
     assert store.client.address == f"127.0.0.1:{new}" and store.client.discoveries >= 2
-    # Failures, if any, were the switch itself, said as such.
-    assert all("no longer takes writes" in f or "refused" in f or "timeout" in f or "closed" in f
-               for f in failures), failures
+    assert all("no longer takes writes" in f or "refused" in f or "timeout" in f
+               or "closed" in f for f in failures), failures
