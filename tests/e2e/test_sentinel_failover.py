@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,17 +19,13 @@ from kemi.cli.demo.kamailio_node import Kamailio, write_referee_config
 from kemi.storage.resp import RespClient
 from kemi.storage.transfers import TransferStore
 from tests.support.raw import RawUA, refer
-from tests.support.sentinel import SentinelSet
+from tests.support.sentinel import running
 
 
 @pytest.fixture
 def sentinels():
-    with tempfile.TemporaryDirectory(prefix="referee-sentinel-") as top:
-        s = SentinelSet(Path(top))
-        try:
-            yield s.start()
-        finally:
-            s.stop()
+    with running() as s:
+        yield s
 
 
 @pytest.mark.parametrize("cfg", ["kamailio.cfg", "kamailio-native.cfg"])

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,3 +155,14 @@ class SentinelSet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@contextmanager
+def running() -> Iterator[SentinelSet]:
+    """A started SentinelSet in its own temp dir, stopped (by PID) and removed after."""
+    with tempfile.TemporaryDirectory(prefix="referee-sentinel-") as top:
+        s = SentinelSet(Path(top))
+        try:
+            yield s.start()
+        finally:
+            s.stop()

@@ -6,10 +6,8 @@ while transfers are being recorded: no record lost, failures only RedisUnavailab
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,17 +15,13 @@ from kemi import config
 from kemi.core.state import Event
 from kemi.storage.resp import RedisUnavailable, RespClient, SentinelClient
 from kemi.storage.transfers import TransferStore
-from tests.support.sentinel import SentinelSet
+from tests.support.sentinel import running
 
 
 @pytest.fixture(scope="module")
 def sentinels():
-    with tempfile.TemporaryDirectory(prefix="referee-sentinel-") as top:
-        s = SentinelSet(Path(top))
-        try:
-            yield s.start()
-        finally:
-            s.stop()
+    with running() as s:
+        yield s
 
 
 def test_the_client_talks_to_the_primary_the_sentinels_name(sentinels):
