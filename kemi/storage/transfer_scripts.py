@@ -95,6 +95,7 @@ return {1, 'created', n + 1, c}
 #   'lowered': the deadline moved earlier: lower the index entry to it
 #   'not-due', deadline: an EXPIRY before the record's own deadline: re-index it there
 #   'drop':    an EXPIRY for a transfer gone or already final: drop the index entry
+#   'restream', the record's pairs: facts written to a final record: stream it again
 APPLY_LUA = _COMMON + """
 local T = [==[@TABLE@]==]
 local cluster = ARGV[12] == '1'
@@ -190,6 +191,16 @@ else
   end
   for i = 14, #ARGV do h[#h + 1] = ARGV[i] end
   redis.call('HSET', xk, unpack(h))
+  if FINAL[old] and #ARGV >= 14 then
+    -- A fact that came after the end (the transferor's answer to the final NOTIFY): the
+    -- record is streamed again, so the SQL log's row (upserted) holds it too.
+    if cluster then
+      local out = {rid, old, new, outcome, 0, 'restream'}
+      for _, v in ipairs(record()) do out[#out + 1] = v end
+      return out
+    end
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[8], '*', unpack(record()))
+  end
 end
 local todo = ''
 if ev == 'expiry' and FINAL[old] then
@@ -228,7 +239,9 @@ return {rid, old, new, outcome, final and 1 or 0, todo}
 # KEYS: 1 xfer, 2 log.  ARGV: 1 now, 2 detail, 3 log maxlen, 4.. field pairs
 # Facts about a transfer that are not events of the state machine (what the Asterisk side
 # did with the channels): written beside the state, logged, never changing it.
-ANNOTATE_LUA = """
+# Returns 0: no such transfer; 1: written to an open one; for a final one, the record's
+# pairs, which the store streams again (the SQL log's row is upserted from the stream).
+ANNOTATE_LUA = _COMMON + """
 local xk, lk = KEYS[1], KEYS[2]
 local state = redis.call('HGET', xk, 'state')
 if not state then return 0 end
@@ -239,5 +252,8 @@ redis.call('RPUSH', lk, table.concat({ARGV[1], 'note', state, state, 'noted', AR
 local logmax = tonumber(ARGV[3])
 if logmax > 0 then redis.call('LTRIM', lk, -logmax, -1) end
 if redis.call('TTL', lk) == -1 then redis.call('PEXPIRE', lk, redis.call('PTTL', xk)) end
-return 1
+if not FINAL[state] then return 1 end
+local all = redis.call('HGETALL', xk)
+all[#all + 1] = 'key'; all[#all + 1] = xk
+return all
 """

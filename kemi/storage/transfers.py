@@ -14,7 +14,8 @@ so every key of a dialog is hash-tagged to one Redis Cluster slot):
     p:deadlines                  zset   "<call_id>\\x1f<refer_id>" scored by deadline (epoch s)
     p:rate:<transferor>:<minute> string REFERs per transferor per epoch minute
     p:tie:<transferee>           hash   "<call_id>\\x1f<refer_id>" -> target (for its INVITE)
-    p:finished                   stream every transfer when it turns final (XADD MAXLEN ~)
+    p:finished                   stream every transfer when it turns final (XADD MAXLEN ~),
+                                 and again when facts are written to it after that
 
 Members end in "\\x1f<digits>", so rsplit gives back any Call-ID unchanged.  Every key has
 a TTL: an open transfer lives until its deadline + `ttl_margin_s` (never shortened while
@@ -332,6 +333,9 @@ class TransferStore(ScriptStore):
             cmds = [("ZADD", self.deadlines_key, "XX", "LT", f"{deadline:.3f}", member)]
         elif todo == "not-due":
             cmds = [("ZADD", self.deadlines_key, "XX", _s(reply[6]), member)]
+        elif todo == "restream":
+            cmds = [("XADD", self.stream_key, "MAXLEN", "~", self.stream_maxlen, "*",
+                     *reply[6:])]
         elif todo == "drop" and event is Event.EXPIRY:
             cmds = [("ZREM", self.deadlines_key, member)]
         else:
@@ -404,7 +408,15 @@ class TransferStore(ScriptStore):
                 return False
         xk = self.xfer_key(call_id, refer_id)
         args = [f"{now:.3f}", detail, str(self.log_maxlen), *self._field_args(fields)]
-        return bool(int(self._eval(_ANNOTATE, [xk, xk + ":log"], args)))
+        reply = self._eval(_ANNOTATE, [xk, xk + ":log"], args)
+        if isinstance(reply, list):
+            # A fact after the end: the record goes to the stream again, so the SQL log's
+            # row holds it.  Not atomic with the script: a failure here raises, the glue
+            # spools the note, and its replay writes both again (both are idempotent).
+            self._call("XADD", self.stream_key, "MAXLEN", "~", self.stream_maxlen, "*",
+                       *reply)
+            return True
+        return bool(int(reply))
 
     def _latest(self, call_id: str) -> str | None:
         states = _pairs(self._call("HGETALL", self.index_key(call_id)))
@@ -521,11 +533,25 @@ class TransferStore(ScriptStore):
         return [_s(x) for x in self._call("LRANGE", key, 0, -1)]
 
     def finished(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest finished transfers, newest first; each dict has "stream_id" too."""
-        out = []
+        """The newest finished transfers, newest first; each dict has "stream_id" too.
+        A record streamed again (facts after its end) is listed once, as it is now."""
+        out, seen = [], set()
         for entry in self._call("XREVRANGE", self.stream_key, "+", "-", "COUNT", count) or ():
             stream_id, body = entry
             record = _pairs(body)
+            key = (record.get("call_id"), record.get("refer_id"))
+            if key in seen:
+                continue
+            seen.add(key)
             record["stream_id"] = _s(stream_id)
             out.append(record)
+        out.sort(key=lambda r: _float(r.get("final_at")), reverse=True)
         return out
+
+
+def _float(text: str | None) -> float:
+    """A record's timestamp for sorting; an unreadable one sorts last."""
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -92,6 +93,22 @@ def test_a_writer_stopped_between_commit_and_ack_writes_the_same_rows_again(sql,
     LogWriter(store, conn, consumer="w1", block_ms=100).run(threading.Event(), once=True)
     assert logged(conn) == [("c1@h", "2", "succeeded", "200 OK")]  # the same row, once
     assert store.client.call("XPENDING", store.stream_key, GROUP)[0] == 0
+
+
+def test_a_fact_after_the_end_reaches_the_row_already_written(sql, store):
+    # The row is written when the transfer ends; what the transferor answered to the final
+    # NOTIFY, and what Asterisk did after that, come later and still reach the same row.
+    _dsn, conn = sql
+    finish(store, "c1@h", "2", 1000.0)
+    writer = LogWriter(store, conn, block_ms=100)
+    writer.run(threading.Event(), once=True)
+    store.apply("c1@h", "2", Event.NOTIFY_SUCCESS, 1001.5, fields={"final_notify_reply": "200"})
+    store.annotate("c1@h", "2", 1003.0, {"ami_result": "released"}, "late AMI")
+    writer.run(threading.Event(), once=True)
+    [row] = conn.rows("SELECT * FROM transfer_log")
+    assert (row["outcome"], row["ami_result"], row["final_at"]) == ("succeeded", "released",
+                                                                   1001.0)
+    assert json.loads(row["record"])["final_notify_reply"] == "200"
 
 
 def test_the_writer_outlives_a_redis_restart_and_loses_nothing(sql, store, redis_server):

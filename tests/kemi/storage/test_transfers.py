@@ -218,9 +218,38 @@ def test_final_transition_streams_and_sets_ttls(store, raw, path):
     assert raw.call("HGET", store.index_key(CID), "3") == final_state.value.encode()
     keys = assert_every_key_has_ttl(raw)
     assert store.stream_key in keys
-    # Later events are recorded, never streamed again.
+    # Later events without facts are recorded, never streamed again.
     assert store.apply(CID, "3", Event.NOTIFY_SUCCESS, NOW + 9).final is False
     assert len(store.finished(10)) == 1
+    assert raw.call("XLEN", store.stream_key) == 1
+
+
+def test_a_fact_after_the_end_streams_the_record_again_and_it_is_listed_once(store, raw):
+    # What the transferor answered to the final NOTIFY comes after the transfer ended;
+    # the SQL log is written from the stream, so the record is streamed again with it.
+    _create(store)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1)
+    store.apply(CID, "1", Event.NOTIFY_SUCCESS, NOW + 2, {"final_sipfrag": "200 OK"})
+    late = store.apply(CID, "1", Event.NOTIFY_SUCCESS, NOW + 3, {"final_notify_reply": "200"})
+    assert (late.final, late.new) == (False, State.SUCCEEDED)
+    assert raw.call("XLEN", store.stream_key) == 2
+    [entry] = store.finished(10)
+    assert entry["final_notify_reply"] == "200" and entry["final_sipfrag"] == "200 OK"
+    assert entry["final_at"] == f"{NOW + 2:.3f}"  # still when it ended
+
+
+def test_a_note_after_the_end_streams_the_record_again(store, raw):
+    _create(store)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1)
+    store.apply(CID, "1", Event.NOTIFY_FAILURE, NOW + 2, {"final_sipfrag": "486 Busy"})
+    assert store.annotate(CID, "1", NOW + 5, {"ami_result": "reconnected"}, "late AMI")
+    [entry] = store.finished(10)
+    assert entry["ami_result"] == "reconnected" and entry["state"] == "failed"
+    assert raw.call("XLEN", store.stream_key) == 2
+    # A note on an open transfer is not streamed.
+    _create(store, refer_id="2", transferee=None)
+    assert store.annotate(CID, "2", NOW + 6, {"ami_result": "x"})
+    assert raw.call("XLEN", store.stream_key) == 2
 
 
 def test_reject_closes_a_transfer(store, raw):
