@@ -47,3 +47,19 @@ def outcome(state: str, final_sipfrag: str = "") -> str:
         return f"transfers_{state}"
     code = final_sipfrag[:1]
     return f"transfers_failed_{code}xx" if code in ("4", "5", "6") else "transfers_failed_other"
+
+
+
+def recorded(event: str, result: str, final: bool, new: str | None,
+             fields: dict[str, str]) -> list[str]:
+    """The counters one event bumps once the store took it, live or replayed from the
+    journal: a NOTIFY the state table took (`result` applied or ignored: legal), an
+    illegal event, and the outcome of a transfer the event made final."""
+    out = []
+    if event.startswith("notify-") and result in ("applied", "ignored"):
+        out.append("notifies_applied")
+    if result == "illegal":
+        out.append("events_illegal")
+    if result == "applied" and final and new is not None:
+        out.append(outcome(new, fields.get("final_sipfrag") or fields.get("invite_reply", "")))
+    return out

@@ -41,20 +41,13 @@ class Recorder:
             return None
         if res.outcome in ("illegal", "ambiguous", "unknown"):
             log(KSR.notice, f"{event} for {call_id}/{refer_id}: {res.outcome} in state {res.old}")
-            if res.outcome == "illegal":
-                metrics.bump("events_illegal")
         elif res.final:
             log(KSR.info, f"transfer {call_id}/{res.refer_id} {res.new}")
-        self._count(event, res, fields or {})
+        for name in core_metrics.recorded(str(event), res.outcome, res.final,
+                                          None if res.new is None else str(res.new),
+                                          fields or {}):
+            metrics.bump(name)
         return res
-
-    @staticmethod
-    def _count(event: Event, res, fields: dict) -> None:
-        if str(event).startswith("notify-") and res.outcome in ("applied", "ignored"):
-            metrics.bump("notifies_applied")  # taken by the state table (legal)
-        if res.outcome == "applied" and res.final and res.new is not None:
-            metrics.bump(core_metrics.outcome(
-                str(res.new), fields.get("final_sipfrag") or fields.get("invite_reply", "")))
 
     def spool(self, op: str, **entry) -> bool:
         try:

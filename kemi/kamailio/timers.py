@@ -87,6 +87,8 @@ class Timers:
                                  f"{report.kept} still waiting for Redis")
             if report.applied:
                 metrics.bump("events_replayed", report.applied)
+            for name, n in report.counts.items():
+                metrics.bump(name, n)
             if report.kept:
                 return CONTINUE  # Redis still away: expiring now would race the replay
         for cid, entry in self.s.later.due():

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from kemi.core import metrics
 from kemi.core.state import Event
 from kemi.storage.resp import RedisError
 from kemi.storage.transfers import TransferStore
@@ -31,6 +33,9 @@ class ReplayReport:
     applied: int = 0
     kept: int = 0  # left for the next sweep (Redis failed again)
     bad: int = 0  # lines that could not be read (reported, dropped)
+    # What the replayed events decided, as counter names (kemi.core.metrics.recorded):
+    # the glue bumps them, as it would have had Redis taken the events live.
+    counts: Counter = field(default_factory=Counter)
 
 
 class Journal:
@@ -103,7 +108,7 @@ class Journal:
         rest: list[dict] = []
         for i, entry in enumerate(entries):
             try:
-                self._apply(store, entry)
+                report.counts.update(self._apply(store, entry))
                 report.applied += 1
             except RedisError:
                 rest = entries[i:]
@@ -126,7 +131,8 @@ class Journal:
         os.rename(tmp, self.dir / name)
 
     @staticmethod
-    def _apply(store: TransferStore, e: dict) -> None:
+    def _apply(store: TransferStore, e: dict) -> list[str]:
+        """One spooled call made now; the counters it bumps."""
         if e["op"] == "create":
             store.create(
                 e["call_id"], e["refer_id"], e["fields"], now=e["now"], deadline=e["deadline"],
@@ -137,10 +143,14 @@ class Journal:
             store.annotate(e["call_id"], e["refer_id"], e["now"], e["fields"],
                            e.get("detail", ""))
         elif e["op"] == "apply":
-            store.apply(
+            res = store.apply(
                 e["call_id"], e.get("refer_id"), Event(e["event"]), e["now"],
                 fields=e.get("fields"), deadline=e.get("deadline"), detail=e.get("detail", ""),
                 seq=e.get("seq"),
             )
+            return metrics.recorded(e["event"], res.outcome, res.final,
+                                    None if res.new is None else str(res.new),
+                                    e.get("fields") or {})
         else:
             raise ValueError(f"unknown op {e['op']!r}")
+        return []

@@ -14,6 +14,7 @@ import redis as redis_py
 from kemi.cli.demo import phones as scenarios
 from kemi.cli.demo.kamailio_node import Kamailio, write_referee_config
 from kemi.cli.demo.sipp import Sipp
+from kemi.core.metrics import PREFIX
 from kemi.storage.transfers import TransferStore
 
 REFEREE = str(Path(sys.prefix) / "bin" / "referee")
@@ -55,6 +56,15 @@ class Lab:
 
     def finished(self) -> list[dict[str, str]]:
         return self.store.finished(50)
+
+    def stats(self) -> dict[str, int]:
+        """referee's counters as `kamcmd stats.get_statistics script:` shows them."""
+        out = {}
+        for line in self.kamailio.kamcmd("stats.get_statistics", "script:").splitlines():
+            key, _, value = line.strip().partition(" = ")
+            if key.startswith(f"script:{PREFIX}"):
+                out[key.removeprefix(f"script:{PREFIX}")] = int(value)
+        return out
 
     def records(self) -> list[dict[str, str]]:
         """Every transfer hash in Redis (open or final)."""

@@ -51,12 +51,7 @@ def scrape(lab) -> dict[str, int]:
 
 
 def kamcmd_stats(lab) -> dict[str, int]:
-    out = {}
-    for line in lab.kamailio.kamcmd("stats.get_statistics", "script:").splitlines():
-        key, _, value = line.strip().partition(" = ")
-        if key.startswith(f"script:{PREFIX}"):
-            out[key.removeprefix(f"script:{PREFIX}")] = int(value)
-    return out
+    return lab.stats()
 
 
 def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -31,6 +31,22 @@ def test_a_final_transfer_is_counted_by_outcome_and_sipfrag_class(state, sipfrag
     assert metrics.outcome(state, sipfrag) == name and name in metrics.NAMES
 
 
+@pytest.mark.parametrize("event, result, final, new, fields, names", [
+    ("notify-trying", "applied", False, "trying", {}, ["notifies_applied"]),
+    ("notify-trying", "ignored", False, "ringing", {}, ["notifies_applied"]),
+    ("notify-success", "applied", True, "succeeded", {"final_sipfrag": "200 OK"},
+     ["notifies_applied", "transfers_succeeded"]),
+    ("notify-failure", "illegal", False, "refer-seen", {}, ["events_illegal"]),
+    ("invite-failed", "applied", True, "failed", {"invite_reply": "486 Busy"},
+     ["transfers_failed_4xx"]),
+    ("refer-accepted", "applied", False, "accepted", {}, []),
+    ("expiry", "applied", True, "expired", {}, ["transfers_expired"]),
+])
+def test_an_event_the_store_took_counts_what_it_decided(event, result, final, new, fields,
+                                                       names):
+    assert metrics.recorded(event, result, final, new, fields) == names
+
+
 def test_the_kamailio_declarations_are_exactly_the_names():
     text = (CONFIGS / "referee-stats.cfg").read_text()
     declared = re.findall(r'modparam\("statistics", "variable", "referee_(\w+)(/no_reset)?"\)',
