@@ -5,11 +5,14 @@ by line.
 Exit codes: 0 all fine (warnings may be printed), 1 something referee needs is not
 there (Redis unreachable or a replica, policy database unreadable).
 
-Not shown: the circuit breaker, which lives in each Kamailio process's memory; an open
-one shows in Kamailio's log as REFERs answered 503 or relayed "while Redis is away".
+The circuit breaker lives in each Kamailio process's memory; a process whose breaker
+opens writes a file in the journal directory and removes it when a Redis call succeeds
+again, so the check lists them (a warning: the process retries on its own).
 """
 
 from __future__ import annotations
+
+import time
 
 from kemi.cli import EXIT_FAILED, EXIT_OK
 from kemi.storage import dialogs as _dialogs  # noqa: F401 - its scripts join SCRIPTS
@@ -84,6 +87,24 @@ def _journal(directory: str) -> None:
           "the sweep replays them once Redis answers")
 
 
+def _breakers(directory: str) -> None:
+    try:
+        found = Journal(directory).breakers()
+    except OSError as exc:
+        print(f"warning: journal {directory} unreadable ({exc}): breaker state unknown")
+        return
+    live = [b for b in found if b["alive"]]
+    if not live:
+        print("breakers: closed in every Kamailio process"
+              + (f" ({len(found)} stale file(s) of processes gone)" if found else ""))
+        return
+    for b in live:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["since"]))
+        print(f"warning: Redis circuit breaker OPEN in Kamailio process {b['pid']} since "
+              f"{since} ({b['address']}): its transfers are refused 503 or relayed "
+              "unrecorded until a trial call to Redis succeeds")
+
+
 def run(ctx, args) -> int:
     ok = True
     r = ctx.settings.redis
@@ -96,6 +117,7 @@ def run(ctx, args) -> int:
     finally:
         client.close()
     _journal(ctx.settings.kamailio.journal_dir)
+    _breakers(ctx.settings.kamailio.journal_dir)
     try:
         conn = db.connect(ctx.db, readonly=True)
         try:

@@ -29,6 +29,7 @@ NAMES: tuple[str, ...] = (
     "replaces_tied", "replaces_accepted", "replaces_refused",
     "invites_tied", "invites_untied", "invites_refused",
     "redis_round_trips", "redis_failures", "redis_breaker_openings",
+    "redis_breakers_open",  # gauge: this node's processes whose breaker is open now
     "events_spooled", "events_replayed",
     "anchored_accepted", "anchored_jobs_queued", "anchored_progress_read",
 )

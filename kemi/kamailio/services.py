@@ -7,6 +7,9 @@ whatever the parent opened.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import KSR  # provided by app_python3
 
 from kemi import config
@@ -20,12 +23,37 @@ from kemi.storage.policy_cache import PolicyCache
 from kemi.storage.resp import CircuitBreaker, RespClient
 from kemi.storage.transfers import TransferStore
 
-_REDIS_COUNTERS = {"trip": "redis_round_trips", "failure": "redis_failures",
-                   "breaker-open": "redis_breaker_openings"}
 
+class RedisWatch:
+    """Told what this process's Redis client does: Kamailio's counters, and the breaker's
+    state where `referee check` reads it (kemi.storage.journal's breaker file).  Never
+    raises: it runs inside the Redis call."""
 
-def _count_redis(what: str) -> None:
-    metrics.bump(_REDIS_COUNTERS[what])
+    COUNTERS = {"trip": "redis_round_trips", "failure": "redis_failures",
+                "breaker-open": "redis_breaker_openings"}
+
+    def __init__(self, journal: Journal, address: Callable[[], str]) -> None:
+        self.journal = journal
+        self.address = address
+        self.open = False
+
+    def __call__(self, what: str) -> None:
+        if what in self.COUNTERS:
+            metrics.bump(self.COUNTERS[what])
+        if what == "breaker-open" and not self.open:
+            self.open = True
+            metrics.bump("redis_breakers_open")
+            try:
+                self.journal.breaker_opened(self.address(), time.time())
+            except OSError as exc:
+                log(KSR.warn, f"breaker state not written to {self.journal.dir}: {exc}")
+        elif what == "breaker-close" and self.open:
+            self.open = False
+            metrics.bump("redis_breakers_open", -1)
+            try:
+                self.journal.breaker_closed()
+            except OSError as exc:
+                log(KSR.warn, f"breaker state not removed from {self.journal.dir}: {exc}")
 
 
 class Services:
@@ -40,6 +68,10 @@ class Services:
         self.dialog_index = self.settings.kamailio.dialog_index
         self.host_only = self.settings.kamailio.party_match == "host"
         self.journal = Journal(self.settings.kamailio.journal_dir)
+        try:
+            self.journal.forget_breakers()  # mod_init: no process of this run has one yet
+        except OSError as exc:
+            log(KSR.warn, f"journal {self.journal.dir}: {exc}")
         self.anchored = self.settings.anchored
         k = self.settings.kamailio
         self.order = Sequencer(
@@ -66,7 +98,8 @@ class Services:
                 timeout_s=r.timeout_ms / 1000.0,
                 breaker=CircuitBreaker(r.breaker_failures, r.breaker_open_s),
             )
-            self._client.observer = _count_redis
+            client = self._client
+            self._client.observer = RedisWatch(self.journal, lambda: client.address)
         return self._client
 
     @property

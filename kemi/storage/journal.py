@@ -26,6 +26,7 @@ from kemi.storage.transfers import TransferStore
 
 PENDING = "journal-"
 CLAIMED = "replaying-"
+BREAKER = "breaker-"  # breaker-<pid>.json: that process's Redis circuit breaker is open
 
 
 @dataclass
@@ -68,6 +69,55 @@ class Journal:
             if e.name.startswith((PENDING, CLAIMED)):
                 with open(e.path, "rb") as fh:
                     out[e.name] = sum(1 for line in fh if line.strip())
+        return out
+
+    # -- the circuit breaker's state, per process, for `referee check`.  The breaker lives
+    # in each process's memory; what opened is written here (rare: only on a change).
+
+    def breaker_opened(self, address: str, now: float) -> None:
+        """This process's breaker opened; OSError if the disk refuses."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{BREAKER}{os.getpid()}.json"
+        tmp = self.dir / f".{path.name}.tmp"
+        tmp.write_text(json.dumps({"pid": os.getpid(), "since": now, "address": address}),
+                       encoding="utf-8")
+        os.rename(tmp, path)
+
+    def breaker_closed(self) -> None:
+        (self.dir / f"{BREAKER}{os.getpid()}.json").unlink(missing_ok=True)
+
+    def forget_breakers(self) -> None:
+        """At Kamailio's start: files of processes of an earlier run mean nothing now."""
+        try:
+            for e in os.scandir(self.dir):
+                if e.name.startswith(BREAKER):
+                    os.unlink(e.path)
+        except FileNotFoundError:
+            pass
+
+    def breakers(self) -> list[dict]:
+        """The processes whose breaker is open: pid, since, address, alive (False: the
+        process is gone, the file is stale); OSError if the directory cannot be read."""
+        out = []
+        try:
+            entries = sorted(os.scandir(self.dir), key=lambda e: e.name)
+        except FileNotFoundError:
+            return out
+        for e in entries:
+            if not (e.name.startswith(BREAKER) and e.name.endswith(".json")):
+                continue
+            try:
+                info = json.loads(Path(e.path).read_text(encoding="utf-8"))
+                pid = int(info["pid"])
+                since, address = float(info["since"]), str(info["address"])
+            except FileNotFoundError:
+                continue  # closed while we looked
+            except (ValueError, KeyError, TypeError):
+                out.append({"file": e.name, "pid": None, "since": None, "address": "?",
+                            "alive": False})
+                continue
+            out.append({"file": e.name, "pid": pid, "since": since, "address": address,
+                        "alive": os.path.exists(f"/proc/{pid}")})
         return out
 
     def pending(self) -> bool:

@@ -260,6 +260,11 @@ class CircuitBreaker:
         self._trial_at = now
         return True
 
+    @property
+    def tripped(self) -> bool:
+        """Open or half-open: not closed since its last opening."""
+        return self._opened_at is not None
+
     def success(self) -> None:
         self._count = 0
         self._opened_at = None
@@ -333,7 +338,8 @@ class RespClient:
         self.url = url
         self.timeout_s = timeout_s
         self.breaker = breaker if breaker is not None else CircuitBreaker()
-        # Told "trip", "failure" and "breaker-open" (Kamailio's counters); None: nobody.
+        # Told "trip", "failure", "breaker-open" and "breaker-close" (Kamailio's counters
+        # and the breaker file `referee check` reads); None: nobody.
         self.observer: Callable[[str], None] | None = None
         self._family, self._sockaddr, self.address, self._db, self._auth = _parse_url(url)
         self._tls = _tls_context(url) if url.startswith("rediss://") else None
@@ -397,8 +403,11 @@ class RespClient:
             if was != "open" and self.breaker.state == "open":
                 self._observe("breaker-open")
             raise self._failed(exc) from None
+        reopened = self.breaker.tripped
         self.breaker.success()
         self._observe("trip")
+        if reopened:
+            self._observe("breaker-close")
         return result
 
     def _observe(self, what: str) -> None:

@@ -3,14 +3,16 @@ still recorded once Redis answers again (events spooled locally, replayed by the
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from kemi.cli.demo import phones as scenarios
 from kemi.cli.demo.kamailio_node import free_udp_port
-from tests.e2e.conftest import make_lab
+from tests.e2e.conftest import REFEREE, make_lab
 
 
 @pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
@@ -66,3 +68,27 @@ def test_outcome_reached_while_redis_hangs_is_recorded_when_it_is_back(fragile_l
     assert wait_for(
         lambda: not any(p.name.startswith(("journal-", "replaying-")) for p in journal.iterdir())
     ), "spooled events left behind: " + ", ".join(p.name for p in journal.iterdir())
+
+
+def test_a_breaker_open_in_a_kamailio_process_is_shown_by_check_and_counted(fragile_lab):
+    # No SIP traffic: the sweep (a timer process) is the one that meets Redis hung.
+    lab = fragile_lab
+    journal = lab.tmp / "journal"
+    lab.redis.pause()
+    try:
+        files = wait_for(lambda: sorted(journal.glob("breaker-*.json")), 15)
+        assert files, "no process's breaker opened while Redis hung"
+        pid = int(files[0].stem.removeprefix("breaker-"))
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "kamailio"
+        assert lab.stats()["redis_breakers_open"] == len(files)
+        out = subprocess.run([REFEREE, "--config", str(lab.tmp / "referee.toml"), "check"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1, out.stdout  # Redis does not answer the check either
+        assert f"Redis circuit breaker OPEN in Kamailio process {pid} since" in out.stdout
+    finally:
+        lab.redis.resume()
+    # The next sweep's trial call succeeds: the breaker closes, its file and count go.
+    assert wait_for(lambda: not list(journal.glob("breaker-*.json")), 15), \
+        "the breaker file stayed after Redis came back"
+    assert lab.stats()["redis_breakers_open"] == 0
+    assert lab.stats()["redis_breaker_openings"] >= 1

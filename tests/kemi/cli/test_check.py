@@ -3,6 +3,7 @@ Debian's stock redis.conf), one started with config-examples/redis/redis.conf, a
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -119,3 +120,25 @@ def test_an_empty_journal_and_the_scripts_redis_has_are_said(tmp_path, redis_ser
     client.call("SCRIPT", "LOAD", SCRIPTS[0].text)
     out = check_with(tmp_path, redis_server.url, tmp_path / "none-yet")
     assert f"1 of {len(SCRIPTS)} referee scripts cached" in out.stdout
+
+
+def test_a_process_whose_breaker_is_open_is_named_and_a_closed_one_is_not(
+        tmp_path, redis_server):
+    from kemi.storage.journal import Journal
+
+    journal = Journal(tmp_path / "journal")
+    journal.breaker_opened("127.0.0.1:6379", time.time())  # this (live) process
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (journal.dir / f"breaker-{dead.pid}.json").write_text(
+        f'{{"pid": {dead.pid}, "since": 1.0, "address": "x:1"}}')
+    out = check_with(tmp_path, redis_server.url, journal.dir)
+    assert out.returncode == 0, out.stdout  # the process retries on its own: a warning
+    [line] = [x for x in out.stdout.splitlines() if "circuit breaker" in x]
+    assert line.startswith(f"warning: Redis circuit breaker OPEN in Kamailio process "
+                           f"{os.getpid()} since ")
+    assert "(127.0.0.1:6379)" in line
+    journal.breaker_closed()
+    out = check_with(tmp_path, redis_server.url, journal.dir)
+    assert ("breakers: closed in every Kamailio process (1 stale file(s) of processes gone)"
+            in out.stdout)

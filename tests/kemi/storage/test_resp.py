@@ -305,6 +305,8 @@ def test_budget_holds_when_the_server_hangs(redis_server):
 
 def test_breaker_fails_fast_then_recovers_when_resumed(redis_server):
     c = RespClient(redis_server.url, timeout_s=0.05, breaker=CircuitBreaker(3, open_s=0.3))
+    told: list[str] = []
+    c.observer = told.append  # Kamailio's counters and the breaker file listen here
     c.call("PING")
     redis_server.pause()
     for _ in range(3):
@@ -321,6 +323,8 @@ def test_breaker_fails_fast_then_recovers_when_resumed(redis_server):
     assert c.breaker.state == "half-open"
     assert c.call("PING") == "PONG"
     assert c.breaker.state == "closed"
+    assert told == ["trip", "failure", "failure", "failure", "breaker-open", "trip",
+                    "breaker-close"]
 
 
 def test_breaker_recovers_after_a_restart(redis_server):
