@@ -12,7 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields
 
-from kemi.core.redis_url import check_redis_url, parse_redis_url
+from kemi.core.redis_url import check_redis_url, node_url, parse_redis_url
 
 DEFAULT_PATH = "/etc/referee/referee.toml"
 
@@ -214,8 +214,9 @@ def _check_redis_url(url: object, where: str) -> None:
     _text(url, where)
     try:
         check_redis_url(url)  # type: ignore[arg-type]
-        if str(url).startswith("rediss://"):
-            for f in parse_redis_url(str(url)).files():
+        if str(url).startswith(("rediss://", "rediss+")):
+            one = str(url) if str(url).startswith("rediss://") else node_url(str(url), "x:1")
+            for f in parse_redis_url(one).files():
                 if not os.access(f, os.R_OK):
                     raise ValueError(f"TLS file {f} is not readable")
     except ValueError as exc:

@@ -6,6 +6,9 @@ kemi.storage.resp builds its sockets from it.
     rediss://...same...?ssl_ca_certs=CA[&ssl_certfile=CERT&ssl_keyfile=KEY]   (TLS)
     redis+cluster://[user:password@]host:port,host:port
     redis+sentinel://[user:password@]host:port,host:port/<primary name>[/db]
+    rediss+cluster://..., rediss+sentinel://...   the same over TLS, with rediss://'s ssl_*
+                                                  options: every node (and Sentinel) is
+                                                  spoken to over TLS with those files
 """
 
 from __future__ import annotations
@@ -15,6 +18,25 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 CLUSTER_SCHEME = "redis+cluster://"
 SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEMES = (CLUSTER_SCHEME, "rediss+cluster://")
+SENTINEL_SCHEMES = (SENTINEL_SCHEME, "rediss+sentinel://")
+
+
+def node_url(url: str, addr: str, userinfo: str = "", db: int = 0) -> str:
+    """The redis:// (or, for a rediss+ URL, rediss:// with its ssl_* options) URL of one
+    node or Sentinel that a cluster or Sentinel URL leads to."""
+    tls = url.startswith("rediss+")
+    query = url.partition("?")[2]  # not urlsplit: a seed list is no netloc it can read
+    return (f"{'rediss' if tls else 'redis'}://{userinfo}{addr}/{db}"
+            + (f"?{query}" if query else ""))
+
+
+def _checked_tls(url: str, some_addr: str) -> None:
+    """ValueError for ssl_* options a node URL could not take (or without rediss+)."""
+    if url.partition("?")[2] and not url.startswith("rediss+"):
+        raise ValueError(f"{url}: options after '?' (ssl_*) need rediss+cluster:// or "
+                         "rediss+sentinel://")
+    parse_redis_url(node_url(url, some_addr))
 
 
 @dataclass(frozen=True)
@@ -59,7 +81,7 @@ def parse_redis_url(url: str) -> Endpoint:
         return Endpoint(f"unix:{parts.path}", db, auth, unix_path=parts.path)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"{url}: unsupported scheme (use redis://, rediss://, unix://, "
-                         f"{CLUSTER_SCHEME} or {SENTINEL_SCHEME})")
+                         f"{CLUSTER_SCHEME}, {SENTINEL_SCHEME} or rediss+ for TLS)")
     tls = parts.scheme == "rediss"
     files = {k: query.get(k, [""])[0] for k in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
     if not tls and any(files.values()):
@@ -80,8 +102,9 @@ def parse_redis_url(url: str) -> Endpoint:
 
 
 def parse_cluster_url(url: str) -> tuple[list[str], str]:
-    """(seed "host:port" list, "user:password@" or "") from a redis+cluster:// URL."""
-    rest = url[len(CLUSTER_SCHEME):]
+    """(seed "host:port" list, "user:password@" or "") from a redis+cluster:// (or
+    rediss+cluster://) URL."""
+    rest = url.split("://", 1)[1].partition("?")[0]
     rest, _, path = rest.partition("/")
     if path.strip("/") not in ("", "0"):
         raise ValueError(f"{url}: a Redis Cluster has only database 0")
@@ -102,6 +125,7 @@ def parse_cluster_url(url: str) -> tuple[list[str], str]:
         seeds.append(f"{host}:{port or 6379}")
     if not seeds:
         raise ValueError(f"{url}: no seed node")
+    _checked_tls(url, seeds[0])
     return seeds, (userinfo + "@" if userinfo else "")
 
 
@@ -114,13 +138,14 @@ class SentinelTarget:
 
 
 def parse_sentinel_url(url: str) -> SentinelTarget:
-    """A redis+sentinel:// URL; ValueError saying what is wrong."""
-    rest = url[len(SENTINEL_SCHEME):]
+    """A redis+sentinel:// (or rediss+sentinel://) URL; ValueError saying what is wrong."""
+    rest, _, query = url.split("://", 1)[1].partition("?")
     hosts, _, path = rest.partition("/")
     name, _, db_text = path.strip("/").partition("/")
     if not name:
         raise ValueError(f"{url}: no primary name (redis+sentinel://h:p,h:p/<name>)")
     seeds, userinfo = parse_cluster_url(CLUSTER_SCHEME + hosts)
+    _checked_tls(url, seeds[0])
     auth = None
     if userinfo:
         user, sep, password = userinfo[:-1].partition(":")
@@ -131,9 +156,9 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
 
 def check_redis_url(url: str) -> None:
     """ValueError if a client could not be built from `url` (of any supported scheme)."""
-    if url.startswith(CLUSTER_SCHEME):
+    if url.startswith(CLUSTER_SCHEMES):
         parse_cluster_url(url)
-    elif url.startswith(SENTINEL_SCHEME):
+    elif url.startswith(SENTINEL_SCHEMES):
         parse_sentinel_url(url)
     else:
         parse_redis_url(url)

@@ -38,8 +38,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kemi.core.redis_url import (
-    CLUSTER_SCHEME,
-    SENTINEL_SCHEME,
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    node_url,
     parse_cluster_url,
     parse_redis_url,
     parse_sentinel_url,
@@ -323,9 +324,9 @@ class RespClient:
     cluster = False  # a ClusterClient says True: the stores then keep scripts in one slot
 
     def __new__(cls, url: str = "redis://127.0.0.1:6379/0", *args, **kwargs):
-        if cls is RespClient and isinstance(url, str) and url.startswith(CLUSTER_SCHEME):
+        if cls is RespClient and isinstance(url, str) and url.startswith(CLUSTER_SCHEMES):
             cls = ClusterClient
-        elif cls is RespClient and isinstance(url, str) and url.startswith(SENTINEL_SCHEME):
+        elif cls is RespClient and isinstance(url, str) and url.startswith(SENTINEL_SCHEMES):
             cls = SentinelClient
         return super().__new__(cls)
 
@@ -604,7 +605,8 @@ class SentinelClient(RespClient):
         breaker: CircuitBreaker | None = None,
     ):
         self.target = parse_sentinel_url(url)
-        super().__init__("redis://127.0.0.1/0", timeout_s, breaker)  # replaced below
+        # The primary's address is replaced below, its TLS options are the URL's.
+        super().__init__(node_url(url, "127.0.0.1:6379"), timeout_s, breaker)
         self.url = url
         self._db, self._auth = self.target.db, self.target.auth
         self._sockaddr = None  # the primary's (host, port), asked of the Sentinels
@@ -651,7 +653,8 @@ class SentinelClient(RespClient):
         """The primary's address from the first Sentinel that knows it."""
         why = "no Sentinel answered"
         for sentinel in self.target.sentinels:
-            ask = RespClient(f"redis://{sentinel}/0", timeout_s=max(_remaining(deadline), 0.001),
+            ask = RespClient(node_url(self.url, sentinel),
+                             timeout_s=max(_remaining(deadline), 0.001),
                              breaker=CircuitBreaker(1_000_000))
             try:
                 reply = ask.call("SENTINEL", "get-master-addr-by-name", self.target.primary)
@@ -667,7 +670,7 @@ class SentinelClient(RespClient):
                 self.discoveries += 1
                 return
             why = f"Sentinel {sentinel} does not know {self.target.primary!r}"
-        raise ConnectionRefusedError(0, why)
+        raise OSError(0, f"primary not found: {why}")  # said as "<why> (<name> via Sentinel)"
 
 
 # --------------------------------------------------------------------------- cluster
@@ -836,7 +839,8 @@ class ClusterClient(RespClient):
     def _node(self, addr: str) -> RespClient:
         node = self._nodes.get(addr)
         if node is None:
-            node = RespClient(f"redis://{self._userinfo}{addr}/0", self.timeout_s, self.breaker)
+            node = RespClient(node_url(self.url, addr, self._userinfo), self.timeout_s,
+                              self.breaker)
             node.observer = self.observer
             self._nodes[addr] = node
         return node

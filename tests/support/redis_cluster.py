@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,15 +24,24 @@ from kemi.storage.resp import CircuitBreaker, RespClient, key_slot
 RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS for every node and the bus: redis-server's tls-* arguments, and the ssl_*
+    query clients add to rediss:// URLs."""
+    server_args: tuple[str, ...]
+    query: str
+
+
 class ClusterNode:
-    def __init__(self, directory: Path, port: int, bus_port: int):
+    def __init__(self, directory: Path, port: int, bus_port: int, tls: Tls | None = None):
         self.dir = directory
         self.port = port
         self.bus_port = bus_port
+        self.tls = tls
         self.proc: subprocess.Popen | None = None
-        self.client = RespClient(
-            f"redis://127.0.0.1:{port}/0", timeout_s=5, breaker=CircuitBreaker(10**9)
-        )
+        url = (f"rediss://127.0.0.1:{port}/0?{tls.query}" if tls else
+               f"redis://127.0.0.1:{port}/0")
+        self.client = RespClient(url, timeout_s=5, breaker=CircuitBreaker(10**9))
         self.id = ""
 
     @property
@@ -40,9 +50,11 @@ class ClusterNode:
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        ports = (["--port", "0", "--tls-port", str(self.port), "--tls-cluster", "yes",
+                  *self.tls.server_args] if self.tls else ["--port", str(self.port)])
         self.proc = subprocess.Popen(
             [
-                REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                REDIS_SERVER, *ports, "--bind", "127.0.0.1",
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-port", str(self.bus_port),
                 "--cluster-node-timeout", "5000", "--save", "", "--appendonly", "no",
@@ -74,13 +86,17 @@ class ClusterNode:
 class RedisCluster:
     """Three masters; `url` is the redis+cluster:// form referee's [redis] url takes."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, tls: Tls | None = None):
         self.dir = directory
+        self.tls = tls
         self.nodes: list[ClusterNode] = []
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(n.address for n in self.nodes)
+        seeds = ",".join(n.address for n in self.nodes)
+        if self.tls:
+            return f"rediss+cluster://{seeds}?{self.tls.query}"
+        return "redis+cluster://" + seeds
 
     def start(self, timeout: float = 15.0) -> None:
         ports: list[int] = []
@@ -88,8 +104,8 @@ class RedisCluster:
             port = _free_port()
             if port not in ports:
                 ports.append(port)
-        self.nodes = [ClusterNode(self.dir / f"node{i}", ports[2 * i], ports[2 * i + 1])
-                      for i in range(3)]
+        self.nodes = [ClusterNode(self.dir / f"node{i}", ports[2 * i], ports[2 * i + 1],
+                                  self.tls) for i in range(3)]
         for node in self.nodes:
             node.start()
         deadline = time.monotonic() + timeout

@@ -214,7 +214,8 @@ def test_construction_never_connects():
 
 
 @pytest.mark.parametrize(("url", "message"), [
-    ("http://x", "unsupported scheme (use redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://)"),
+    ("http://x", "unsupported scheme (use redis://, rediss://, unix://, redis+cluster://, "
+     "redis+sentinel:// or rediss+ for TLS)"),
     ("redis://h/x", "database 'x' is not a number"),
     ("redis://h:1/?db=a", "database 'a' is not a number"),
     ("unix:///tmp/r.sock?db=-1", "database '-1' is not a number"),
