@@ -140,10 +140,18 @@ if not old then
   if dls then redis.call('ZREM', dls, member) end
   return {rid, '', '', 'unknown', 0, ev == 'expiry' and 'drop' or ''}
 end
-if FINAL[old] and cluster and redis.call('HGET', xk, 'final_at') == now then
-  -- The event that made it final, at the same instant, again: the journal replaying it
-  -- because the steps after its script were lost.  Redo only those (whatever events
-  -- were logged since: a final state never changes, its finalising line is unique).
+local function facts_known()
+  for i = 14, #ARGV, 2 do
+    if redis.call('HGET', xk, ARGV[i]) ~= ARGV[i + 1] then return false end
+  end
+  return true
+end
+if FINAL[old] and cluster and redis.call('HGET', xk, 'final_at') == now and facts_known() then
+  -- The event that made it final, at the same instant and with the same facts, again: the
+  -- journal replaying it because the steps after its script were lost.  Redo only those
+  -- (whatever events were logged since: a final state never changes, its finalising line
+  -- is unique).  The same event in the same millisecond with a new fact (the final
+  -- NOTIFY's answer on a fast link) is no replay: it is written and streamed below.
   local lines = redis.call('LRANGE', lk, 0, -1)
   for i = #lines, 1, -1 do
     local ts, lev, lold, lnew, lout =

@@ -533,18 +533,28 @@ class TransferStore(ScriptStore):
         return [_s(x) for x in self._call("LRANGE", key, 0, -1)]
 
     def finished(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest finished transfers, newest first; each dict has "stream_id" too.
-        A record streamed again (facts after its end) is listed once, as it is now."""
-        out, seen = [], set()
-        for entry in self._call("XREVRANGE", self.stream_key, "+", "-", "COUNT", count) or ():
-            stream_id, body = entry
-            record = _pairs(body)
-            key = (record.get("call_id"), record.get("refer_id"))
-            if key in seen:
-                continue
-            seen.add(key)
-            record["stream_id"] = _s(stream_id)
-            out.append(record)
+        """The newest ``count`` finished transfers, newest first; each dict has "stream_id"
+        too. A record streamed again (facts after its end) is listed once, as it is now, and
+        counts once: the stream is read in pages until ``count`` transfers are found."""
+        out: list[dict[str, str]] = []
+        seen: set[tuple[str | None, str | None]] = set()
+        end = "+"
+        page = max(count, 16)
+        while len(out) < count:
+            entries = self._call("XREVRANGE", self.stream_key, end, "-", "COUNT", page) or ()
+            for stream_id, body in entries:
+                record = _pairs(body)
+                key = (record.get("call_id"), record.get("refer_id"))
+                if key in seen:
+                    continue
+                seen.add(key)
+                record["stream_id"] = _s(stream_id)
+                out.append(record)
+                if len(out) == count:
+                    break
+            if len(entries) < page:
+                break
+            end = "(" + _s(entries[-1][0])
         out.sort(key=lambda r: _float(r.get("final_at")), reverse=True)
         return out
 

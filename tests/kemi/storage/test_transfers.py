@@ -238,6 +238,24 @@ def test_a_fact_after_the_end_streams_the_record_again_and_it_is_listed_once(sto
     assert entry["final_at"] == f"{NOW + 2:.3f}"  # still when it ended
 
 
+def test_finished_counts_transfers_not_stream_entries(store, raw):
+    # Every transfer here is streamed twice (its end, then its final NOTIFY's answer):
+    # asking for the newest N finished transfers gives N, each once, even past a page.
+    for n in range(1, 21):
+        rid = str(n)
+        _create(store, refer_id=rid, transferee=None)
+        store.apply(CID, rid, Event.REFER_ACCEPTED, NOW + n)
+        store.apply(CID, rid, Event.NOTIFY_SUCCESS, NOW + n, {"final_sipfrag": "200 OK"})
+        # The answer in the same millisecond as the NOTIFY (a fast link): no replay.
+        store.apply(CID, rid, Event.NOTIFY_SUCCESS, NOW + n, {"final_notify_reply": "200"})
+    assert raw.call("XLEN", store.stream_key) == 40
+    assert [r["refer_id"] for r in store.finished(3)] == ["20", "19", "18"]
+    listed = store.finished(20)
+    assert sorted(int(r["refer_id"]) for r in listed) == list(range(1, 21))
+    assert all(r.get("final_notify_reply") == "200" for r in listed)
+    assert len(store.finished(100)) == 20
+
+
 def test_a_note_after_the_end_streams_the_record_again(store, raw):
     _create(store)
     store.apply(CID, "1", Event.REFER_ACCEPTED, NOW + 1)
