@@ -71,6 +71,7 @@ class Variant:
     referee: bool  # needs referee.toml and a policy DB
     defines: tuple[str, ...] = ()
     ndb_redis: bool = False  # pass the Redis address as REDIS_SERVER
+    referee_ndb: bool = True  # referee's Redis through ndb_redis (REFEREE_REDIS)
     toml_extra: str = ""  # appended to referee.toml
 
 
@@ -81,6 +82,9 @@ REFER_VARIANTS = {
     ),
     "referee-native": Variant("referee-native", "kamailio-native.cfg", True),
     "referee-python": Variant("referee-python", "kamailio.cfg", True),
+    # referee-native with referee's own Python RESP client instead of ndb_redis (what
+    # TLS, Sentinel and Cluster urls use).
+    "referee-resp": Variant("referee-resp", "kamailio-native.cfg", True, referee_ndb=False),
 }
 CALL_VARIANTS = {
     "hook-off": Variant("hook-off", "kamailio-native.cfg", True, ("WITHOUT_REFEREE",)),
@@ -333,6 +337,7 @@ class Lab:
             self.dir / "kamailio", conf, cfg=self.variant.cfg, workers=self.workers,
             sweep_interval=2, defines=tuple(defines),
         )
+        self.kamailio.ndb = self.variant.referee_ndb
         self.kamailio.start(timeout=20)
         self.uas = SippRun(self.uas_scenario, self.dir / "sipp").start()
         time.sleep(0.3)

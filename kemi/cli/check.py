@@ -12,6 +12,7 @@ again, so the check lists them (a warning: the process retries on its own).
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from kemi.cli import EXIT_FAILED, EXIT_OK
@@ -20,6 +21,7 @@ from kemi.storage import persistence
 from kemi.storage import policy_db as db
 from kemi.storage import transfers as _transfers  # noqa: F401 - its scripts join SCRIPTS
 from kemi.storage.journal import Journal
+from kemi.storage.packed import runner_text
 from kemi.storage.resp import RedisError, RespClient
 from kemi.storage.scripts import SCRIPTS
 
@@ -68,6 +70,12 @@ def _redis(client: RespClient) -> bool:
         cached = sum(int(x) for x in client.call("SCRIPT", "EXISTS", *shas))
         print(f"redis {client.address}: {cached} of {len(shas)} referee scripts cached "
               "(the rest are sent by their first use)")
+        runner = hashlib.sha1(runner_text().encode()).hexdigest()
+        loaded = client.call("SCRIPT", "EXISTS", runner)[0]
+        said = ("cached: Kamailio reaches Redis through ndb_redis" if loaded else
+                "not cached: sent by Kamailio's first call through ndb_redis "
+                "(REFEREE_REDIS defined), else the scripts above are used")
+        print(f"redis {client.address}: ndb_redis runner {runner[:12]} {said}")
     return ok
 
 

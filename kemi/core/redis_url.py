@@ -162,3 +162,25 @@ def check_redis_url(url: str) -> None:
         parse_sentinel_url(url)
     else:
         parse_redis_url(url)
+
+
+def ndb_server(url: str, name: str = "referee") -> str | None:
+    """ndb_redis's server spec for the same Redis as `url` (the cfg's REFEREE_REDIS,
+    config-examples/kamailio/referee-redis.cfg), or None where ndb_redis cannot reach it
+    as referee does: TLS, Sentinel, Cluster, an ACL user (ndb_redis 5.6 sends only a
+    password), or a character that would end ndb_redis's `;`-separated spec."""
+    if not url.startswith(("redis://", "unix://")):
+        return None
+    try:
+        end = parse_redis_url(url)
+    except ValueError:
+        return None
+    if end.auth is not None and len(end.auth) > 1:
+        return None
+    where = f"unix={end.unix_path}" if end.unix_path else f"addr={end.host};port={end.port}"
+    spec = f"name={name};{where};db={end.db}"
+    if end.auth:
+        spec += f";pass={end.auth[0]}"
+    if any(c in spec for c in '"\\') or spec.count(";") != spec.count("=") - 1:
+        return None
+    return spec

@@ -14,11 +14,12 @@ import KSR  # provided by app_python3
 
 from kemi import config
 from kemi.core.order import Timing
-from kemi.kamailio import metrics
+from kemi.kamailio import metrics, ndb
 from kemi.kamailio.glue import log
 from kemi.kamailio.sequencer import Deferred, Sequencer
 from kemi.storage.dialogs import DialogStore
 from kemi.storage.journal import Journal
+from kemi.storage.packed import PackedClient
 from kemi.storage.policy_cache import PolicyCache
 from kemi.storage.resp import CircuitBreaker, RespClient
 from kemi.storage.transfers import TransferStore
@@ -89,15 +90,18 @@ class Services:
 
 
     @property
-    def client(self) -> RespClient:
-        """One Redis connection per process, shared by the transfer store and the index."""
+    def client(self) -> RespClient | PackedClient:
+        """One Redis connection per process, shared by the transfer store and the index:
+        ndb_redis's where the cfg loads it for a plain redis:// url (kemi.kamailio.ndb),
+        else the Python client (TLS, Sentinel, Cluster)."""
         if self._client is None:
             r = self.settings.redis
-            self._client = RespClient(
-                r.url,
-                timeout_s=r.timeout_ms / 1000.0,
-                breaker=CircuitBreaker(r.breaker_failures, r.breaker_open_s),
-            )
+            breaker = CircuitBreaker(r.breaker_failures, r.breaker_open_s)
+            if ndb.available(r.url):
+                self._client = ndb.client(r.url, r.timeout_ms / 1000.0, r.prefix, breaker)
+            else:
+                self._client = RespClient(r.url, timeout_s=r.timeout_ms / 1000.0,
+                                          breaker=breaker)
             client = self._client
             self._client.observer = RedisWatch(self.journal, lambda: client.address)
         return self._client

@@ -11,9 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from kemi.core.redis_url import ndb_server
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "config-examples" / "kamailio"
@@ -62,6 +65,9 @@ class Kamailio:
     workers: int = 2
     sweep_interval: int = 1
     defines: tuple[str, ...] = ()
+    # Redis through ndb_redis (REFEREE_REDIS from referee.toml's url) where it can reach
+    # that Redis; False: referee's Python client, as without the define.
+    ndb: bool = True
     proc: subprocess.Popen | None = None
 
     @property
@@ -88,9 +94,26 @@ class Kamailio:
             "-A", f"WORKERS={self.workers}",
             "-m", "64", "-M", "16",
         ]
-        for d in self.defines:
+        for d in (*self.redis_defines(), *self.defines):
             cmd += ["-A", d]
         return cmd
+
+    def redis_defines(self) -> list[str]:
+        """REFEREE_REDIS and REFEREE_REDIS_TIMEOUT_MS for referee.toml's url (see
+        config-examples/kamailio/referee-redis.cfg), or none."""
+        if not self.ndb or self.referee_config is None or any(
+                d.startswith("REFEREE_REDIS") for d in self.defines):
+            return []
+        try:
+            with open(self.referee_config, "rb") as f:
+                redis = tomllib.load(f).get("redis", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            return []
+        spec = ndb_server(str(redis.get("url", "redis://127.0.0.1:6379/0")))
+        if spec is None:
+            return []
+        timeout_ms = max(1, int(redis.get("timeout_ms", 50)) // 2)
+        return [f'REFEREE_REDIS="{spec}"', f"REFEREE_REDIS_TIMEOUT_MS={timeout_ms}"]
 
     def env(self) -> dict[str, str]:
         env = {"PATH": CLEAN_PATH, "HOME": str(self.workdir), "LANG": "C.UTF-8"}

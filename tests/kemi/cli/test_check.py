@@ -120,6 +120,12 @@ def test_an_empty_journal_and_the_scripts_redis_has_are_said(tmp_path, redis_ser
     client.call("SCRIPT", "LOAD", SCRIPTS[0].text)
     out = check_with(tmp_path, redis_server.url, tmp_path / "none-yet")
     assert f"1 of {len(SCRIPTS)} referee scripts cached" in out.stdout
+    assert "ndb_redis runner" in out.stdout and "not cached: sent by" in out.stdout
+    from tests.support.packed import packed_client
+
+    packed_client(redis_server.url).call("PING")  # what Kamailio's first ndb_redis call does
+    out = check_with(tmp_path, redis_server.url, tmp_path / "none-yet")
+    assert "cached: Kamailio reaches Redis through ndb_redis" in out.stdout
 
 
 def test_a_process_whose_breaker_is_open_is_named_and_a_closed_one_is_not(

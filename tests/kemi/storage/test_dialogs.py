@@ -14,6 +14,7 @@ from kemi.core.sip.headers import parse_refer_to
 from kemi.storage.dialogs import DialogStore
 from kemi.storage.resp import RespClient
 from kemi.storage.transfers import call_tag
+from tests.support.packed import packed_client
 from tests.support.redis_cluster import all_keys, redis_cluster  # noqa: F401 - a fixture
 
 NOW = 1_700_000_000.0
@@ -35,11 +36,14 @@ class Counting:
         return fn(*args)
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(params=["single", "packed", "cluster"])
 def raw(request):
-    """A client of a fresh single Redis, or of the module's (flushed) Redis Cluster."""
+    """A client of a fresh single Redis (direct, or packed as Kamailio's ndb_redis carries
+    it), or of the module's (flushed) Redis Cluster."""
     if request.param == "single":
         c = RespClient(request.getfixturevalue("redis_server").url, timeout_s=5)
+    elif request.param == "packed":
+        c = packed_client(request.getfixturevalue("redis_server").url)
     else:
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flush()

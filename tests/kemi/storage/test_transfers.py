@@ -1,5 +1,6 @@
 """The transfer store against a real redis-server and a real 3-master Redis Cluster (the
-`raw`/`store` fixtures run each behaviour test on both): one round trip per event on a
+`raw`/`store` fixtures run each behaviour test on each, and on a single Redis through the
+packed runner Kamailio's ndb_redis path uses): one round trip per event on a
 single Redis, atomic under concurrency, the Lua agreeing with kemi.core.state cell by cell,
 every key with a TTL.  Cluster-only behaviour (routing, MOVED, crash between the steps)
 is in test_cluster.py."""
@@ -12,8 +13,10 @@ import pytest
 import redis
 
 from kemi.core.state import FINAL, Event, State, step
+from kemi.storage.packed import PackedClient
 from kemi.storage.resp import RespClient
 from kemi.storage.transfers import SEP, ApplyResult, CreateResult, TransferStore, call_tag
+from tests.support.packed import packed_client
 from tests.support.redis_cluster import all_keys, redis_cluster  # noqa: F401 - a fixture
 
 NOW = 1_700_000_000.0
@@ -44,11 +47,14 @@ class Counting:
         return p.execute(raise_on_error=False)
 
 
-@pytest.fixture(params=["single", "cluster"])
+@pytest.fixture(params=["single", "packed", "cluster"])
 def raw(request):
-    """A client of a fresh single Redis, or of the module's (flushed) Redis Cluster."""
+    """A client of a fresh single Redis (direct, or packed as Kamailio's ndb_redis carries
+    it: kemi.storage.packed), or of the module's (flushed) Redis Cluster."""
     if request.param == "single":
         c = RespClient(request.getfixturevalue("redis_server").url, timeout_s=5)
+    elif request.param == "packed":
+        c = packed_client(request.getfixturevalue("redis_server").url)
     else:
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
@@ -478,8 +484,9 @@ def test_one_round_trip_per_create_and_apply(redis_server, kind):
 # ----------------------------------------------------------------- concurrency
 
 
-def _racer(url: str, me: int, rounds: int, start, out) -> None:
-    store = TransferStore(RespClient(url, timeout_s=5), log_maxlen=100_000)
+def _racer(url: str, me: int, rounds: int, start, out, packed: bool = False) -> None:
+    client = packed_client(url) if packed else RespClient(url, timeout_s=5)
+    store = TransferStore(client, log_maxlen=100_000)
     results = []
     start.wait(10)
     for i in range(rounds):
@@ -498,7 +505,8 @@ def test_concurrent_events_lose_no_update(store, raw):
     store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_racer, args=(raw.url, me, rounds, start, out))
+    packed = isinstance(raw, PackedClient)
+    procs = [ctx.Process(target=_racer, args=(raw.url, me, rounds, start, out, packed))
              for me in range(2)]
     for p in procs:
         p.start()

@@ -1,0 +1,120 @@
+"""Redis from a SIP worker through Kamailio's ndb_redis (C, hiredis) instead of the Python
+RESP client: the packed runner of kemi.storage.packed carried as one `%s` value.
+
+The cfg loads ndb_redis with a server named "referee" (-A REFEREE_REDIS=..., see the
+example cfgs); Python finds `KSR.ndb_redis` and, for a plain redis:// url in referee.toml,
+sends every round trip through it.  A round trip here costs a few µs of CPU where the
+Python client costs ~160 (bench/README.md).
+
+The cfg's server and referee.toml's url are written in two places, so on its first trip a
+process proves they name the same Redis (a nonce written through ndb_redis, read back
+through the url).  If they do not, it says so in the log and talks to the url's Redis
+with the Python client: referee.toml is what every other part of referee reads.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import KSR  # provided by app_python3
+
+from kemi.core.redis_url import ndb_server
+from kemi.kamailio.glue import log, pv
+from kemi.storage.packed import PackedClient, resp_transport
+from kemi.storage.resp import CircuitBreaker, RedisReplyError, RedisUnavailable, RespClient
+
+SERVER = "referee"  # the name in modparam("ndb_redis", "server", "name=referee;...")
+REPLY = "rf"  # the $redis(rf=>...) container of a reply
+_ERROR = 6  # hiredis REDIS_REPLY_ERROR
+
+
+def available(url: str) -> bool:
+    """ndb_redis is loaded and referee.toml's url is one it can reach (redis:// or
+    unix://: Debian's ndb_redis has no TLS; Sentinel and Cluster stay with the Python
+    client)."""
+    return hasattr(KSR, "ndb_redis") and ndb_server(url) is not None
+
+
+class NdbTransport:
+    """`send(sha, text, payload)` for kemi.storage.packed.PackedClient."""
+
+    def __init__(self, url: str, timeout_s: float, prefix: str) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.prefix = prefix
+        self.resp = RespClient(url, timeout_s=timeout_s)  # the check, and the fallback
+        self.same: bool | None = None  # None: not checked yet
+        self.loaded = ""  # the runner's sha once Redis has it (sent by EVAL)
+        self._fallback = resp_transport(self.resp)
+
+    @property
+    def address(self) -> str:
+        return self.resp.address
+
+    def __call__(self, sha: str, text: str, payload: str) -> str:
+        if self.same is None:
+            self._check()
+        if not self.same:
+            return self._fallback(sha, text, payload)
+        if self.loaded != sha:
+            # A process's first trip sends the runner itself (Redis caches it): no
+            # NOSCRIPT, which ndb_redis would log as an error, in a fresh process.
+            kind, value = self._command("EVAL %s 0 %s", text, payload)
+        else:
+            kind, value = self._command("EVALSHA %s 0 %s", sha, payload)
+            if kind == _ERROR and value.startswith("NOSCRIPT"):  # Redis restarted
+                kind, value = self._command("EVAL %s 0 %s", text, payload)
+        if kind != _ERROR:
+            self.loaded = sha
+        if kind == _ERROR:
+            raise RedisReplyError(value)
+        return value
+
+    def _command(self, fmt: str, a: str, b: str) -> tuple[int | None, str]:
+        """One ndb_redis command; (hiredis reply type, text).  No reply at all (refused,
+        timed out, closed: ndb_redis reconnects on the next command) raises."""
+        rc = KSR.ndb_redis.redis_cmd_p2(SERVER, fmt, a, b, REPLY)
+        try:
+            kind = _int(pv(f"$redis({REPLY}=>type)"))
+            if kind == _ERROR:
+                value = pv(f"$redis({REPLY}=>info)") or pv(f"$redis({REPLY}=>value)") or ""
+            else:
+                value = pv(f"$redis({REPLY}=>value)") or ""
+        finally:
+            KSR.ndb_redis.redis_free(REPLY)
+        if kind is None or (rc < 0 and kind != _ERROR):
+            raise RedisUnavailable(
+                f"redis {self.address} (ndb_redis server {SERVER!r}): no reply within "
+                f"{self.timeout_s * 1000:.0f} ms or no connection (rc {rc})"
+            )
+        return kind, value
+
+    def _check(self) -> None:
+        """Written through ndb_redis, read through the url: the same Redis, or say so."""
+        key = f"{self.prefix}:ndb-check:{uuid.uuid4().hex}"
+        nonce = uuid.uuid4().hex
+        kind, value = self._command("SET %s %s EX 60", key, nonce)
+        if kind == _ERROR:
+            raise RedisReplyError(value)
+        got = self.resp.call("GET", key)  # RedisUnavailable: checked again next time
+        self.resp.call("DEL", key)
+        self.same = got == nonce.encode()
+        if self.same:
+            self.resp.close()
+            return
+        log(KSR.err, f"ndb_redis server {SERVER!r} is not the Redis of referee.toml's "
+                     f"[redis] url {self.address}: this process uses the url through the "
+                     "Python client (slower); make REFEREE_REDIS in the cfg name the same "
+                     "Redis")
+
+
+def client(url: str, timeout_s: float, prefix: str, breaker: CircuitBreaker) -> PackedClient:
+    transport = NdbTransport(url, timeout_s, prefix)
+    return PackedClient(transport, transport.address, timeout_s, breaker)
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
