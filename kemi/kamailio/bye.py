@@ -34,9 +34,9 @@ class ByeRoutes:
         ended_by, detail = "transferor" if by_transferor else "transferee", ""
         if mark.anchored and not by_transferor:
             ended_by, detail = self.anchoring.bye_sender(source()) or (ended_by, "")
-        self.rec.take_accepts(call_id)
-        self.rec.apply(call_id, mark.refer_id or None, event, {"ended_by": ended_by},
-                       f"BYE from the {ended_by}" + (f" ({detail})" if detail else ""))
+        self.rec.apply_after_accepts(
+            call_id, mark.refer_id or None, event, {"ended_by": ended_by},
+            f"BYE from the {ended_by}" + (f" ({detail})" if detail else ""))
         if mark.anchored:
             self.anchoring.dialog_ended(call_id)
         return CONTINUE

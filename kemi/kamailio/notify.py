@@ -134,9 +134,8 @@ class NotifyRoutes:
     def record_notify(self, call_id: str, note: dict) -> None:
         """A NOTIFY's event into the record, after any 2xx to a REFER of the dialog that
         waited for it; `note` learns which transfer."""
-        self.rec.take_accepts(call_id)
-        res = self.rec.apply(call_id, note["r"], Event(note["e"]), note["f"], note["d"],
-                          note["dl"], seq=note["c"])
+        res = self.rec.apply_after_accepts(call_id, note["r"], Event(note["e"]), note["f"],
+                                           note["d"], note["dl"], seq=note["c"])
         if res is not None and res.refer_id:
             note["r"] = res.refer_id
         note["a"] = True

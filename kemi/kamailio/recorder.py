@@ -24,30 +24,48 @@ class Recorder:
         self.s = services
 
     def apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
-               seq: int | None = None, at: float | None = None):
-        now = time.time() if at is None else at
+              seq: int | None = None, at: float | None = None):
+        return self.apply_many([self._event(call_id, refer_id, event, fields, detail,
+                                            deadline, seq, at)])[0]
+
+    @staticmethod
+    def _event(call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
+               seq: int | None = None, at: float | None = None) -> dict:
+        return {"call_id": call_id, "refer_id": refer_id, "event": event,
+                "now": time.time() if at is None else at, "fields": fields,
+                "deadline": deadline, "detail": detail, "seq": seq}
+
+    def apply_many(self, events: list[dict]) -> list:
+        """Events applied in order, in one round trip where the store can
+        (TransferStore.apply_many); when Redis cannot take them, each is spooled."""
         try:
-            res = self.s.store.apply(
-                call_id, refer_id, event, now, fields=fields, deadline=deadline, detail=detail,
-                seq=seq,
-            )
+            results = self.s.store.apply_many(events)
         except RedisError as exc:
-            spooled = self.spool(
-                "apply", call_id=call_id, refer_id=refer_id, event=str(event), now=now,
-                fields=fields, deadline=deadline, detail=detail, seq=seq,
-            )
-            log(KSR.err, f"{event} for {call_id}/{refer_id} {'spooled' if spooled else 'LOST'}"
-                          f" (Redis: {exc})")
-            return None
+            for e in events:
+                spooled = self.spool(
+                    "apply", call_id=e["call_id"], refer_id=e["refer_id"],
+                    event=str(e["event"]), now=e["now"], fields=e["fields"],
+                    deadline=e["deadline"], detail=e["detail"], seq=e["seq"],
+                )
+                log(KSR.err, f"{e['event']} for {e['call_id']}/{e['refer_id']} "
+                             f"{'spooled' if spooled else 'LOST'} (Redis: {exc})")
+            return [None] * len(events)
+        for e, res in zip(events, results, strict=True):
+            self._applied(e, res)
+        return results
+
+    @staticmethod
+    def _applied(e: dict, res) -> None:
+        event, call_id, fields = e["event"], e["call_id"], e["fields"]
         if res.outcome in ("illegal", "ambiguous", "unknown"):
-            log(KSR.notice, f"{event} for {call_id}/{refer_id}: {res.outcome} in state {res.old}")
+            log(KSR.notice, f"{event} for {call_id}/{e['refer_id']}: {res.outcome} in state "
+                            f"{res.old}")
         elif res.final:
             log(KSR.info, f"transfer {call_id}/{res.refer_id} {res.new}")
         for name in core_metrics.recorded(str(event), res.outcome, res.final,
                                           None if res.new is None else str(res.new),
                                           fields or {}):
             metrics.bump(name)
-        return res
 
     def spool(self, op: str, **entry) -> bool:
         try:
@@ -64,18 +82,16 @@ class Recorder:
         if not self.s.later.add(call_id, entry):
             self.store_later(call_id, {**entry, "t": time.time()})
 
-    def take_accepts(self, call_id: str) -> None:
-        """2xx answers to REFERs of this dialog not yet recorded (kemi.kamailio.sequencer.Deferred):
-        recorded before the event that follows them."""
-        for entry in self.s.later.take_accepts(call_id):
-            self.store_later(call_id, entry)
+    def _accept(self, call_id: str, e: dict) -> dict:
+        """A REFER's 2xx left for later, as an event to apply."""
+        return self._event(call_id, e["r"], Event.REFER_ACCEPTED, {"refer_reply": str(e["c"])},
+                           str(e["c"]), at=e.get("t") or time.time())
 
     def store_later(self, call_id: str, e: dict) -> None:
         """Make a store call a reply route left for later (kemi.kamailio.sequencer.Deferred)."""
         at = e.get("t") or time.time()
         if e["k"] == "accept":
-            self.apply(call_id, e["r"], Event.REFER_ACCEPTED, {"refer_reply": str(e["c"])},
-                        str(e["c"]), at=at)
+            self.apply_many([self._accept(call_id, e)])
         elif e["k"] == "apply":
             self.apply(call_id, e.get("r"), Event(e["e"]), e.get("f"), e.get("d", ""), at=at)
         elif e["k"] == "note":
@@ -88,9 +104,16 @@ class Recorder:
             self.note(action.call_id, action.refer_id, dict(action.fields), action.detail,
                       time.time())
             return
-        self.take_accepts(action.call_id)
-        self.apply(action.call_id, action.refer_id, action.event, dict(action.fields),
-                   action.detail)
+        self.apply_after_accepts(action.call_id, action.refer_id, action.event,
+                                 dict(action.fields), action.detail)
+
+    def apply_after_accepts(self, call_id, refer_id, event: Event, fields=None, detail="",
+                            deadline=None, seq: int | None = None):
+        """An event of the dialog, after the 2xx answers to its REFERs that waited for it
+        (kemi.kamailio.sequencer.Deferred) -- all in one round trip; its result."""
+        batch = [self._accept(call_id, e) for e in self.s.later.take_accepts(call_id)]
+        batch.append(self._event(call_id, refer_id, event, fields, detail, deadline, seq))
+        return self.apply_many(batch)[-1]
 
     def note(self, call_id: str, refer_id: str | None, fields: dict, detail: str,
              at: float) -> None:

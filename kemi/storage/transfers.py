@@ -74,6 +74,7 @@ from kemi.core.transfer import OpenTransfer
 from kemi.storage.scripts import (  # noqa: F401 - SEP and call_tag are part of this API
     SEP,
     ScriptStore,
+    _is_noscript,
     _pairs,
     _s,
     _Script,
@@ -362,6 +363,49 @@ class TransferStore(ScriptStore):
         "ignored" and re-indexes it.
         """
         event = Event(event)
+        prepared = self._apply_call(call_id, refer_id, event, now, fields, deadline, detail,
+                                    seq)
+        if isinstance(prepared, ApplyResult):
+            return prepared
+        keys, args = prepared
+        return self._applied(call_id, event, deadline, self._eval(_APPLY, keys, args))
+
+    def apply_many(self, events: list[dict]) -> list[ApplyResult]:
+        """Several events applied in order, in one round trip on a single Redis (a
+        pipeline of the apply script; the packed client of kemi.storage.packed runs it as
+        one script): a REFER's 2xx that waited for the transfer's first NOTIFY goes with
+        it.  Each dict holds apply's arguments by name.  On a Cluster, or after a
+        NOSCRIPT, one `apply` after the other.  A transport error raises before any
+        result: the caller spools them all (each apply is idempotent on replay)."""
+        if self.cluster or len(events) < 2 or not hasattr(self._client, "call"):
+            return [self.apply(**e) for e in events]
+        calls: list[tuple | ApplyResult] = []
+        for e in events:
+            ev = Event(e["event"])
+            calls.append(self._apply_call(
+                e["call_id"], e.get("refer_id"), ev, e["now"], e.get("fields"),
+                e.get("deadline"), e.get("detail", ""), e.get("seq")))
+        commands = [("EVALSHA", _APPLY.sha, len(c[0]), *c[0], *c[1])
+                    for c in calls if not isinstance(c, ApplyResult)]
+        replies = iter(self._client.pipeline(commands))
+        out: list[ApplyResult] = []
+        for n, (e, c) in enumerate(zip(events, calls, strict=True)):
+            if isinstance(c, ApplyResult):
+                out.append(c)
+                continue
+            reply = next(replies)
+            if isinstance(reply, Exception):
+                if not _is_noscript(reply):
+                    raise reply
+                return out + [self.apply(**rest) for rest in events[n:]]
+            out.append(self._applied(e["call_id"], Event(e["event"]), e.get("deadline"),
+                                     reply))
+        return out
+
+    def _apply_call(self, call_id: str, refer_id: str | int | None, event: Event,
+                    now: float, fields: dict[str, str] | None, deadline: float | None,
+                    detail: str, seq: int | None) -> tuple[list[str], list[str]] | ApplyResult:
+        """The apply script's keys and arguments, or the result when no trip is needed."""
         keys = [self.index_key(call_id)]
         if not self.cluster:
             keys += [self.deadlines_key, self.stream_key]
@@ -380,7 +424,10 @@ class TransferStore(ScriptStore):
             str(self.log_maxlen), f"{self._base(call_id)}:xfer:", "1" if self.cluster else "",
             "" if seq is None else str(int(seq)), *self._field_args(fields),
         ]
-        reply = self._eval(_APPLY, keys, args)
+        return keys, args
+
+    def _applied(self, call_id: str, event: Event, deadline: float | None,
+                 reply: list) -> ApplyResult:
         rid_out, old, new, outcome, final = reply[:5]
         rid_text, old_text, new_text = _s(rid_out), _s(old), _s(new)
         if self.cluster and rid_text:

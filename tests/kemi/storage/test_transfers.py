@@ -481,6 +481,45 @@ def test_one_round_trip_per_create_and_apply(redis_server, kind):
     assert [(e["refer_id"], e["state"]) for e in store.finished(5)] == [("2", "succeeded")]
 
 
+def test_a_2xx_that_waited_goes_with_the_first_notify_in_one_round_trip(raw):
+    store = TransferStore(raw)
+    _create(store)
+    store.apply(CID, "9", Event.NOTIFY_TRYING, NOW)  # Redis has the script (no NOSCRIPT)
+    counted = Counting(raw)
+    store = TransferStore(counted)
+    events = [
+        {"call_id": CID, "refer_id": "1", "event": Event.REFER_ACCEPTED, "now": NOW + 1,
+         "fields": {"refer_reply": "202"}, "detail": "202"},
+        {"call_id": CID, "refer_id": "1", "event": Event.NOTIFY_TRYING, "now": NOW + 2,
+         "seq": 1},
+        {"call_id": CID, "refer_id": "x", "event": Event.NOTIFY_RINGING, "now": NOW + 3},
+    ]
+    results = store.apply_many(events)
+    assert [(str(r.new), r.outcome) for r in results] == [
+        ("accepted", "applied"), ("trying", "applied"), ("None", "unknown")]
+    if raw.cluster:  # the Cluster path writes around each script: one apply at a time
+        assert counted.calls.count("EVALSHA") == 2
+    else:
+        assert counted.calls == ["PIPELINE:EVALSHA,EVALSHA"]
+    record = store.get(CID, "1")
+    assert record["refer_reply"] == "202" and record["state"] == "trying"
+    assert [line.split("|")[1] for line in store.log(CID, "1")] == [
+        "refer", "refer-accepted", "notify-trying"]
+
+
+def test_apply_many_after_a_redis_restart_falls_back_in_order(redis_server):
+    client = RespClient(redis_server.url, timeout_s=5)
+    store = TransferStore(client)
+    _create(store)
+    client.call("SCRIPT", "FLUSH")  # NOSCRIPT for every EVALSHA of the pipeline
+    results = store.apply_many([
+        {"call_id": CID, "refer_id": "1", "event": Event.REFER_ACCEPTED, "now": NOW + 1},
+        {"call_id": CID, "refer_id": "1", "event": Event.NOTIFY_SUCCESS, "now": NOW + 2},
+    ])
+    assert [str(r.new) for r in results] == ["accepted", "succeeded"]
+    assert store.get(CID, "1")["events"] == "3"
+
+
 # ----------------------------------------------------------------- concurrency
 
 
