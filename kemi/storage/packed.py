@@ -26,7 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kemi.storage.resp import CircuitBreaker, RedisProtocolError, RedisReplyError
+from kemi.storage.resp import (
+    CircuitBreaker,
+    CommandApi,
+    RedisProtocolError,
+    RedisReplyError,
+    RedisUnavailable,
+    guarded,
+)
 from kemi.storage.scripts import SCRIPTS
 
 Send = Callable[[str, str, str], str]
@@ -210,7 +217,7 @@ def _s(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-class PackedClient:
+class PackedClient(CommandApi):
     """RespClient's API over a packed transport.  `send(sha, text, payload)` performs one
     round trip (EVALSHA of the runner, EVAL of `text` after a NOSCRIPT) and returns the
     runner's JSON answer; it raises kemi.storage.resp.RedisUnavailable when Redis cannot
@@ -240,15 +247,7 @@ class PackedClient:
             self._scripts = {s.sha: s.text for s in SCRIPTS}
         return self._sha, self._text
 
-    def call(self, *args: str | bytes | int | float):
-        (value,) = self.pipeline([args])
-        if isinstance(value, RedisReplyError):
-            raise value
-        return value
-
-    def pipeline(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list:
-        if not commands:
-            return []
+    def _round_trip(self, commands: Sequence[Sequence]) -> list:
         sha, text = self._runner()
         # Redis's clock rides along the first trip (and the first after a failure), as
         # RespClient reads it in a new connection's handshake.
@@ -272,29 +271,15 @@ class PackedClient:
         """Nothing to close here: the connection is the transport's."""
 
     def _trip(self, sha: str, text: str, payload: str) -> str:
-        from kemi.storage.resp import RedisUnavailable
+        """One round trip behind the breaker, as RespClient's; a failure forgets Redis's
+        clock (a new connection may be to a new Redis)."""
+        def failed(exc: BaseException) -> RedisUnavailable:
+            self.clock_offset = None
+            return exc  # type: ignore[return-value] - only RedisUnavailable is caught
 
-        if not self.breaker.allow():
-            raise RedisUnavailable(
-                f"circuit breaker open for {self.address} after {self.breaker.failures} "
-                f"failures; next try in {self.breaker.retry_in:.1f} s"
-            )
-        try:
-            answer = self._send(sha, text, payload)
-        except RedisUnavailable:
-            self.clock_offset = None  # a new connection may be to a new Redis
-            was = self.breaker.state
-            self.breaker.failure()
-            self._observe("failure")
-            if was != "open" and self.breaker.state == "open":
-                self._observe("breaker-open")
-            raise
-        reopened = self.breaker.tripped
-        self.breaker.success()
+        answer = guarded(self, lambda: self._send(sha, text, payload), (RedisUnavailable,),
+                         failed)
         self.round_trips += 1
-        self._observe("trip")
-        if reopened:
-            self._observe("breaker-close")
         return answer
 
     def _observe(self, what: str) -> None:

@@ -48,6 +48,8 @@ from kemi.core.redis_url import (
 
 __all__ = [
     "NEED_MORE",
+    "CommandApi",
+    "guarded",
     "CircuitBreaker",
     "ClusterClient",
     "RedisError",
@@ -307,7 +309,57 @@ def _unavailable(exc: BaseException, address: str, timeout_s: float) -> RedisUna
     return RedisUnavailable(f"{exc!r} ({address})")  # pragma: no cover
 
 
-class RespClient:
+def guarded(client: Any, work: Callable[[], Any],
+            failures: tuple[type[BaseException], ...],
+            failed: Callable[[BaseException], RedisUnavailable]) -> Any:
+    """One Redis call behind `client.breaker`: refused at once while it is open; a failure
+    in `failures` counted (and raised as `failed(exc)`), a success closes it; the
+    client's `_observe` told "trip", "failure", "breaker-open" and "breaker-close"."""
+    breaker = client.breaker
+    if not breaker.allow():
+        raise RedisUnavailable(
+            f"circuit breaker open for {client.address} after {breaker.failures} "
+            f"failures; next try in {breaker.retry_in:.1f} s"
+        )
+    try:
+        result = work()
+    except failures as exc:
+        was = breaker.state
+        breaker.failure()
+        client._observe("failure")
+        if was != "open" and breaker.state == "open":
+            client._observe("breaker-open")
+        raise failed(exc) from None
+    reopened = breaker.tripped
+    breaker.success()
+    client._observe("trip")
+    if reopened:
+        client._observe("breaker-close")
+    return result
+
+
+class CommandApi:
+    """`call` and `pipeline` over a subclass's `_round_trip(commands) -> replies` (shared
+    by RespClient and kemi.storage.packed.PackedClient)."""
+
+    def _round_trip(self, commands: Sequence[Sequence]) -> list:
+        raise NotImplementedError
+
+    def call(self, *args: str | bytes | int | float):
+        """Run one command; raise RedisReplyError for an error reply."""
+        (value,) = self._round_trip([args])
+        if isinstance(value, RedisReplyError):
+            raise value
+        return value
+
+    def pipeline(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list:
+        """Run commands in one round trip; error replies are returned in place."""
+        if not commands:
+            return []
+        return self._round_trip(commands)
+
+
+class RespClient(CommandApi):
     """A synchronous RESP2 client whose every call is bounded by `timeout_s`.
 
     URLs: redis://host:port/db, redis://[user]:password@host:port/db,
@@ -354,18 +406,6 @@ class RespClient:
 
     # -- public
 
-    def call(self, *args: str | bytes | int | float):
-        """Run one command; raise RedisReplyError for an error reply."""
-        (value,) = self._round_trip([args])
-        if isinstance(value, RedisReplyError):
-            raise value
-        return value
-
-    def pipeline(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list:
-        """Run commands in one round trip; error replies are returned in place."""
-        if not commands:
-            return []
-        return self._round_trip(commands)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -389,27 +429,8 @@ class RespClient:
         """`work(deadline)` as one call: refused at once while the breaker is open, bounded
         by one `timeout_s` deadline, its outcome reported to the breaker, and any failure
         in `_FAILURES` raised as RedisUnavailable (see `_failed`)."""
-        if not self.breaker.allow():
-            raise RedisUnavailable(
-                f"circuit breaker open for {self.address} after {self.breaker.failures} "
-                f"failures; next try in {self.breaker.retry_in:.1f} s"
-            )
-        deadline = time.monotonic() + self.timeout_s
-        try:
-            result = work(deadline)
-        except self._FAILURES as exc:
-            was = self.breaker.state
-            self.breaker.failure()
-            self._observe("failure")
-            if was != "open" and self.breaker.state == "open":
-                self._observe("breaker-open")
-            raise self._failed(exc) from None
-        reopened = self.breaker.tripped
-        self.breaker.success()
-        self._observe("trip")
-        if reopened:
-            self._observe("breaker-close")
-        return result
+        return guarded(self, lambda: work(time.monotonic() + self.timeout_s),
+                       self._FAILURES, self._failed)
 
     def _observe(self, what: str) -> None:
         if self.observer is not None:
