@@ -16,8 +16,10 @@ if _venv:
     site.addsitedir(sysconfig.get_path("purelib", "venv", vars={"base": _venv, "platbase": _venv}))
 
 import kemi.kamailio.app as A  # noqa: E402
+import kemi.kamailio.ndb as N  # noqa: E402
 import kemi.kamailio.refer as F  # noqa: E402
 import kemi.kamailio.replies as P  # noqa: E402
+import kemi.storage.packed as K  # noqa: E402
 import kemi.storage.resp as R  # noqa: E402
 import kemi.storage.transfers as S  # noqa: E402
 from kemi.kamailio import mod_init as _mod_init  # noqa: E402
@@ -47,11 +49,11 @@ _ORDER = [
     (F.ReferRoutes, "on_refer", "  on_refer"),
     (F, "pv", "    pv (KSR.pv.get)"),
     (F, "header_values", "    header_values (KSR.hdr.get_idx)"),
-    (F.transfer, "check_refer", "    transfer.check_refer"),
+    (F.verdicts, "refer", "    verdicts.refer (parse + policy)"),
     (PolicyCache, "current", "    policy.current"),
     (S.TransferStore, "create", "    store.create"),
     (F.ReferRoutes, "_follow", "    _follow (avps, htable, t_on_*)"),
-    (F, "log", "    log"),
+    (F, "perform", "    perform (answers, log, counters)"),
     (A.Referee, "referee_reply", "referee_reply (all)"),
     (P.ReplyRoutes, "on_reply", "  on_reply"),
     (S.TransferStore, "apply", "    store.apply"),
@@ -60,6 +62,10 @@ _ORDER = [
     (R, "encode", "  encode"),
     (R.RespClient, "_send", "  _send"),
     (R.RespClient, "_receive", "  _receive"),
+    (K.PackedClient, "_round_trip", "PackedClient._round_trip (ndb_redis)"),
+    (K, "encode_batch", "  encode_batch"),
+    (N.NdbTransport, "_command", "  ndb_redis command + reply PVs"),
+    (K, "decode_answers", "  decode_answers"),
 ]
 for _owner, _name, _label in _ORDER:
     _wrap(_owner, _name, _label)

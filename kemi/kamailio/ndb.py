@@ -72,9 +72,15 @@ class NdbTransport:
 
     def _command(self, fmt: str, a: str, b: str) -> tuple[int | None, str]:
         """One ndb_redis command; (hiredis reply type, text).  No reply at all (refused,
-        timed out, closed: ndb_redis reconnects on the next command) raises."""
+        timed out, closed: ndb_redis reconnects on the next command) raises.  A success
+        reads one PV: the runner answers ASCII text (kemi.storage.packed), so no decoding
+        can fail."""
         rc = KSR.ndb_redis.redis_cmd_p2(SERVER, fmt, a, b, REPLY)
         try:
+            if rc > 0:
+                value = KSR.pv.get(f"$redis({REPLY}=>value)")
+                if value is not None:
+                    return 1, str(value)
             kind = _int(pv(f"$redis({REPLY}=>type)"))
             if kind == _ERROR:
                 value = pv(f"$redis({REPLY}=>info)") or pv(f"$redis({REPLY}=>value)") or ""

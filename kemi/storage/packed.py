@@ -147,6 +147,8 @@ def runner_text() -> str:
 
 def _wire(value: str | bytes | int | float) -> str:
     """One argument as JSON-safe ASCII text (non-ASCII or a leading NUL: "\\0" + hex)."""
+    if isinstance(value, str) and value.isascii() and not value.startswith("\x00"):
+        return value  # the common case, without a round through bytes
     if isinstance(value, bytes):
         raw = value
     elif isinstance(value, str):
