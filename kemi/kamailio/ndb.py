@@ -3,8 +3,9 @@ RESP client: the packed runner of kemi.storage.packed carried as one `%s` value.
 
 The cfg loads ndb_redis with a server named "referee" (-A REFEREE_REDIS=..., see the
 example cfgs); Python finds `KSR.ndb_redis` and, for a plain redis:// url in referee.toml,
-sends every round trip through it.  A round trip here costs a few µs of CPU where the
-Python client costs ~160 (bench/README.md).
+sends every round trip through it.  Measured on one 2 vCPU VM (bench/README.md, issue 12),
+a REFER costs about the same CPU either way: packing the batch as JSON costs what the
+Python client's socket work cost.  It is the base for Redis calls made from cfg alone.
 
 The cfg's server and referee.toml's url are written in two places, so on its first trip a
 process proves they name the same Redis (a nonce written through ndb_redis, read back
