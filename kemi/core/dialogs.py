@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, Literal
 
+from kemi.core.sip.errors import SipParseError
+from kemi.core.sip.uri import parse_uri_in
+
 
 class DialogState(StrEnum):
     NEW = "new"  # pseudo-state: no record
@@ -150,6 +153,13 @@ class Dialog:
             (self.caller_tag, self.callee_tag), (self.callee_tag, self.caller_tag)
         )
 
+    @property
+    def parties_known(self) -> bool:
+        """Both parties have an AOR.  A record the cfg wrote (kamailio-native.cfg) keeps
+        the URIs Kamailio read; one that referee's parser refuses makes the dialog one
+        referee would not have indexed itself, and it is treated as unknown."""
+        return bool(self.caller) and bool(self.callee)
+
     def has_party(self, aor: str) -> bool:
         return bool(aor) and aor in (self.caller, self.callee)
 
@@ -183,8 +193,8 @@ class Dialog:
             call_id=h["call_id"],
             caller_tag=h["caller_tag"],
             callee_tag=h.get("callee_tag", ""),
-            caller=h.get("caller", ""),
-            callee=h.get("callee", ""),
+            caller=h.get("caller") or _aor(h.get("caller_uri")),
+            callee=h.get("callee") or _aor(h.get("callee_uri")),
             state=DialogState(h["state"]),
             created_at=float(h["created_at"]),
             updated_at=float(h["updated_at"]),
@@ -194,3 +204,14 @@ class Dialog:
             caller_src=h.get("caller_src", ""),
             callee_src=h.get("callee_src", ""),
         )
+
+
+def _aor(uri: str | None) -> str:
+    """The AOR of a URI the cfg recorded (kamailio-native.cfg's $fu/$tu), by referee's own
+    parser, so both ways of indexing compare parties alike; "" when it does not parse."""
+    if not uri:
+        return ""
+    try:
+        return parse_uri_in(uri, "dialog index").aor
+    except SipParseError:
+        return ""

@@ -32,6 +32,9 @@ NAMES: tuple[str, ...] = (
     "redis_breakers_open",  # gauge: this node's processes whose breaker is open now
     "events_spooled", "events_replayed",
     "anchored_accepted", "anchored_jobs_queued", "anchored_progress_read",
+    # index writes kamailio-native.cfg handed to Python (first of a process, NOSCRIPT,
+    # no reply, no ndb_redis): an ordinary call's are made in cfg
+    "dialog_index_python",
 )
 
 

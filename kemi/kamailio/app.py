@@ -22,6 +22,7 @@ from kemi.kamailio.anchored import AnchoredRoutes
 from kemi.kamailio.anchored.cseq import forget_asterisk_cseq, on_asterisk_request
 from kemi.kamailio.anchored.progress import ProgressReader
 from kemi.kamailio.bye import ByeRoutes
+from kemi.kamailio.dialog_index import CfgIndex
 from kemi.kamailio.glue import CONTINUE, pv, route
 from kemi.kamailio.invite import InviteRoutes
 from kemi.kamailio.notify import NotifyRoutes
@@ -43,6 +44,7 @@ class Referee:
         self.notify = NotifyRoutes(self.s, self.rec)
         self.invite = InviteRoutes(self.s, self.rec)
         self.bye = ByeRoutes(self.s, self.rec, self.anchoring)
+        self.index = CfgIndex(self.s)
         self.replies = ReplyRoutes(self.s, self.rec, self.notify)
         self.progress = ProgressReader(self.s, self.rec, self.anchoring)
         self.timers = Timers(self.s, self.rec, self.notify, self.anchoring)
@@ -102,6 +104,12 @@ class Referee:
     def referee_cseq(self, msg) -> int:
         """A request from an [anchored] Asterisk in a dialog referee NOTIFYs in."""
         return self.on_asterisk_request()
+
+    @route("reply")
+    def referee_index(self, msg) -> int:
+        """kamailio-native.cfg with WITH_DIALOG_INDEX: a dialog index write the cfg could
+        not make alone (from a reply, failure or request route; never answers)."""
+        return self.index.on_write()
 
     @route("request")
     def referee_unrelayed(self, msg) -> int:

@@ -45,7 +45,7 @@ class NdbTransport:
         self.prefix = prefix
         self.resp = RespClient(url, timeout_s=timeout_s)  # the check, and the fallback
         self.same: bool | None = None  # None: not checked yet
-        self.loaded = ""  # the runner's sha once Redis has it (sent by EVAL)
+        self.loaded: set[str] = set()  # scripts Redis has (sent once by EVAL)
         self._fallback = resp_transport(self.resp)
 
     @property
@@ -53,11 +53,12 @@ class NdbTransport:
         return self.resp.address
 
     def __call__(self, sha: str, text: str, payload: str) -> str:
+        """`EVALSHA sha 0 payload` (the packed runner, or a script the cfg also runs)."""
         if self.same is None:
             self._check()
         if not self.same:
             return self._fallback(sha, text, payload)
-        if self.loaded != sha:
+        if sha not in self.loaded:
             # A process's first trip sends the runner itself (Redis caches it): no
             # NOSCRIPT, which ndb_redis would log as an error, in a fresh process.
             kind, value = self._command("EVAL %s 0 %s", text, payload)
@@ -66,7 +67,7 @@ class NdbTransport:
             if kind == _ERROR and value.startswith("NOSCRIPT"):  # Redis restarted
                 kind, value = self._command("EVAL %s 0 %s", text, payload)
         if kind != _ERROR:
-            self.loaded = sha
+            self.loaded.add(sha)
         if kind == _ERROR:
             raise RedisReplyError(value)
         return value

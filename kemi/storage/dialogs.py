@@ -83,8 +83,84 @@ return out
 """
 
 
+# The index as kamailio-native.cfg writes it itself (WITH_DIALOG_INDEX): no Python on an
+# ordinary call.  ndb_redis passes at most three `%s` values, so the cfg sends one text,
+# `EVALSHA <this> 0 <payload>`, with every value from the message hex-encoded in cfg
+# (`{s.encode.hexa}`: whatever bytes the wire carried, no space or quote can break it):
+#   x<prefix> <setup ttl> <open ttl> <ended ttl>      (published by referee: static_args)
+#   <event> <now> x<Call-ID> x<From-tag> x<To-tag> x<From URI> x<To URI> x<node>
+#   x<source> x<INVITE's source> <CSeq number>       (built by the cfg: CFG_FIELDS)
+# event: 1xx / 2xx / failure (a response to the initial INVITE, or its local timeout)
+# or bye.  There is no write at the INVITE: the first response of an INVITE transaction
+# (a new CSeq number for this From-tag) applies the INVITE first, from the same message
+# (responses carry the request's Call-ID, From, To and CSeq), then itself -- the record
+# goes through the same table cells as when Python records the INVITE as it is relayed,
+# and a retransmitted 2xx after the BYE (same CSeq) cannot start the dialog over.
+# Parties are stored as the URIs Kamailio read (caller_uri/callee_uri) and turned into
+# AORs by referee's own parser when read (Dialog.from_hash).  KEYS: none (the script
+# names them, as kemi.storage.scripts.call_tag would: a single Redis only, which is
+# where ndb_redis is used), or given by Python (DialogStore.record_cfg, a Cluster too).
+CFG_INDEX_LUA = r"""
+local function record(KEYS, ARGV)
+@RECORD@
+end
+local f = {}
+for w in string.gmatch(ARGV[1], '%S+') do f[#f + 1] = w end
+if #f ~= 15 then
+  return redis.error_reply('ERR referee: dialog index payload has ' .. #f .. ' fields, not 15')
+end
+local function x(i)
+  if string.sub(f[i], 1, 1) ~= 'x' then
+    return error({err = 'ERR referee: dialog index field ' .. i .. ' is not x<hex>'})
+  end
+  return (string.gsub(string.sub(f[i], 2), '%x%x',
+    function(h) return string.char(tonumber(h, 16)) end))
+end
+local ev, now, cseq = f[5], f[6], f[15]
+local cid, ftag, ttag = x(7), x(8), x(9)
+if not ({['1xx'] = 1, ['2xx'] = 1, failure = 1, bye = 1})[ev] then
+  return redis.error_reply('ERR referee: no dialog index event ' .. ev)
+end
+if cid == '' or ftag == '' or (ttag == '' and ev ~= 'failure') then return '' end
+local keys = KEYS
+if #keys == 0 then
+  local tag = cid
+  if string.find(cid, '[{}]') then tag = string.sub(redis.sha1hex(cid), 1, 16) end
+  local base = x(1) .. ':{' .. tag .. '}:dlg:'
+  keys = {base .. ftag}
+  if ev == 'bye' then keys[2] = base .. ttag end
+end
+local node = x(12)
+if ev ~= 'bye' and redis.call('HGET', keys[1], 'invite_cseq') ~= cseq then
+  local st = record({keys[1]}, {'invite', now, cid, ftag, '', '', '', node,
+    f[2], f[3], f[4], x(14)})
+  if st == 'trying' then
+    redis.call('HSET', keys[1], 'invite_cseq', cseq, 'caller_uri', x(10), 'callee_uri', x(11))
+  end
+end
+return record(keys, {ev, now, cid, ftag, ttag, '', '', node, f[2], f[3], f[4], x(13)})
+""".replace("@RECORD@", RECORD_LUA)
+
+# The events the cfg writes, and its payload's fields after the static ones.
+CFG_EVENTS = ("1xx", "2xx", "failure", "bye")
+CFG_FIELDS = 11
+
 _RECORD = _Script(RECORD_LUA)
 _FIND = _Script(FIND_LUA)
+_CFG_INDEX = _Script(CFG_INDEX_LUA)
+
+
+def cfg_fields(event: str, now: str, call_id: str | bytes, from_tag: str | bytes,
+               to_tag: str | bytes, from_uri: str | bytes, to_uri: str | bytes, node: str,
+               source: str, invite_source: str, cseq: str) -> str:
+    """The cfg's part of the payload, as kamailio-native.cfg builds it (tests, and what
+    its `{s.encode.hexa}` does: lowercase hex of the bytes)."""
+    def x(v: str | bytes) -> str:
+        raw = v if isinstance(v, bytes) else v.encode("utf-8", "surrogateescape")
+        return "x" + raw.hex()
+
+    return " ".join([event, now, x(call_id), x(from_tag), x(to_tag), x(from_uri), x(to_uri),
+                     x(node), x(source), x(invite_source), cseq])
 
 
 class DialogStore(ScriptStore):
@@ -148,6 +224,48 @@ class DialogStore(ScriptStore):
         state = _s(self._eval(_RECORD, keys, args))
         return DialogState(state) if state else None
 
+    # -- the index as kamailio-native.cfg writes it (CFG_INDEX_LUA) ----------------------
+    @property
+    def cfg_script(self) -> tuple[str, str]:
+        """(sha, text) of the script the cfg runs by EVALSHA through ndb_redis."""
+        return _CFG_INDEX.sha, _CFG_INDEX.text
+
+    def static_args(self) -> str:
+        """The payload's first fields, which referee publishes for the cfg (its settings)."""
+        return (f"x{self.prefix.encode().hex()} {self.setup_ttl_s} {self.open_ttl_s} "
+                f"{self.ended_ttl_s}")
+
+    def cfg_payload(self, fields: str) -> str:
+        """The whole payload from the cfg's part (kamailio-native.cfg's $var(rf_ixd))."""
+        return f"{self.static_args()} {fields}"
+
+    def record_cfg(self, fields: str) -> DialogState | None:
+        """Apply one event as the cfg would have (its fields, CFG_INDEX_LUA), through this
+        store's client, any kind of Redis: the keys are named here.  The state after it,
+        None when the event names no record it can touch.  ValueError: fields that are
+        not the cfg's."""
+        keys = self.cfg_keys(fields)
+        if not keys:
+            return None
+        state = _s(self._eval(_CFG_INDEX, keys, [self.cfg_payload(fields)]))
+        return DialogState(state) if state else None
+
+    def cfg_keys(self, fields: str) -> list[str]:
+        """The keys CFG_INDEX_LUA names itself for these fields ([] when it touches none)."""
+        f = fields.split()
+        if len(f) != CFG_FIELDS or f[0] not in CFG_EVENTS:
+            raise ValueError(f"not the cfg's dialog index fields: {fields[:120]!r}")
+        try:
+            call_id, from_tag, to_tag = (_unhex(v) for v in f[2:5])
+        except ValueError as exc:
+            raise ValueError(f"dialog index fields: {exc}") from None
+        if not call_id or not from_tag or (not to_tag and f[0] != "failure"):
+            return []
+        keys = [self.dialog_key(call_id, from_tag)]
+        if f[0] == "bye":
+            keys.append(self.dialog_key(call_id, to_tag))
+        return keys
+
     def find(self, call_id: str, tag_a: str, tag_b: str) -> list[Dialog]:
         """Every dialog a Replaces (call_id, to-tag, from-tag) names, in either direction.
 
@@ -162,6 +280,8 @@ class DialogStore(ScriptStore):
             h = _pairs(reply)
             if h:
                 d = Dialog.from_hash(h)
+                if not d.parties_known:
+                    continue  # as if not indexed: Python would not have indexed it
                 if d.matches(call_id, tag_a, tag_b):
                     found.append(d)
         return found
@@ -169,3 +289,9 @@ class DialogStore(ScriptStore):
     def get(self, call_id: str, caller_tag: str) -> Dialog | None:
         h = _pairs(self._call("HGETALL", self.dialog_key(call_id, caller_tag)))
         return Dialog.from_hash(h) if h else None
+
+
+def _unhex(field: str) -> str:
+    if not field.startswith("x"):
+        raise ValueError(f"field {field[:40]!r} is not x<hex>")
+    return bytes.fromhex(field[1:]).decode("utf-8", "surrogateescape")

@@ -241,6 +241,15 @@ class PackedClient(CommandApi):
         self._scripts: dict[str, str] = {}
         self.round_trips = 0
 
+    @property
+    def transport(self) -> Send:
+        return self._send
+
+    def run_script(self, sha: str, text: str, payload: str) -> str:
+        """One script of its own (not the runner) with one payload, behind the breaker:
+        what the cfg sends itself (kemi.storage.dialogs.CFG_INDEX_LUA); its text answer."""
+        return self._trip(sha, text, payload)
+
     def _runner(self) -> tuple[str, str]:
         # Built on first use, when every store module has registered its scripts.
         if not self._scripts:

@@ -1,0 +1,103 @@
+"""kamailio-native.cfg indexes ordinary calls itself (WITH_DIALOG_INDEX + ndb_redis): no
+Python on the call once referee has published its script, the same records as referee's
+Python path writes, and Python as the fallback when Redis forgot the script, when the cfg
+has no ndb_redis, or when Redis is gone (the call goes on).  Real Kamailio, Redis, SIPp.
+
+`referee_dialog_index_python` counts the writes the cfg handed to Python."""
+
+from __future__ import annotations
+
+import pytest
+
+from kemi.core.dialogs import DialogState
+from kemi.storage.dialogs import DialogStore
+from tests.e2e.parties import wait_for
+from tests.e2e.test_attended import Call, replace, start_node
+
+COUNTER = "dialog_index_python"
+
+
+@pytest.fixture
+def nlab(tmp_path, redis_server):
+    lab = start_node(tmp_path, redis_server, "kamailio-native.cfg")
+    yield lab
+    lab.kamailio.stop()
+    errors = lab.kamailio.python_errors()
+    assert not errors, "a referee route raised:\n" + "\n".join(errors)
+
+
+def call_through(lab, caller="andrew", callee="marsha") -> Call:
+    call = Call(lab, caller, callee, hold_ms=0)
+    call.finish()
+    call.wait_state(DialogState.TERMINATED)
+    return call
+
+
+def handed_to_python(lab) -> int:
+    return lab.stats().get(COUNTER, 0)
+
+
+def test_after_the_first_write_ordinary_calls_are_indexed_without_python(nlab):
+    first = call_through(nlab)
+    assert 1 <= handed_to_python(nlab) <= 2  # published on the first write
+    assert nlab.kamailio.kamcmd("htable.get", "referee_ix", "sha").strip()
+    before = handed_to_python(nlab)
+    calls = [call_through(nlab, "mckenzie", "marsha") for _ in range(3)]
+    assert handed_to_python(nlab) == before
+    for call in [first, *calls]:
+        d = DialogStore(nlab.rcli).get(call.call_id, call.caller_tag)
+        assert (d.callee_tag, d.ended_by, d.state) == (
+            call.callee_tag, "bye-caller", DialogState.TERMINATED)
+        assert d.caller_src.startswith("127.0.0.1:")
+        assert d.callee_src == f"127.0.0.1:{call.callee_port}"
+    assert DialogStore(nlab.rcli).get(calls[0].call_id, calls[0].caller_tag).caller == (
+        "mckenzie@127.0.0.1")
+
+
+def test_a_replaces_is_judged_against_a_dialog_the_cfg_indexed(nlab):
+    call_through(nlab)  # publishes
+    before = handed_to_python(nlab)
+    live = Call(nlab, "andrew", "marsha")
+    live.wait_state(DialogState.CONFIRMED)
+    assert handed_to_python(nlab) == before
+    # McKenzie is no party to it: refused before Marsha sees it.
+    replace(nlab, "mckenzie", "marsha", live.replaces(), 403)
+    assert live.state() == DialogState.CONFIRMED
+    live.finish()
+
+
+def test_after_redis_forgot_the_script_python_loads_it_and_the_cfg_goes_on(nlab):
+    call_through(nlab)
+    nlab.rcli.script_flush()
+    before = handed_to_python(nlab)
+    after_flush = call_through(nlab)
+    assert handed_to_python(nlab) == before + 1  # the 180's NOSCRIPT; 200 and BYE in cfg
+    assert DialogStore(nlab.rcli).get(after_flush.call_id, after_flush.caller_tag).ended_by == (
+        "bye-caller")
+    call_through(nlab)
+    assert handed_to_python(nlab) == before + 1
+    assert "NOSCRIPT" in nlab.kamailio.log()  # ndb_redis says what happened
+
+
+def test_without_ndb_redis_python_writes_what_the_cfg_would(tmp_path, redis_server):
+    lab = start_node(tmp_path, redis_server, "kamailio-native.cfg", start=False)
+    lab.kamailio.ndb = False
+    lab.kamailio.start()
+    try:
+        call = call_through(lab)
+        assert handed_to_python(lab) == 3  # the tagged 180, the 200 and the BYE
+        d = DialogStore(lab.rcli).get(call.call_id, call.caller_tag)
+        assert (d.caller, d.callee, d.ended_by) == (
+            "andrew@127.0.0.1", "marsha@127.0.0.1", "bye-caller")
+    finally:
+        lab.kamailio.stop()
+    assert not lab.kamailio.python_errors()
+
+
+def test_with_redis_gone_calls_go_on_unindexed_and_it_is_logged(nlab):
+    call_through(nlab)  # published
+    nlab.redis.stop()
+    call = Call(nlab, "andrew", "marsha", hold_ms=0)
+    call.finish()  # the call itself is untouched
+    assert wait_for(lambda: f"dialog {call.call_id} 2xx not indexed (Redis:"
+                    in nlab.kamailio.log(), 5), nlab.kamailio.log()[-3000:]
