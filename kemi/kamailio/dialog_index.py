@@ -18,14 +18,14 @@ from __future__ import annotations
 import KSR  # provided by app_python3
 
 from kemi.kamailio import metrics
-from kemi.kamailio.glue import CONTINUE, log, pv
+from kemi.kamailio.glue import CONTINUE, log, pv, source
 from kemi.kamailio.ndb import NdbTransport
 from kemi.kamailio.services import Services
+from kemi.storage.dialogs import cfg_fields
 from kemi.storage.packed import PackedClient
 from kemi.storage.resp import RedisError
 
 HTABLE = "referee_ix"
-FIELDS = "$var(rf_ixd)"  # the cfg's part of the payload
 
 
 class CfgIndex:
@@ -33,12 +33,16 @@ class CfgIndex:
         self.s = services
 
     def on_write(self) -> int:
-        """route[REFEREE_INDEX_WRITE] handed this write over: do it, and publish what the
-        cfg needs to do the next ones alone."""
-        fields = pv(FIELDS) or ""
+        """The cfg handed this write over (its event in $var(rf_ixe), the INVITE's source
+        in $var(rf_ixs)): do it as the cfg would have, and publish what the cfg needs to
+        do the next ones alone."""
         metrics.bump("dialog_index_python")
-        event = fields.split(" ", 1)[0]
+        event = pv("$var(rf_ixe)") or ""
         call_id = pv("$ci") or ""
+        fields = cfg_fields(
+            event, pv("$TV(Sn)") or "0", call_id, pv("$ft") or "", pv("$tt") or "",
+            pv("$fu") or "", pv("$tu") or "", f"{pv('$Ri') or ''}:{pv('$Rp') or ''}",
+            source(), pv("$var(rf_ixs)") or "", pv("$cs") or "0")
         store = self.s.dialogs
         try:
             client = store.client

@@ -84,12 +84,16 @@ return out
 
 
 # The index as kamailio-native.cfg writes it itself (WITH_DIALOG_INDEX): no Python on an
-# ordinary call.  ndb_redis passes at most three `%s` values, so the cfg sends one text,
-# `EVALSHA <this> 0 <payload>`, with every value from the message hex-encoded in cfg
-# (`{s.encode.hexa}`: whatever bytes the wire carried, no space or quote can break it):
-#   x<prefix> <setup ttl> <open ttl> <ended ttl>      (published by referee: static_args)
-#   <event> <now> x<Call-ID> x<From-tag> x<To-tag> x<From URI> x<To URI> x<node>
-#   x<source> x<INVITE's source> <CSeq number>       (built by the cfg: CFG_FIELDS)
+# ordinary call.  ndb_redis passes at most three `%s` values, so the cfg writes the whole
+# command, `EVALSHA <this> 0 <fields...>`: its words are the script's arguments.  A value
+# from the message goes as "=" + itself, which the cfg does only when it holds no space
+# and no "%" (either would change the words; hiredis reads "%" as a format); any other
+# message is written by Python, which sends "x" + hex for such a value and all the
+# fields as one argument (split here).  Decoding hex costs Redis' Lua ~0.1 µs a byte, so
+# the common case goes as it is.
+#   <prefix> <setup ttl> <open ttl> <ended ttl>      (published by referee: static_args)
+#   <event> <now> <Call-ID> <From-tag> <To-tag> <From URI> <To URI> <node>
+#   <source> <INVITE's source> <CSeq number>         (the message's: cfg_fields)
 # event: 1xx / 2xx / failure (a response to the initial INVITE, or its local timeout)
 # or bye.  There is no write at the INVITE: the first response of an INVITE transaction
 # (a new CSeq number for this From-tag) applies the INVITE first, from the same message
@@ -104,17 +108,36 @@ CFG_INDEX_LUA = r"""
 local function record(KEYS, ARGV)
 @RECORD@
 end
-local f = {}
-for w in string.gmatch(ARGV[1], '%S+') do f[#f + 1] = w end
+local f = ARGV
+if #ARGV == 1 then
+  f = {}
+  for w in string.gmatch(ARGV[1], '%S+') do f[#f + 1] = w end
+end
 if #f ~= 15 then
   return redis.error_reply('ERR referee: dialog index payload has ' .. #f .. ' fields, not 15')
 end
+-- "=" + text as it is; "x" + hex decoded in plain arithmetic (a gsub callback per byte
+-- costs more), in chunks that stay below Lua's limit on unpacked values
+local byte, char, unpack = string.byte, string.char, unpack
 local function x(i)
-  if string.sub(f[i], 1, 1) ~= 'x' then
-    return error({err = 'ERR referee: dialog index field ' .. i .. ' is not x<hex>'})
+  local h = f[i]
+  if byte(h, 1) == 61 then return string.sub(h, 2) end
+  if byte(h, 1) ~= 120 or #h % 2 ~= 1 or string.find(h, '[^0-9A-Fa-f]', 2) then
+    return error({err = 'ERR referee: dialog index field ' .. i
+      .. ' is neither =<text> nor x<hex>'})
   end
-  return (string.gsub(string.sub(f[i], 2), '%x%x',
-    function(h) return string.char(tonumber(h, 16)) end))
+  local parts = {}
+  for s = 2, #h, 4000 do
+    local b, out = {byte(h, s, math.min(s + 3999, #h))}, {}
+    for j = 1, #b, 2 do
+      local hi, lo = b[j], b[j + 1]
+      hi = hi >= 97 and hi - 87 or (hi >= 65 and hi - 55 or hi - 48)
+      lo = lo >= 97 and lo - 87 or (lo >= 65 and lo - 55 or lo - 48)
+      out[#out + 1] = hi * 16 + lo
+    end
+    parts[#parts + 1] = char(unpack(out))
+  end
+  return table.concat(parts)
 end
 local ev, now, cseq = f[5], f[6], f[15]
 local cid, ftag, ttag = x(7), x(8), x(9)
@@ -153,14 +176,19 @@ _CFG_INDEX = _Script(CFG_INDEX_LUA)
 def cfg_fields(event: str, now: str, call_id: str | bytes, from_tag: str | bytes,
                to_tag: str | bytes, from_uri: str | bytes, to_uri: str | bytes, node: str,
                source: str, invite_source: str, cseq: str) -> str:
-    """The cfg's part of the payload, as kamailio-native.cfg builds it (tests, and what
-    its `{s.encode.hexa}` does: lowercase hex of the bytes)."""
-    def x(v: str | bytes) -> str:
-        raw = v if isinstance(v, bytes) else v.encode("utf-8", "surrogateescape")
-        return "x" + raw.hex()
+    """The message's part of the payload, each value as kamailio-native.cfg writes it
+    where it can, hex where it cannot: for Python's writes and the tests."""
+    return " ".join([event, now, _field(call_id), _field(from_tag), _field(to_tag),
+                     _field(from_uri), _field(to_uri), _field(node), _field(source),
+                     _field(invite_source), cseq])
 
-    return " ".join([event, now, x(call_id), x(from_tag), x(to_tag), x(from_uri), x(to_uri),
-                     x(node), x(source), x(invite_source), cseq])
+
+def _field(value: str | bytes) -> str:
+    """One value as the cfg sends it ("=" + itself) when it can go so, else "x" + hex."""
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+    if all(33 <= b <= 126 and b != 37 for b in raw):  # printable ASCII, no "%"
+        return "=" + raw.decode("ascii")
+    return "x" + raw.hex()
 
 
 class DialogStore(ScriptStore):
@@ -232,11 +260,10 @@ class DialogStore(ScriptStore):
 
     def static_args(self) -> str:
         """The payload's first fields, which referee publishes for the cfg (its settings)."""
-        return (f"x{self.prefix.encode().hex()} {self.setup_ttl_s} {self.open_ttl_s} "
-                f"{self.ended_ttl_s}")
+        return f"{_field(self.prefix)} {self.setup_ttl_s} {self.open_ttl_s} {self.ended_ttl_s}"
 
     def cfg_payload(self, fields: str) -> str:
-        """The whole payload from the cfg's part (kamailio-native.cfg's $var(rf_ixd))."""
+        """The whole payload from the message's fields (`cfg_fields`), as one text."""
         return f"{self.static_args()} {fields}"
 
     def record_cfg(self, fields: str) -> DialogState | None:
@@ -292,6 +319,8 @@ class DialogStore(ScriptStore):
 
 
 def _unhex(field: str) -> str:
+    if field.startswith("="):
+        return field[1:]
     if not field.startswith("x"):
-        raise ValueError(f"field {field[:40]!r} is not x<hex>")
+        raise ValueError(f"field {field[:40]!r} is neither =<text> nor x<hex>")
     return bytes.fromhex(field[1:]).decode("utf-8", "surrogateescape")

@@ -55,11 +55,13 @@ def alab(request, tmp_path, redis_server):
 class Call:
     """One call caller -> callee through `lab`, with known Call-ID and tags."""
 
-    def __init__(self, lab, caller: str, callee: str, hold_ms: int = 6000, via=None, **kw):
+    def __init__(self, lab, caller: str, callee: str, hold_ms: int = 6000, via=None,
+                 call_id_prefix: str = "", **kw):
         self.lab = lab
         self.caller_tag = f"{caller}-{uuid.uuid4().hex[:8]}"
         self.callee_tag = f"{callee}-{uuid.uuid4().hex[:8]}"
-        extra, self.call_id = cid_args(f"{caller}-{callee}-{uuid.uuid4().hex[:8]}")
+        extra, self.call_id = cid_args(
+            f"{call_id_prefix}{caller}-{callee}-{uuid.uuid4().hex[:8]}")
         port = self.callee_port = free_udp_port()
         lab.register(callee, port)
         self.callee = lab.party(callee, Callee(callee, self.callee_tag).xml(), port=port).start()

@@ -94,6 +94,20 @@ def test_without_ndb_redis_python_writes_what_the_cfg_would(tmp_path, redis_serv
     assert not lab.kamailio.python_errors()
 
 
+def test_a_call_id_with_a_space_is_written_by_python_and_indexed_alike(nlab):
+    """A value with a space (or a "%") would change the cfg's command words: the cfg hands
+    the write to Python, which sends it hex-encoded."""
+    call_through(nlab)  # published
+    before = handed_to_python(nlab)
+    odd = Call(nlab, "andrew", "marsha", hold_ms=0, call_id_prefix="odd id ")
+    odd.finish()
+    odd.wait_state(DialogState.TERMINATED)
+    assert " " in odd.call_id
+    assert handed_to_python(nlab) == before + 3  # its 180, 200 and BYE
+    d = DialogStore(nlab.rcli).get(odd.call_id, odd.caller_tag)
+    assert (d.call_id, d.caller, d.ended_by) == (odd.call_id, "andrew@127.0.0.1", "bye-caller")
+
+
 def test_with_redis_gone_calls_go_on_unindexed_and_it_is_logged(nlab):
     call_through(nlab)  # published
     nlab.redis.stop()

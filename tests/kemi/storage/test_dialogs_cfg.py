@@ -2,8 +2,10 @@
 same records as referee's own path, event for event, against a real redis-server (and,
 through DialogStore.record_cfg, the packed runner and a real Redis Cluster).
 
-The cfg sends `EVALSHA <sha> 0 <payload>` through ndb_redis; here the same text goes to
-Redis with EVAL.  `cfg_fields` builds the cfg's part as its `{s.encode.hexa}` does."""
+The cfg sends `EVALSHA <sha> 0 <payload's fields>` through ndb_redis; here the same words
+go to Redis with EVAL.  `cfg_fields` builds the message's part as the cfg writes it ("="
++ the value), or, for a value the cfg hands to Python (a space, a "%", bytes that are not
+printable ASCII), as Python sends it ("x" + hex)."""
 
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ def single(redis_server):
 
 
 def as_cfg(client: RespClient, store: DialogStore, f: str) -> str:
-    """What ndb_redis sends: the script with no keys and one payload."""
+    """What the cfg sends through ndb_redis: the script with no keys, the payload's fields
+    as its words (Python's own writes send them as one argument: record_cfg)."""
     sha, text = store.cfg_script
-    return client.call("EVAL", text, 0, store.cfg_payload(f)).decode()
+    return client.call("EVAL", text, 0, *store.cfg_payload(f).split()).decode()
 
 
 def same_facts(d: Dialog) -> tuple:
@@ -138,7 +141,9 @@ def test_bytes_that_are_not_utf8_round_trip_through_the_hex(single):
 
 @pytest.mark.parametrize("bad, says", [
     ("2xx 1.0 x61", "payload has 7 fields, not 15"),
-    (fields("2xx").replace(" x", " y", 1), "field 7 is not x<hex>"),
+    (fields("2xx") + " x", "payload has 16 fields, not 15"),
+    (fields("2xx").replace(" =", " y", 1), "field 7 is neither =<text> nor x<hex>"),
+    (fields("2xx").replace(" =", " xz", 1), "field 7 is neither =<text> nor x<hex>"),
     (fields("2xx").replace("2xx", "invite", 1), "no dialog index event invite"),
 ])
 def test_a_payload_that_is_not_the_cfgs_is_a_clear_error(single, bad, says):
@@ -161,3 +166,16 @@ def test_record_cfg_writes_the_same_record_on_every_kind_of_redis(dialogs, raw):
     assert dialogs.record_cfg(fields("bye", now=NOW + 9, source=CALLER_SRC)) is S.TERMINATED
     assert len(all_keys(raw)) == 1
     assert dialogs.record_cfg(fields("failure", call_id="")) is None
+
+
+@pytest.mark.parametrize("call_id", ["abc%41@host", "a b@host", "tab\there@host",
+                                     "caf\u00e9@host", "=looks-raw@host", "x41@host"])
+def test_a_value_the_cfg_cannot_send_as_it_is_goes_as_hex_and_round_trips(single, call_id):
+    """The cfg hands a message with a space or "%" to Python, which sends such a value as
+    hex; values that merely look like the encodings are taken as they are."""
+    store = DialogStore(single)
+    f = fields("2xx", call_id=call_id)
+    assert f.split()[2].startswith("x" if any(c in call_id for c in " %\t\u00e9") else "=")
+    assert store.record_cfg(f) is S.CONFIRMED
+    assert store.get(call_id, "a1").call_id == call_id
+    assert len(store.find(call_id, "m1", "a1")) == 1
