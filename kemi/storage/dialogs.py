@@ -84,13 +84,13 @@ return out
 
 
 # The index as kamailio-native.cfg writes it itself (WITH_DIALOG_INDEX): no Python on an
-# ordinary call.  ndb_redis passes at most three `%s` values, so the cfg writes the whole
-# command, `EVALSHA <this> 0 <fields...>`: its words are the script's arguments.  A value
-# from the message goes as "=" + itself, which the cfg does only when it holds no space
-# and no "%" (either would change the words; hiredis reads "%" as a format); any other
-# message is written by Python, which sends "x" + hex for such a value and all the
-# fields as one argument (split here).  Decoding hex costs Redis' Lua ~0.1 µs a byte, so
-# the common case goes as it is.
+# ordinary call.  ndb_redis passes at most three `%s` values, so the cfg sends
+# `EVALSHA <this> 0 <payload>`, the payload one text of 15 fields split on whitespace
+# here, each value from the message as "=" + itself.  A value holding whitespace (or a
+# NUL, which ends the text) makes more or fewer fields: the script then writes nothing
+# and answers the integer 0, and the cfg hands the message to Python, which sends such a
+# value as "x" + hex.  (Decoding hex costs Redis' Lua ~0.1 us a byte, and a check per
+# value in cfg costs Kamailio a regex: the common case goes as it is, unchecked.)
 #   <prefix> <setup ttl> <open ttl> <ended ttl>      (published by referee: static_args)
 #   <event> <now> <Call-ID> <From-tag> <To-tag> <From URI> <To URI> <node>
 #   <source> <INVITE's source> <CSeq number>         (the message's: cfg_fields)
@@ -114,7 +114,9 @@ if #ARGV == 1 then
   for w in string.gmatch(ARGV[1], '%S+') do f[#f + 1] = w end
 end
 if #f ~= 15 then
-  return redis.error_reply('ERR referee: dialog index payload has ' .. #f .. ' fields, not 15')
+  -- whitespace in a value the cfg sent as it is (or a NUL, which ends it): not written
+  -- here; the integer 0 tells the cfg to hand the message to Python, which sends hex
+  return 0
 end
 -- "=" + text as it is; "x" + hex decoded in plain arithmetic (a gsub callback per byte
 -- costs more), in chunks that stay below Lua's limit on unpacked values
@@ -177,7 +179,7 @@ def cfg_fields(event: str, now: str, call_id: str | bytes, from_tag: str | bytes
                to_tag: str | bytes, from_uri: str | bytes, to_uri: str | bytes, node: str,
                source: str, invite_source: str, cseq: str) -> str:
     """The message's part of the payload, each value as kamailio-native.cfg writes it
-    where it can, hex where it cannot: for Python's writes and the tests."""
+    ("=" + itself) where that is safe, hex where not: for Python's writes and the tests."""
     return " ".join([event, now, _field(call_id), _field(from_tag), _field(to_tag),
                      _field(from_uri), _field(to_uri), _field(node), _field(source),
                      _field(invite_source), cseq])
@@ -186,7 +188,7 @@ def cfg_fields(event: str, now: str, call_id: str | bytes, from_tag: str | bytes
 def _field(value: str | bytes) -> str:
     """One value as the cfg sends it ("=" + itself) when it can go so, else "x" + hex."""
     raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-    if all(33 <= b <= 126 and b != 37 for b in raw):  # printable ASCII, no "%"
+    if all(33 <= b <= 126 for b in raw):  # printable ASCII: no whitespace, no NUL
         return "=" + raw.decode("ascii")
     return "x" + raw.hex()
 
