@@ -22,6 +22,9 @@ workers, same allocator) on loopback, a SIPp UAS behind the proxy and a SIPp UAC
   - max REFER/s: SIPp raises its rate each second; the best second before the first two
     bad ones in a row (failures, >1% retransmissions, mean answer slower than 50 ms).
   - Redis per REFER: read events (total_reads_processed: round trips) and commands.
+* transfers: the same REFER, then the transferee's NOTIFYs (sipfrag 100, then 200 with
+  the subscription terminated) through the proxy, each answered 200: CPU µs per complete
+  transfer, referee-native against native-track (which also records each NOTIFY's status).
 * calls: INVITE/200/ACK/BYE through kamailio-native.cfg with referee's hook (hook-on) and
   with `-A WITHOUT_REFEREE` (hook-off); CPU µs per call.
 
@@ -73,6 +76,7 @@ class Variant:
     ndb_redis: bool = False  # pass the Redis address as REDIS_SERVER
     referee_ndb: bool = True  # referee's Redis through ndb_redis (REFEREE_REDIS)
     toml_extra: str = ""  # appended to referee.toml
+    cluster: bool = False  # a 3-master Redis Cluster (redis+cluster:// url) instead
 
 
 REFER_VARIANTS = {
@@ -85,6 +89,17 @@ REFER_VARIANTS = {
     # referee-native with referee's own Python RESP client instead of ndb_redis (what
     # TLS, Sentinel and Cluster urls use).
     "referee-resp": Variant("referee-resp", "kamailio-native.cfg", True, referee_ndb=False),
+    # referee-native on a 3-master Redis Cluster (referee's Python Cluster client; Redis
+    # CPU and trips summed over the three nodes)
+    "referee-cluster": Variant("referee-cluster", "kamailio-native.cfg", True, cluster=True),
+}
+# Complete transfers: the REFER, its 202, and the transferee's NOTIFYs (100 Trying, then
+# 200 OK terminating the subscription), each answered 200 by the transferor.
+TRANSFER_VARIANTS = {
+    # native-track + each NOTIFY's sipfrag status recorded (one more HSET round trip each)
+    "native-track": REFER_VARIANTS["native-track"],
+    "referee-native": REFER_VARIANTS["referee-native"],
+    "referee-cluster": REFER_VARIANTS["referee-cluster"],
 }
 CALL_VARIANTS = {
     "hook-off": Variant("hook-off", "kamailio-native.cfg", True, ("WITHOUT_REFEREE",)),
@@ -92,6 +107,10 @@ CALL_VARIANTS = {
     # Attended transfer checked at the edge: every INVITE dialog indexed in Redis.
     "index-on": Variant("index-on", "kamailio-native.cfg", True, ("WITH_DIALOG_INDEX",),
                         toml_extra="[kamailio]\ndialog_index = true\n"),
+    # the same on a Redis Cluster: no ndb_redis there, so every write goes through Python
+    "index-cluster": Variant("index-cluster", "kamailio-native.cfg", True,
+                             ("WITH_DIALOG_INDEX",),
+                             toml_extra="[kamailio]\ndialog_index = true\n", cluster=True),
 }
 
 
@@ -301,6 +320,7 @@ class Lab:
         self.workers = workers
         self.uas_scenario = uas
         self.redis = RedisServer(self.dir)
+        self.cluster = None
         self.kamailio: BenchKamailio | None = None
         self.uas: SippRun | None = None
 
@@ -317,6 +337,13 @@ class Lab:
 
     def start(self) -> None:
         self.redis.start()
+        url = self.redis.url
+        if self.variant.cluster:
+            from tests.support.redis_cluster import RedisCluster
+
+            self.cluster = RedisCluster(self.dir / "cluster")
+            self.cluster.start()
+            url = self.cluster.url
         conf = None
         defines = list(self.variant.defines)
         if self.variant.referee:
@@ -328,7 +355,7 @@ class Lab:
             conf = self.dir / "referee.toml"
             conf.write_text(
                 f'policy_db = "{db}"\npolicy_check_interval_s = 1.0\n'
-                f'[redis]\nurl = "{self.redis.url}"\ntimeout_ms = 50\n'
+                f'[redis]\nurl = "{url}"\ntimeout_ms = 50\n'
                 + self.variant.toml_extra
             )
         if self.variant.ndb_redis:
@@ -350,10 +377,35 @@ class Lab:
         if self.kamailio is not None:
             self.kamailio.stop()
         self.redis.stop(kill=True)
+        if self.cluster is not None:
+            self.cluster.stop()
 
     @property
     def all_pids(self) -> list[int]:
-        return [*self.kamailio_pids, self.redis.pid, self.uas.proc.pid]
+        return [*self.kamailio_pids, *self.redis_pids, self.uas.proc.pid]
+
+    @property
+    def redis_pids(self) -> list[int]:
+        """The Redis referee uses: the single server, or the Cluster's three nodes."""
+        if self.cluster is not None:
+            return [n.proc.pid for n in self.cluster.nodes]
+        return [self.redis.pid]
+
+    @property
+    def redis_ports(self) -> list[int]:
+        if self.cluster is not None:
+            return [n.port for n in self.cluster.nodes]
+        return [self.redis.port]
+
+    def redis_counts(self) -> tuple[int, dict[str, int]]:
+        """Round trips and commands, summed over the Redis referee uses."""
+        reads, cmds = 0, {}
+        for port in self.redis_ports:
+            r, c = redis_counts(redis_info(port))
+            reads += r
+            for k, v in c.items():
+                cmds[k] = cmds.get(k, 0) + v
+        return reads, cmds
 
     @property
     def kamailio_pids(self) -> list[int]:
@@ -413,10 +465,9 @@ def fixed_rate(lab: Lab, scenario: str, rate: int, seconds: float) -> dict:
     uac = lab.uac(scenario, "-r", str(rate), "-m", str(calls),
                   "-timeout", f"{int(seconds * 3 + 30)}s")
     pids = lab.kamailio_pids
-    others = [lab.redis.pid, lab.uas.proc.pid]
-    redis_pid = lab.redis.pid
-    reads0, cmds0 = redis_counts(redis_info(lab.redis.port))
-    k0, r0, o0 = cpu_seconds(pids), cpu_seconds([redis_pid]), cpu_seconds(others)
+    others = [*lab.redis_pids, lab.uas.proc.pid]
+    reads0, cmds0 = lab.redis_counts()
+    k0, r0, o0 = cpu_seconds(pids), cpu_seconds(lab.redis_pids), cpu_seconds(others)
     b0, c0, s0, t0 = system_busy_s(), own_children_s(), own_s(), time.monotonic()
     try:
         uac.start()
@@ -424,9 +475,9 @@ def fixed_rate(lab: Lab, scenario: str, rate: int, seconds: float) -> dict:
     finally:
         uac.stop()  # a no-op once it has finished; on ^C it must not outlive us
     time.sleep(0.3)  # let the last answers leave
-    k1, r1, o1 = cpu_seconds(pids), cpu_seconds([redis_pid]), cpu_seconds(others)
+    k1, r1, o1 = cpu_seconds(pids), cpu_seconds(lab.redis_pids), cpu_seconds(others)
     b1, c1, s1, t1 = system_busy_s(), own_children_s(), own_s(), time.monotonic()
-    reads1, cmds1 = redis_counts(redis_info(lab.redis.port))
+    reads1, cmds1 = lab.redis_counts()
     if sorted(lab.kamailio_pids) != sorted(pids):
         raise RuntimeError("Kamailio's process tree changed during the run")
     foreign = (b1 - b0) - (k1 - k0) - (o1 - o0) - (c1 - c0) - (s1 - s0)
@@ -446,7 +497,7 @@ def fixed_rate(lab: Lab, scenario: str, rate: int, seconds: float) -> dict:
         "redis_cpu_s": round(r1 - r0, 4),
         "cpu_us_per_call": round((k1 - k0) / ok * 1e6, 1),
         "redis_cpu_us_per_call": round((r1 - r0) / ok * 1e6, 1),
-        "redis_reads": reads1 - reads0 - 1,  # -1: our INFO
+        "redis_reads": reads1 - reads0 - len(lab.redis_ports),  # our INFO on each
         "redis_cmds": cmds,
         "foreign_cpu_pct": round(max(foreign, 0.0) / (t1 - t0) * 100, 1),
     }
@@ -536,16 +587,18 @@ def _spread(xs: list[float], fmt: str = "{:.2f}") -> str:
 def run_part(kind: str, names: list[str], args, root: Path) -> dict:
     """Start every variant's lab, warm each up, then measure them in interleaved chunks
     (the order rotates each round) so background noise hits all variants alike."""
-    variants = REFER_VARIANTS if kind == "refer" else CALL_VARIANTS
-    uas, uac = ("refer-uas", "refer-uac") if kind == "refer" else ("call-uas", "call-uac")
-    rate = args.rate if kind == "refer" else args.call_rate
-    unit = "REFER" if kind == "refer" else "call"
+    variants, uas, uac, rate, unit = {
+        "refer": (REFER_VARIANTS, "refer-uas", "refer-uac", args.rate, "REFER"),
+        "transfers": (TRANSFER_VARIANTS, "transfer-uas", "transfer-uac", args.transfer_rate,
+                      "transfer"),
+        "calls": (CALL_VARIANTS, "call-uas", "call-uac", args.call_rate, "call"),
+    }[kind]
     out: dict = {n: {"chunks": []} for n in names}
     with contextlib.ExitStack() as stack:
         labs = {n: stack.enter_context(Lab(variants[n], root, args.workers, uas)) for n in names}
         for n in names:  # imports, policy load, Redis connections, and tm's tables and
             fixed_rate(labs[n], uac, rate, 6)  # memory at their steady state (wait timer 5 s)
-        rounds = args.rounds if kind == "refer" else 2 * args.rounds  # calls: 5% is subtle
+        rounds = 2 * args.rounds if kind == "calls" else args.rounds  # calls: 5% is subtle
         for rnd in range(rounds):
             k = rnd % len(names)
             for n in names[k:] + names[:k]:
@@ -603,7 +656,8 @@ def ratio_lines(part: dict, a: str, b: str, with_max: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=("refer", "calls"), help="run one part only")
+    ap.add_argument("--only", choices=("refer", "transfers", "calls"),
+                    help="run one part only")
     ap.add_argument("--variants", help="comma-separated REFER variants "
                     f"(default: {','.join(REFER_VARIANTS)})")
     ap.add_argument("--call-variants", help="comma-separated call variants "
@@ -611,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="Kamailio SIP workers (default 2)")
     ap.add_argument("--rate", type=int, default=500, help="fixed REFER rate per s (default 500)")
     ap.add_argument("--call-rate", type=int, default=300, help="fixed calls/s (default 300)")
+    ap.add_argument("--transfer-rate", type=int, default=200,
+                    help="fixed complete transfers/s (default 200)")
     ap.add_argument("--seconds", type=float, default=5, help="length of one chunk (default 5)")
     ap.add_argument("--rounds", type=int, default=4,
                     help="REFER chunks per variant (default 4; calls get twice as many)")
@@ -646,6 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.only in (None, "refer"):
             results["refer"] = run_part("refer", refer_names, args, root)
+        if args.only in (None, "transfers"):
+            results["transfers"] = run_part("transfers", list(TRANSFER_VARIANTS), args, root)
         if args.only in (None, "calls"):
             call_names = args.call_variants.split(",") if args.call_variants else list(
                 CALL_VARIANTS)
@@ -675,6 +733,18 @@ def main(argv: list[str] | None = None) -> int:
             for b in ("native", "native-track"):
                 if a in part and b in part:
                     print("  " + ratio_lines(part, a, b, not args.no_ramp))
+    if "transfers" in results:
+        part = results["transfers"]
+        for n in part:
+            v = part[n]
+            per_round = [c["cpu_us_per_call"] for c in v["chunks"]]
+            print(f"  {n:15s} {v['cpu_us']:6.1f} µs/transfer (REFER + 2 NOTIFY; rounds "
+                  f"{_spread(per_round, '{:.0f}')})  Redis/transfer: {v['redis_reads']:.2f} "
+                  f"round trips, {v['redis_cpu_us']:.0f} µs CPU, commands {v['redis_cmds']}")
+            if v["python_errors"]:
+                print(f"    PYTHON ERRORS: {v['python_errors']}")
+        if "referee-native" in part and "native-track" in part:
+            print("  " + ratio_lines(part, "referee-native", "native-track", False))
     if "calls" in results:
         part = results["calls"]
         for n in part:
