@@ -77,6 +77,9 @@ class Variant:
     referee_ndb: bool = True  # referee's Redis through ndb_redis (REFEREE_REDIS)
     toml_extra: str = ""  # appended to referee.toml
     cluster: bool = False  # a 3-master Redis Cluster (redis+cluster:// url) instead
+    # (old, new) pairs: kamailio-native.cfg with these texts replaced, run from a copy of
+    # config-examples/kamailio in the variant's directory (what-if variants only)
+    cfg_patch: tuple[tuple[str, str], ...] = ()
 
 
 REFER_VARIANTS = {
@@ -107,6 +110,17 @@ CALL_VARIANTS = {
     # Attended transfer checked at the edge: every INVITE dialog indexed in Redis.
     "index-on": Variant("index-on", "kamailio-native.cfg", True, ("WITH_DIALOG_INDEX",),
                         toml_extra="[kamailio]\ndialog_index = true\n"),
+    # The floor of any index written synchronously from cfg: the same call flow and the
+    # same two ndb_redis round trips per call, each a bare PING instead of the script.
+    "index-ping": Variant(
+        "index-ping", "kamailio-native.cfg", True, ("WITH_DIALOG_INDEX",),
+        toml_extra="[kamailio]\ndialog_index = true\n",
+        cfg_patch=(
+            ('"EVALSHA %s 0 %s", "$sht(referee_ix=>sha)",\n\t\t\t\t"$sht(referee_ix=>args) '
+             '$var(rf_ixe) $TV(Sn) =$ci =$ft =$tt =$fu =$tu =$Ri:$Rp =$si:$sp =$var(rf_ixs) '
+             '$cs",', '"PING",'),
+            ("if ($var(rf_ixw) == 1) return;", "return;"),
+        )),
     # the same on a Redis Cluster: no ndb_redis there, so every write goes through Python
     "index-cluster": Variant("index-cluster", "kamailio-native.cfg", True,
                              ("WITH_DIALOG_INDEX",),
@@ -360,8 +374,19 @@ class Lab:
             )
         if self.variant.ndb_redis:
             defines.append(f'REDIS_SERVER="name=rd;addr=127.0.0.1;port={self.redis.port};db=0"')
+        cfg = self.variant.cfg
+        if self.variant.cfg_patch:
+            copy = self.dir / "cfg"
+            shutil.copytree(REPO / "config-examples" / "kamailio", copy)
+            text = (copy / cfg).read_text()
+            for old, new in self.variant.cfg_patch:
+                if old not in text:
+                    raise RuntimeError(f"{self.variant.name}: {old!r} is not in {cfg} any more")
+                text = text.replace(old, new)
+            (copy / cfg).write_text(text)
+            cfg = str(copy / cfg)
         self.kamailio = BenchKamailio(
-            self.dir / "kamailio", conf, cfg=self.variant.cfg, workers=self.workers,
+            self.dir / "kamailio", conf, cfg=cfg, workers=self.workers,
             sweep_interval=2, defines=tuple(defines),
         )
         self.kamailio.ndb = self.variant.referee_ndb

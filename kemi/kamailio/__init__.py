@@ -9,8 +9,9 @@ Rules kept everywhere (notes/kamailio-kemi.md): every route returns an int, no e
 escapes (kemi.kamailio.glue.route), Redis waits are bounded by the client's budget and its
 circuit breaker, and non-transfer traffic never reaches Redis -- unless [kamailio]
 dialog_index is on: then every initial INVITE, its responses and every BYE are recorded
-in the dialog index (kemi.storage.dialogs), and a Replaces, in a REFER's Refer-To or an
-INVITE, is checked against it (kemi.core.replaces) before it is relayed.
+in the dialog index (kemi.storage.dialogs; kamailio-native.cfg writes an ordinary call's
+events itself, kemi.kamailio.dialog_index is its fallback), and a Replaces, in a REFER's
+Refer-To or an INVITE, is checked against it (kemi.core.replaces) before it is relayed.
 """
 
 from __future__ import annotations
