@@ -89,13 +89,40 @@ class Recorder:
 
     def store_later(self, call_id: str, e: dict) -> None:
         """Make a store call a reply route left for later (kemi.kamailio.sequencer.Deferred)."""
-        at = e.get("t") or time.time()
-        if e["k"] == "accept":
-            self.apply_many([self._accept(call_id, e)])
-        elif e["k"] == "apply":
-            self.apply(call_id, e.get("r"), Event(e["e"]), e.get("f"), e.get("d", ""), at=at)
-        elif e["k"] == "note":
-            self.note(call_id, e.get("r"), e.get("f") or {}, e.get("d", ""), at)
+        self.store_later_many([(call_id, e)])
+
+    def store_later_many(self, entries: list[tuple[str, dict]]) -> None:
+        """The store calls reply routes left for later, in their order, each run of
+        events in one apply round trip and each run of notes in one annotate round trip
+        (the sweep makes them: one trip per kind per tick, not one per transfer)."""
+        run: list[dict] = []
+        kind = ""
+        for call_id, e in entries:
+            at = e.get("t") or time.time()
+            if e["k"] == "accept":
+                item, k = self._accept(call_id, e), "event"
+            elif e["k"] == "apply":
+                item, k = self._event(call_id, e.get("r"), Event(e["e"]), e.get("f"),
+                                      e.get("d", ""), at=at), "event"
+            elif e["k"] == "note":
+                item, k = {"call_id": call_id, "refer_id": e.get("r"), "now": at,
+                           "fields": e.get("f") or {}, "detail": e.get("d", "")}, "note"
+            else:
+                log(KSR.err, f"deferred store call of unknown kind {e['k']!r} for {call_id}")
+                continue
+            if run and k != kind:
+                self._store_run(kind, run)
+                run = []
+            run.append(item)
+            kind = k
+        if run:
+            self._store_run(kind, run)
+
+    def _store_run(self, kind: str, run: list[dict]) -> None:
+        if kind == "event":
+            self.apply_many(run)
+        else:
+            self.note_many(run)
 
     def store(self, action: Store) -> None:
         """A Store action: its event applied (after any 2xx that waited for it), or, with
@@ -118,13 +145,19 @@ class Recorder:
     def note(self, call_id: str, refer_id: str | None, fields: dict, detail: str,
              at: float) -> None:
         """Facts on a record without an event; spooled when Redis cannot take them."""
+        self.note_many([{"call_id": call_id, "refer_id": refer_id, "now": at,
+                         "fields": fields, "detail": detail}])
+
+    def note_many(self, notes: list[dict]) -> None:
+        """Notes (annotate's arguments by name) in one round trip where the store can
+        (TransferStore.annotate_many); when Redis cannot take them, each is spooled."""
         try:
-            self.s.store.annotate(call_id, refer_id, at, fields, detail)
+            self.s.store.annotate_many(notes)
         except RedisError as exc:
-            spooled = self.spool("annotate", call_id=call_id, refer_id=refer_id, now=at,
-                                 fields=fields, detail=detail)
-            log(KSR.err, f"note for {call_id} {'spooled' if spooled else 'LOST'} "
-                         f"(Redis: {exc})")
+            for n in notes:
+                spooled = self.spool("annotate", **n)
+                log(KSR.err, f"note for {n['call_id']} {'spooled' if spooled else 'LOST'} "
+                             f"(Redis: {exc})")
 
     def record_dialog(self, event: DialogEvent, callee_tag: str | None = None) -> None:
         """Apply one event of the current message's dialog to the index; never blocks the

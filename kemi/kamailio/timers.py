@@ -91,8 +91,7 @@ class Timers:
                 metrics.bump(name, n)
             if report.kept:
                 return CONTINUE  # Redis still away: expiring now would race the replay
-        for cid, entry in self.s.later.due():
-            self.rec.store_later(cid, entry)
+        self.rec.store_later_many(list(self.s.later.due()))
         try:
             due = self.s.store.due(now, limit=200)
             metrics.set_gauge("transfers_live", self.s.store.open_count())

@@ -244,17 +244,20 @@ end
 return {rid, old, new, outcome, final and 1 or 0, todo}
 """.replace("@TABLE@", table_as_json())
 
-# KEYS: 1 xfer, 2 log.  ARGV: 1 now, 2 detail, 3 log maxlen, 4.. field pairs
+# KEYS: 1 xfer, 2 log, [3 stream: a single Redis].  ARGV: 1 now, 2 detail, 3 log maxlen,
+# 4 stream maxlen, 5.. field pairs
 # Facts about a transfer that are not events of the state machine (what the Asterisk side
-# did with the channels): written beside the state, logged, never changing it.
-# Returns 0: no such transfer; 1: written to an open one; for a final one, the record's
-# pairs, which the store streams again (the SQL log's row is upserted from the stream).
+# did with the channels, what the transferor answered to the final NOTIFY): written
+# beside the state, logged, never changing it.  A final record is streamed again (the SQL
+# log's row is upserted from the stream): here when the stream is KEYS[3], else (a
+# Cluster: another slot) by the store from the record's pairs this returns.
+# Returns 0: no such transfer; 1: written (and streamed); or the final record's pairs.
 ANNOTATE_LUA = _COMMON + """
 local xk, lk = KEYS[1], KEYS[2]
 local state = redis.call('HGET', xk, 'state')
 if not state then return 0 end
 local h = {'updated_at', ARGV[1]}
-for i = 4, #ARGV do h[#h + 1] = ARGV[i] end
+for i = 5, #ARGV do h[#h + 1] = ARGV[i] end
 redis.call('HSET', xk, unpack(h))
 redis.call('RPUSH', lk, table.concat({ARGV[1], 'note', state, state, 'noted', ARGV[2]}, '|'))
 local logmax = tonumber(ARGV[3])
@@ -263,5 +266,9 @@ if redis.call('TTL', lk) == -1 then redis.call('PEXPIRE', lk, redis.call('PTTL',
 if not FINAL[state] then return 1 end
 local all = redis.call('HGETALL', xk)
 all[#all + 1] = 'key'; all[#all + 1] = xk
+if KEYS[3] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(all))
+  return 1
+end
 return all
 """

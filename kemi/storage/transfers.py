@@ -453,13 +453,45 @@ class TransferStore(ScriptStore):
             refer_id = self._latest(call_id)
             if refer_id is None:
                 return False
+        keys, args = self._annotate_call(call_id, refer_id, now, fields, detail)
+        return self._annotated(self._eval(_ANNOTATE, keys, args))
+
+    def annotate_many(self, notes: list[dict]) -> list[bool]:
+        """Several notes (annotate's arguments by name, each with its refer_id), in one
+        round trip on a single Redis (a pipeline of the annotate script); one after the
+        other on a Cluster, after a NOSCRIPT, or for a note without a refer_id.  A
+        transport error raises before any result: the caller spools them all (a note is
+        idempotent on replay)."""
+        if (self.cluster or len(notes) < 2 or not hasattr(self._client, "call")
+                or any(n.get("refer_id") is None for n in notes)):
+            return [self.annotate(**n) for n in notes]
+        calls = [self._annotate_call(n["call_id"], n["refer_id"], n["now"], n["fields"],
+                                     n.get("detail", "")) for n in notes]
+        replies = self._client.pipeline(
+            [("EVALSHA", _ANNOTATE.sha, len(k), *k, *a) for k, a in calls])
+        out: list[bool] = []
+        for n, reply in enumerate(replies):
+            if isinstance(reply, Exception):
+                if not _is_noscript(reply):
+                    raise reply
+                return out + [self.annotate(**rest) for rest in notes[n:]]
+            out.append(self._annotated(reply))
+        return out
+
+    def _annotate_call(self, call_id: str, refer_id: str | int, now: float,
+                       fields: dict[str, str], detail: str) -> tuple[list[str], list[str]]:
         xk = self.xfer_key(call_id, refer_id)
-        args = [f"{now:.3f}", detail, str(self.log_maxlen), *self._field_args(fields)]
-        reply = self._eval(_ANNOTATE, [xk, xk + ":log"], args)
+        keys = [xk, xk + ":log"] + ([] if self.cluster else [self.stream_key])
+        args = [f"{now:.3f}", detail, str(self.log_maxlen), str(self.stream_maxlen),
+                *self._field_args(fields)]
+        return keys, args
+
+    def _annotated(self, reply) -> bool:
         if isinstance(reply, list):
-            # A fact after the end: the record goes to the stream again, so the SQL log's
-            # row holds it.  Not atomic with the script: a failure here raises, the glue
-            # spools the note, and its replay writes both again (both are idempotent).
+            # A fact after the end on a Cluster: the record goes to the stream again, so
+            # the SQL log's row holds it.  Not atomic with the script: a failure here
+            # raises, the glue spools the note, and its replay writes both again (both
+            # are idempotent).
             self._call("XADD", self.stream_key, "MAXLEN", "~", self.stream_maxlen, "*",
                        *reply)
             return True

@@ -276,6 +276,52 @@ def test_a_note_after_the_end_streams_the_record_again(store, raw):
     assert raw.call("XLEN", store.stream_key) == 2
 
 
+def test_a_note_after_the_end_is_one_round_trip_on_a_single_redis(raw):
+    """The stream is written by the annotate script itself where it can (a single Redis);
+    a Cluster keeps the stream in another slot, so the store streams it after."""
+    store = TransferStore(Counting(raw))
+    _create(store)
+    _create(store, refer_id="2", transferee=None)
+    store.annotate(CID, "2", NOW + 1, {"ami_result": "x"})  # Redis has the script now
+    store.apply(CID, "1", Event.NOTIFY_FAILURE, NOW + 2, {"final_sipfrag": "486 Busy"})
+    store._client.calls.clear()
+    assert store.annotate(CID, "1", NOW + 5, {"final_notify_reply": "200"}, "answered")
+    assert store._client.calls == (["EVALSHA", "XADD"] if raw.cluster else ["EVALSHA"])
+    assert store.finished(10)[0]["final_notify_reply"] == "200"
+
+
+def test_annotate_many_writes_every_note_in_one_round_trip(raw):
+    store = TransferStore(Counting(raw))
+    for n in ("1", "2", "3"):
+        _create(store, refer_id=n, transferee=None)
+    store.apply(CID, "3", Event.NOTIFY_SUCCESS, NOW + 2)  # final: streamed again
+    store.annotate(CID, "1", NOW + 3, {"ami_result": "0"})  # Redis has the script now
+    xlen = raw.call("XLEN", store.stream_key)
+    store._client.calls.clear()
+    notes = [{"call_id": CID, "refer_id": n, "now": NOW + 5, "fields": {"ami_result": n},
+              "detail": f"note {n}"} for n in ("1", "2", "3", "99")]
+    assert store.annotate_many(notes) == [True, True, True, False]
+    if raw.cluster:  # one script after the other, the stream from the store
+        assert store._client.calls == ["EVALSHA"] * 3 + ["XADD", "EVALSHA"]
+    else:
+        assert store._client.calls == ["PIPELINE:" + ",".join(["EVALSHA"] * 4)]
+    assert [store.get(CID, n)["ami_result"] for n in ("1", "2", "3")] == ["1", "2", "3"]
+    assert raw.call("XLEN", store.stream_key) == xlen + 1
+    assert store.finished(1)[0]["ami_result"] == "3"
+
+
+def test_annotate_many_after_a_redis_restart_falls_back_in_order(redis_server):
+    client = RespClient(redis_server.url, timeout_s=5)
+    store = TransferStore(client)
+    for n in ("1", "2"):
+        _create(store, refer_id=n, transferee=None)
+    client.call("SCRIPT", "FLUSH")  # NOSCRIPT for every EVALSHA of the pipeline
+    notes = [{"call_id": CID, "refer_id": n, "now": NOW + 5, "fields": {"ami_result": n}}
+             for n in ("1", "2")]
+    assert store.annotate_many(notes) == [True, True]
+    assert store.get(CID, "2")["ami_result"] == "2"
+
+
 def test_reject_closes_a_transfer(store, raw):
     _create(store)
     r = store.reject(CID, "1", NOW + 1, {"reply": "503"})

@@ -1,0 +1,49 @@
+"""The Recorder's deferred store calls (what reply routes leave to the sweep), against a
+real redis-server through the packed client Kamailio uses: one round trip per run of
+events and per run of notes, in their order -- not one per transfer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from kemi.core.state import Event
+from kemi.storage.transfers import TransferStore
+from tests.support.packed import packed_client
+
+NOW = 1_700_000_000.0
+
+
+def _transfer(store: TransferStore, call_id: str) -> None:
+    store.create(call_id, "1", fields={"refer_to": "sip:marsha@example.com"}, now=NOW,
+                 deadline=NOW + 600, transferor="andrew@example.com",
+                 transferee="mckenzie@example.com", target="marsha@example.com")
+
+
+def test_the_sweep_stores_what_was_left_for_later_in_one_trip_per_run(ksr, redis_server):
+    from kemi.kamailio.recorder import Recorder
+
+    client = packed_client(redis_server.url)
+    store = TransferStore(client)
+    cids = [f"call-{n}@example.com" for n in range(4)]
+    for cid in cids:
+        _transfer(store, cid)
+        store.apply(cid, "1", Event.REFER_ACCEPTED, NOW + 1)
+    for cid in cids[:3]:  # the final NOTIFY came: the answer to it is noted after the end
+        store.apply(cid, "1", Event.NOTIFY_SUCCESS, NOW + 2, {"final_sipfrag": "200 OK"})
+    answered = [(cid, {"k": "note", "r": "1", "f": {"final_notify_reply": "200"},
+                       "d": "NOTIFY answered 200", "t": NOW + 3}) for cid in cids[:3]]
+    ended = [(cids[3], {"k": "apply", "r": "1", "e": "notify-success", "d": "200 OK",
+                        "t": NOW + 4})]
+    streamed = client.call("XLEN", store.stream_key)
+    trips = client.round_trips
+
+    rec = Recorder(SimpleNamespace(store=store))
+    rec.store_later_many(answered + ended)
+
+    assert client.round_trips - trips == 2  # the notes' run, then the event's
+    for cid in cids[:3]:
+        assert store.get(cid, "1")["final_notify_reply"] == "200"
+    assert store.get(cids[3], "1")["state"] == "succeeded"
+    # every note restreamed its final record (the SQL log upserts it), plus the new end
+    assert client.call("XLEN", store.stream_key) == streamed + 4
+    assert not [line for line in ksr.logged if "LOST" in line or "spooled" in line]
