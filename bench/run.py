@@ -669,6 +669,17 @@ def run_part(kind: str, names: list[str], args, root: Path) -> dict:
     return out
 
 
+def variant_line(name: str, v: dict, unit: str) -> str:
+    """One variant's summary: CPU per unit (a transfer: REFER + 2 NOTIFY) and Redis."""
+    per_round = [c["cpu_us_per_call"] for c in v["chunks"]]
+    line = (f"  {name:15s} {v['cpu_us']:6.1f} µs/{unit} (rounds {_spread(per_round, '{:.0f}')})"
+            f"  Redis/{unit}: {v['redis_reads']:.2f} round trips, "
+            f"{v['redis_cpu_us']:.0f} µs CPU, commands {v['redis_cmds']}")
+    if v.get("python_errors"):
+        line += f"\n    PYTHON ERRORS: {v['python_errors']}"
+    return line
+
+
 def ratio_lines(part: dict, a: str, b: str, with_max: bool) -> str:
     per_round = [x["cpu_us_per_call"] / y["cpu_us_per_call"]
                  for x, y in zip(part[a]["chunks"], part[b]["chunks"], strict=True)]
@@ -761,23 +772,13 @@ def main(argv: list[str] | None = None) -> int:
     if "transfers" in results:
         part = results["transfers"]
         for n in part:
-            v = part[n]
-            per_round = [c["cpu_us_per_call"] for c in v["chunks"]]
-            print(f"  {n:15s} {v['cpu_us']:6.1f} µs/transfer (REFER + 2 NOTIFY; rounds "
-                  f"{_spread(per_round, '{:.0f}')})  Redis/transfer: {v['redis_reads']:.2f} "
-                  f"round trips, {v['redis_cpu_us']:.0f} µs CPU, commands {v['redis_cmds']}")
-            if v["python_errors"]:
-                print(f"    PYTHON ERRORS: {v['python_errors']}")
+            print(variant_line(n, part[n], "transfer"))
         if "referee-native" in part and "native-track" in part:
             print("  " + ratio_lines(part, "referee-native", "native-track", False))
     if "calls" in results:
         part = results["calls"]
         for n in part:
-            v = part[n]
-            per_round = [c["cpu_us_per_call"] for c in v["chunks"]]
-            print(f"  {n:15s} {v['cpu_us']:6.1f} µs/call (rounds {_spread(per_round, '{:.0f}')})"
-                  f"  Redis/call: {v['redis_reads']:.2f} round trips, "
-                  f"{v['redis_cpu_us']:.0f} µs CPU, commands {v['redis_cmds']}")
+            print(variant_line(n, part[n], "call"))
         for a in ("hook-on", "index-on"):
             if a in part and "hook-off" in part:
                 print("  " + ratio_lines(part, a, "hook-off", False))
