@@ -18,6 +18,10 @@ from kemi.kamailio.glue import log, pv, source
 from kemi.kamailio.services import Services
 from kemi.storage.resp import RedisError
 
+# Deferred store calls sent per round trip by the sweep (kemi.kamailio.timers): ~30 µs of
+# Redis each, so a piece holds Redis for a few ms at most.
+LATER_BATCH = 64
+
 
 class Recorder:
     def __init__(self, services: Services) -> None:
@@ -93,8 +97,8 @@ class Recorder:
 
     def store_later_many(self, entries: list[tuple[str, dict]]) -> None:
         """The store calls reply routes left for later, in their order, each run of
-        events in one apply round trip and each run of notes in one annotate round trip
-        (the sweep makes them: one trip per kind per tick, not one per transfer)."""
+        events and each run of notes in one round trip per LATER_BATCH (the sweep makes
+        them: a few trips per tick, not one per transfer)."""
         run: list[dict] = []
         kind = ""
         for call_id, e in entries:
@@ -119,10 +123,15 @@ class Recorder:
             self._store_run(kind, run)
 
     def _store_run(self, kind: str, run: list[dict]) -> None:
-        if kind == "event":
-            self.apply_many(run)
-        else:
-            self.note_many(run)
+        # In pieces: a piece is one script run on the packed path (atomic), and a sweep
+        # under load can hold thousands -- one piece of them all would keep Redis from
+        # every SIP worker past their timeout.
+        for at in range(0, len(run), LATER_BATCH):
+            piece = run[at:at + LATER_BATCH]
+            if kind == "event":
+                self.apply_many(piece)
+            else:
+                self.note_many(piece)
 
     def store(self, action: Store) -> None:
         """A Store action: its event applied (after any 2xx that waited for it), or, with

@@ -47,3 +47,21 @@ def test_the_sweep_stores_what_was_left_for_later_in_one_trip_per_run(ksr, redis
     # every note restreamed its final record (the SQL log upserts it), plus the new end
     assert client.call("XLEN", store.stream_key) == streamed + 4
     assert not [line for line in ksr.logged if "LOST" in line or "spooled" in line]
+
+
+def test_a_large_backlog_goes_in_pieces_so_redis_is_never_held_long(ksr, redis_server):
+    """Under load a sweep tick finds thousands of 202s left for it: sent as one packed
+    script they would hold Redis past every SIP worker's timeout."""
+    from kemi.kamailio.recorder import LATER_BATCH, Recorder
+
+    client = packed_client(redis_server.url)
+    store = TransferStore(client)
+    n = 2 * LATER_BATCH + 5
+    cids = [f"call-{i}@example.com" for i in range(n)]
+    for cid in cids:
+        _transfer(store, cid)
+    trips = client.round_trips
+    Recorder(SimpleNamespace(store=store)).store_later_many(
+        [(cid, {"k": "accept", "r": "1", "c": 202, "t": NOW + 1}) for cid in cids])
+    assert client.round_trips - trips == 3
+    assert {store.get(cid, "1")["state"] for cid in cids} == {"accepted"}
