@@ -48,8 +48,10 @@ class CfgIndex:
             client = store.client
             if isinstance(client, PackedClient) and isinstance(client.transport, NdbTransport):
                 sha, text = store.cfg_script
-                # As the cfg sends it: EVAL (first use, or after a NOSCRIPT) loads it.
-                client.run_script(sha, text, store.cfg_payload(fields))
+                # As the cfg sends it (EVAL, first use or after a NOSCRIPT, loads it); an
+                # event that names no record (no tag) needs no trip.
+                if store.cfg_keys(fields):
+                    client.run_script(sha, text, store.cfg_payload(fields))
                 if client.transport.same:
                     self._publish(sha, store.static_args())
             else:

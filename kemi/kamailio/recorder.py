@@ -45,18 +45,27 @@ class Recorder:
         try:
             results = self.s.store.apply_many(events)
         except RedisError as exc:
-            for e in events:
-                spooled = self.spool(
-                    "apply", call_id=e["call_id"], refer_id=e["refer_id"],
-                    event=str(e["event"]), now=e["now"], fields=e["fields"],
-                    deadline=e["deadline"], detail=e["detail"], seq=e["seq"],
-                )
-                log(KSR.err, f"{e['event']} for {e['call_id']}/{e['refer_id']} "
-                             f"{'spooled' if spooled else 'LOST'} (Redis: {exc})")
+            self._spool_events(events, exc)
             return [None] * len(events)
         for e, res in zip(events, results, strict=True):
             self._applied(e, res)
         return results
+
+    def _spool_events(self, events: list[dict], exc: Exception) -> None:
+        for e in events:
+            spooled = self.spool(
+                "apply", call_id=e["call_id"], refer_id=e["refer_id"],
+                event=str(e["event"]), now=e["now"], fields=e["fields"],
+                deadline=e["deadline"], detail=e["detail"], seq=e["seq"],
+            )
+            log(KSR.err, f"{e['event']} for {e['call_id']}/{e['refer_id']} "
+                         f"{'spooled' if spooled else 'LOST'} (Redis: {exc})")
+
+    def _spool_notes(self, notes: list[dict], exc: Exception) -> None:
+        for n in notes:
+            spooled = self.spool("annotate", **n)
+            log(KSR.err, f"note for {n['call_id']} {'spooled' if spooled else 'LOST'} "
+                         f"(Redis: {exc})")
 
     @staticmethod
     def _applied(e: dict, res) -> None:
@@ -98,40 +107,53 @@ class Recorder:
     def store_later_many(self, entries: list[tuple[str, dict]]) -> None:
         """The store calls reply routes left for later, in their order, each run of
         events and each run of notes in one round trip per LATER_BATCH (the sweep makes
-        them: a few trips per tick, not one per transfer)."""
-        run: list[dict] = []
-        kind = ""
+        them: a few trips per tick, not one per transfer).  Once Redis fails, the rest
+        are spooled without trying it again, so the journal replays them in their order
+        (a later one stored before an earlier one it follows would be out of order)."""
+        pieces: list[tuple[str, list[dict]]] = []
         for call_id, e in entries:
-            at = e.get("t") or time.time()
-            if e["k"] == "accept":
-                item, k = self._accept(call_id, e), "event"
-            elif e["k"] == "apply":
-                item, k = self._event(call_id, e.get("r"), Event(e["e"]), e.get("f"),
-                                      e.get("d", ""), at=at), "event"
-            elif e["k"] == "note":
-                item, k = {"call_id": call_id, "refer_id": e.get("r"), "now": at,
-                           "fields": e.get("f") or {}, "detail": e.get("d", "")}, "note"
-            else:
-                log(KSR.err, f"deferred store call of unknown kind {e['k']!r} for {call_id}")
+            try:
+                k, item = self._later_item(call_id, e)
+            except (KeyError, ValueError) as exc:
+                log(KSR.err, f"deferred store call for {call_id} unreadable ({exc!r}): "
+                             f"{e!r:.200}")
                 continue
-            if run and k != kind:
-                self._store_run(kind, run)
-                run = []
-            run.append(item)
-            kind = k
-        if run:
-            self._store_run(kind, run)
-
-    def _store_run(self, kind: str, run: list[dict]) -> None:
-        # In pieces: a piece is one script run on the packed path (atomic), and a sweep
-        # under load can hold thousands -- one piece of them all would keep Redis from
-        # every SIP worker past their timeout.
-        for at in range(0, len(run), LATER_BATCH):
-            piece = run[at:at + LATER_BATCH]
-            if kind == "event":
-                self.apply_many(piece)
+            # In pieces: a piece is one script run on the packed path (atomic), and a
+            # sweep under load can hold thousands -- one piece of them all would keep
+            # Redis from every SIP worker past their timeout.
+            if pieces and pieces[-1][0] == k and len(pieces[-1][1]) < LATER_BATCH:
+                pieces[-1][1].append(item)
             else:
-                self.note_many(piece)
+                pieces.append((k, [item]))
+        failed: Exception | None = None
+        for k, piece in pieces:
+            spool = self._spool_events if k == "event" else self._spool_notes
+            if failed is not None:
+                spool(piece, failed)
+                continue
+            try:
+                if k == "event":
+                    results = self.s.store.apply_many(piece)
+                    for e, res in zip(piece, results, strict=True):
+                        self._applied(e, res)
+                else:
+                    self.s.store.annotate_many(piece)
+            except RedisError as exc:
+                spool(piece, exc)
+                failed = exc
+
+    def _later_item(self, call_id: str, e: dict) -> tuple[str, dict]:
+        """A deferred entry as ("event", apply's arguments) or ("note", annotate's)."""
+        at = e.get("t") or time.time()
+        if e["k"] == "accept":
+            return "event", self._accept(call_id, e)
+        if e["k"] == "apply":
+            return "event", self._event(call_id, e.get("r"), Event(e["e"]), e.get("f"),
+                                        e.get("d", ""), at=at)
+        if e["k"] == "note":
+            return "note", {"call_id": call_id, "refer_id": e.get("r"), "now": at,
+                            "fields": e.get("f") or {}, "detail": e.get("d", "")}
+        raise ValueError(f"unknown kind {e['k']!r}")
 
     def store(self, action: Store) -> None:
         """A Store action: its event applied (after any 2xx that waited for it), or, with
@@ -163,10 +185,7 @@ class Recorder:
         try:
             self.s.store.annotate_many(notes)
         except RedisError as exc:
-            for n in notes:
-                spooled = self.spool("annotate", **n)
-                log(KSR.err, f"note for {n['call_id']} {'spooled' if spooled else 'LOST'} "
-                             f"(Redis: {exc})")
+            self._spool_notes(notes, exc)
 
     def record_dialog(self, event: DialogEvent, callee_tag: str | None = None) -> None:
         """Apply one event of the current message's dialog to the index; never blocks the

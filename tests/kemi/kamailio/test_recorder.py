@@ -1,12 +1,16 @@
 """The Recorder's deferred store calls (what reply routes leave to the sweep), against a
-real redis-server through the packed client Kamailio uses: one round trip per run of
-events and per run of notes, in their order -- not one per transfer."""
+real redis-server through the packed client Kamailio uses and a real journal: one round
+trip per run of events and per run of notes, in their order -- not one per transfer --
+and, when Redis goes, nothing lost and nothing reordered."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from kemi.core.state import Event
+from kemi.storage.journal import Journal
+from kemi.storage.resp import RedisUnavailable
 from kemi.storage.transfers import TransferStore
 from tests.support.packed import packed_client
 
@@ -65,3 +69,48 @@ def test_a_large_backlog_goes_in_pieces_so_redis_is_never_held_long(ksr, redis_s
         [(cid, {"k": "accept", "r": "1", "c": 202, "t": NOW + 1}) for cid in cids])
     assert client.round_trips - trips == 3
     assert {store.get(cid, "1")["state"] for cid in cids} == {"accepted"}
+
+
+class _FailsFrom:
+    """The packed client, refusing every round trip from the n-th on (Redis gone)."""
+
+    def __init__(self, inner, n: int):
+        self.inner, self.n, self.trips = inner, n, 0
+        self.cluster = False
+
+    def call(self, *args):
+        return self.inner.call(*args)
+
+    def pipeline(self, commands):
+        self.trips += 1
+        if self.trips >= self.n:
+            raise RedisUnavailable("redis gone (test)")
+        return self.inner.pipeline(commands)
+
+
+def test_once_redis_fails_the_rest_is_spooled_in_order_and_one_bad_entry_loses_nothing(
+        ksr, redis_server, tmp_path):
+    """Redis gone after the first piece: that piece stored, every later one spooled in
+    its order (the journal replays them so); an unreadable entry is said and skipped."""
+    from kemi.kamailio.recorder import LATER_BATCH, Recorder
+
+    client = packed_client(redis_server.url)
+    store = TransferStore(client)
+    cids = [f"call-{i}@example.com" for i in range(LATER_BATCH + 3)]
+    for cid in cids:
+        _transfer(store, cid)
+    failing = TransferStore(_FailsFrom(client, 2))
+    journal = Journal(tmp_path / "journal")
+    entries = [(cid, {"k": "accept", "r": "1", "c": 202, "t": NOW + 1}) for cid in cids]
+    entries.insert(3, ("call-x@example.com", {"k": "apply", "r": "1", "e": "no-such-event"}))
+    entries.append((cids[0], {"k": "note", "r": "1", "f": {"notify_reply": "200"},
+                              "d": "answered", "t": NOW + 2}))
+    Recorder(SimpleNamespace(store=failing, journal=journal)).store_later_many(entries)
+
+    stored = [cid for cid in cids if store.get(cid, "1")["state"] == "accepted"]
+    assert stored == cids[:LATER_BATCH]  # the first piece, before Redis went
+    lines = [json.loads(line) for path in journal.dir.glob("*.jsonl")
+             for line in path.read_text().splitlines()]
+    assert [(x["op"], x["call_id"]) for x in lines] == [
+        *(("apply", cid) for cid in cids[LATER_BATCH:]), ("annotate", cids[0])]
+    assert any("unreadable" in text and "no-such-event" in text for text in ksr.logged)
