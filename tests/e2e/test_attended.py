@@ -28,12 +28,13 @@ INDEX_ON = "dialog_index = true"
 SIPP_PARTIES = 'party_match = "host"'
 
 
-def start_node(tmp, redis_server, cfg, party_match: str = "address", start: bool = True):
-    """A lab with the dialog index on, running unless `start` is false (the define for
-    the native cfg)."""
+def start_node(tmp, redis_server, cfg, party_match: str = "address", start: bool = True,
+               **settings: str):
+    """A lab with the dialog index on (and any other referee.toml `settings`), running
+    unless `start` is false (the define for the native cfg)."""
     tmp.mkdir(parents=True, exist_ok=True)
     lab = make_lab(tmp, redis_server, cfg,
-                   kamailio=f'{INDEX_ON}\nparty_match = "{party_match}"')
+                   kamailio=f'{INDEX_ON}\nparty_match = "{party_match}"', **settings)
     if cfg == "kamailio-native.cfg":
         lab.kamailio.defines = ("WITH_DIALOG_INDEX",)
     if start:

@@ -7,12 +7,15 @@ has no ndb_redis, or when Redis is gone (the call goes on).  Real Kamailio, Redi
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from kemi.core.dialogs import DialogState
 from kemi.storage.dialogs import DialogStore
 from tests.e2e.parties import wait_for
 from tests.e2e.test_attended import Call, replace, start_node
+from tests.support.siplog import sip_messages
 
 COUNTER = "dialog_index_python"
 
@@ -115,3 +118,50 @@ def test_with_redis_gone_calls_go_on_unindexed_and_it_is_logged(nlab):
     call.finish()  # the call itself is untouched
     assert wait_for(lambda: f"dialog {call.call_id} 2xx not indexed (Redis:"
                     in nlab.kamailio.log(), 5), nlab.kamailio.log()[-3000:]
+
+
+def call_took(call: Call) -> float:
+    """Seconds from the caller's INVITE to the 200 for its BYE (hold 0: all proxy)."""
+    msgs = sip_messages(call.caller.messages())
+    start = next(m.at for m in msgs if m.direction == "sent" and m.method == "INVITE")
+    end = max(m.at for m in msgs if m.direction == "received" and m.method == "BYE")
+    return (end - start).total_seconds()
+
+
+OPEN_S = 3  # longer than the hung calls below take: no trial in between
+
+
+def test_with_redis_hung_each_worker_waits_once_then_relays_at_once_until_redis_is_back(
+        tmp_path, redis_server):
+    """ndb_redis' own breaker (allowed_timeouts / disable_time, set from [redis]
+    breaker_failures / breaker_open_s) stops the cfg's write from waiting for a hung
+    Redis in every reply route: each SIP worker pays the budget a few times, then replies
+    and BYEs go through at once; once Redis answers again, calls are indexed again."""
+    lab = start_node(tmp_path, redis_server, "kamailio-native.cfg",
+                     redis=f"breaker_failures = 2\nbreaker_open_s = {OPEN_S}")
+    try:
+        # A call's own pace (the callee's gap between 180 and 200, SIPp's timers):
+        normal = max(call_took(call_through(lab, callee=f"warm{i}")) for i in range(3))
+        lab.redis.pause()
+        took = []
+        try:
+            for i in range(8):  # each callee registers afresh: one contact per name
+                call = Call(lab, "andrew", f"callee{i}", hold_ms=0)
+                call.finish()  # the calls themselves go on
+                took.append(call_took(call))
+        finally:
+            lab.redis.resume()
+        # A hung write costs the cfg's try and Python's (each 2 x 50 ms: ndb_redis tries
+        # again after reconnecting): in each worker until both breakers are open.  Without
+        # ndb_redis' breaker every tagged reply and BYE of every call waited in the cfg.
+        slow = [t for t in took if t > normal + 0.08]
+        assert len(slow) <= lab.kamailio.workers, (normal, took)
+        assert "not indexed (Redis:" in lab.kamailio.log()
+        time.sleep(OPEN_S + 0.5)  # both breakers let a trial through
+        wait_for(lambda: lab.rcli.ping(), 2)
+        back = [call_through(lab, callee=f"back{i}") for i in range(3)]
+        d = DialogStore(lab.rcli).get(back[-1].call_id, back[-1].caller_tag)
+        assert d is not None and d.ended_by == "bye-caller", lab.kamailio.log()[-3000:]
+    finally:
+        lab.kamailio.stop()
+    assert not lab.kamailio.python_errors()

@@ -41,6 +41,8 @@ def test_with_the_define_every_worker_call_goes_through_ndb_redis(tmp_path, redi
     lab = make_lab(tmp_path, redis_server, cfg)
     defines = lab.kamailio.redis_defines()
     assert defines[0] == f'REFEREE_REDIS="{ndb_server(redis_server.url)}"'
+    # ndb_redis' breaker as referee's own: referee.toml's defaults, 3 failures and 5 s.
+    assert defines[2:] == ["REFEREE_REDIS_ALLOWED_TIMEOUTS=2", "REFEREE_REDIS_DISABLE_S=5"]
     lab.kamailio.start()
     try:
         transfer_succeeds(lab)

@@ -5,6 +5,7 @@ source checkout's config-examples/ (the demo says so when they are missing)."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -99,8 +100,8 @@ class Kamailio:
         return cmd
 
     def redis_defines(self) -> list[str]:
-        """REFEREE_REDIS and REFEREE_REDIS_TIMEOUT_MS for referee.toml's url (see
-        config-examples/kamailio/referee-redis.cfg), or none."""
+        """REFEREE_REDIS, its timeout and ndb_redis' breaker for referee.toml's [redis]
+        (see config-examples/kamailio/referee-redis.cfg), or none."""
         if not self.ndb or self.referee_config is None or any(
                 d.startswith("REFEREE_REDIS") for d in self.defines):
             return []
@@ -113,7 +114,11 @@ class Kamailio:
         if spec is None:
             return []
         timeout_ms = max(1, int(redis.get("timeout_ms", 50)) // 2)
-        return [f'REFEREE_REDIS="{spec}"', f"REFEREE_REDIS_TIMEOUT_MS={timeout_ms}"]
+        failures = max(1, int(redis.get("breaker_failures", 3)))
+        open_s = max(1, math.ceil(float(redis.get("breaker_open_s", 5.0))))
+        return [f'REFEREE_REDIS="{spec}"', f"REFEREE_REDIS_TIMEOUT_MS={timeout_ms}",
+                f"REFEREE_REDIS_ALLOWED_TIMEOUTS={failures - 1}",
+                f"REFEREE_REDIS_DISABLE_S={open_s}"]
 
     def env(self) -> dict[str, str]:
         env = {"PATH": CLEAN_PATH, "HOME": str(self.workdir), "LANG": "C.UTF-8"}
