@@ -133,6 +133,8 @@ _PAUSES = ",pPwW"
 
 def _ascii_digits(text: str) -> str:
     """Every Unicode decimal digit (full-width, Arabic-Indic, ...) as its ASCII digit."""
+    if text.isascii():  # nearly every Refer-To: no per-character loop
+        return text
     out = []
     for ch in text:
         d = unicodedata.decimal(ch, None) if not ch.isascii() else None

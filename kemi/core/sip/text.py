@@ -11,7 +11,14 @@ be encoded at all).
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["printable", "text_fault"]
+
+# The characters _fault_of names (searched in C: a per-character loop in Python cost a
+# REFER ~20 µs for its Call-ID and tags alone), without and with CR and LF.
+_FAULTY = re.compile("[\x00-\x08\x0a-\x1f\x7f\udc80-\udcff]")
+_FAULTY_BUT_NEWLINES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\udc80-\udcff]")
 
 
 def _fault_of(ch: str) -> str | None:
@@ -28,13 +35,10 @@ def _fault_of(ch: str) -> str | None:
 def text_fault(value: str, allow_newlines: bool = False) -> str | None:
     """Why `value` is no SIP text ("byte 0xff that is not UTF-8 at 9"), or None.
     `allow_newlines`: a body's line ends (CR, LF) are no fault."""
-    for i, ch in enumerate(value):
-        if allow_newlines and ch in "\r\n":
-            continue
-        fault = _fault_of(ch)
-        if fault is not None:
-            return f"{fault} at {i}"
-    return None
+    found = (_FAULTY_BUT_NEWLINES if allow_newlines else _FAULTY).search(value)
+    if found is None:
+        return None
+    return f"{_fault_of(found.group())} at {found.start()}"
 
 
 def printable(text: str, keep_newlines: bool = False, escape: str = "\\x{:02x}") -> str:

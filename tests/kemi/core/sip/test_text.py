@@ -38,3 +38,18 @@ def test_printable_escapes_what_a_log_call_or_a_header_cannot_take():
     assert printable("line\nnext\x01", keep_newlines=True) == "line\nnext\\x01"
     assert printable("plain text") == "plain text"
     printable("a\x00" + FF).encode("utf-8")  # encodable, NUL-free
+
+
+@pytest.mark.parametrize("allow_newlines", [False, True])
+def test_every_code_point_up_to_the_surrogates_is_judged_one_by_one(allow_newlines):
+    """The search (done in C) names the same first fault a character-by-character reading
+    of RFC 3261's TEXT-UTF8 would: controls but tab, DEL, undecodable bytes."""
+    def fault_of(o: int) -> bool:
+        if allow_newlines and o in (0x0D, 0x0A):
+            return False
+        return 0xDC80 <= o <= 0xDCFF or (o < 0x20 and o != 0x09) or o == 0x7F
+
+    for o in range(0xE000):
+        found = text_fault("ab" + chr(o) + "\x01", allow_newlines)
+        assert found is not None and found.endswith(" at 2" if fault_of(o) else " at 3"), (
+            hex(o), found)
