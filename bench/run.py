@@ -87,6 +87,11 @@ REFER_VARIANTS = {
     "native-track": Variant(
         "native-track", str(BENCH / "native-refer.cfg"), False, ("NATIVE_TRACK",), ndb_redis=True
     ),
+    # native's route[TRANSFER] ported line for line to KEMI Python (bench/native_kemi.py):
+    # what app_python3 costs for the baseline's own job, not referee
+    "native-kemi": Variant(
+        "native-kemi", str(BENCH / "native-refer.cfg"), False,
+        ("NATIVE_KEMI", f'NATIVE_KEMI_SCRIPT="{BENCH / "native_kemi.py"}"'), ndb_redis=True),
     "referee-native": Variant("referee-native", "kamailio-native.cfg", True),
     "referee-python": Variant("referee-python", "kamailio.cfg", True),
     # referee-native with referee's own Python RESP client instead of ndb_redis (what
