@@ -19,6 +19,7 @@ import kemi.kamailio.app as A  # noqa: E402
 import kemi.kamailio.ndb as N  # noqa: E402
 import kemi.kamailio.refer as F  # noqa: E402
 import kemi.kamailio.replies as P  # noqa: E402
+import kemi.kamailio.sequencer as Q  # noqa: E402
 import kemi.storage.packed as K  # noqa: E402
 import kemi.storage.resp as R  # noqa: E402
 import kemi.storage.transfers as S  # noqa: E402
@@ -30,6 +31,7 @@ _sections: dict[str, list] = {}
 
 
 def _wrap(owner, name: str, label: str) -> None:
+    static = isinstance(vars(owner).get(name), staticmethod)
     fn = getattr(owner, name)
 
     def inner(*args, **kwargs):
@@ -41,7 +43,7 @@ def _wrap(owner, name: str, label: str) -> None:
             s[0] += 1
             s[1] += time.thread_time() - t
 
-    setattr(owner, name, inner)
+    setattr(owner, name, staticmethod(inner) if static else inner)
 
 
 _ORDER = [
@@ -52,10 +54,20 @@ _ORDER = [
     (F.verdicts, "refer", "    verdicts.refer (parse + policy)"),
     (PolicyCache, "current", "    policy.current"),
     (S.TransferStore, "create", "    store.create"),
+    (S.TransferStore, "_field_args", "      _field_args"),
+    (S.TransferStore, "_eval", "      _eval"),
     (F.ReferRoutes, "_follow", "    _follow (avps, htable, t_on_*)"),
+    (F, "mark_dialog", "      mark_dialog"),
+    (Q.Sequencer, "refer_relayed", "      order.refer_relayed"),
+    (F, "arm_routes", "      arm_routes"),
     (F, "perform", "    perform (answers, log, counters)"),
     (A.Referee, "referee_reply", "referee_reply (all)"),
     (P.ReplyRoutes, "on_reply", "  on_reply"),
+    (P, "restore_reply_cseq", "    restore_reply_cseq"),
+    (P, "pv", "    pv (KSR.pv.get) in replies"),
+    (Q.Deferred, "add", "    later.add"),
+    (Q.Sequencer, "refer_answered", "    order.refer_answered"),
+    (P.metrics, "bump", "    metrics.bump"),
     (S.TransferStore, "apply", "    store.apply"),
     (R.RespClient, "_round_trip", "RespClient._round_trip (both)"),
     (R.RespClient, "_usable", "  _usable"),
