@@ -10,13 +10,16 @@ what the cfg cannot do alone:
 * a NOSCRIPT (Redis restarted or flushed): the write is sent here with EVAL, which loads
   the script again for the cfg;
 * no reply from Redis: tried once more here, behind referee's circuit breaker, and
-  logged; the call goes on either way.
+  logged; the call goes on either way;
+* a Call-ID with a control byte or bytes above ASCII: judged here as referee judges the
+  INVITE on its own path -- not SIP text, not indexed (a notice); UTF-8 text is written.
 """
 
 from __future__ import annotations
 
 import KSR  # provided by app_python3
 
+from kemi.core import transfer
 from kemi.kamailio import metrics
 from kemi.kamailio.glue import CONTINUE, log, pv, source
 from kemi.kamailio.ndb import NdbTransport
@@ -39,6 +42,10 @@ class CfgIndex:
         metrics.bump("dialog_index_python")
         event = pv("$var(rf_ixe)") or ""
         call_id = pv("$ci") or ""
+        bad = transfer.bad_call_id(call_id)
+        if bad is not None:  # as the Python path judges the INVITE (verdicts.invite_call_id)
+            log(KSR.notice, f"dialog {call_id} {event} not indexed: {bad.warning}")
+            return CONTINUE
         fields = cfg_fields(
             event, pv("$TV(Sn)") or "0", call_id, pv("$ft") or "", pv("$tt") or "",
             pv("$fu") or "", pv("$tu") or "", f"{pv('$Ri') or ''}:{pv('$Rp') or ''}",

@@ -198,3 +198,21 @@ def test_a_value_that_is_not_printable_ascii_goes_as_hex_and_round_trips(single,
     assert store.record_cfg(f) is S.CONFIRMED
     assert store.get(call_id, "a1").call_id == call_id
     assert len(store.find(call_id, "m1", "a1")) == 1
+
+
+@pytest.mark.parametrize("raw_id", [b"ctl\x01id@host", b"del\x7fid@host", b"caf\xc3\xa9@host",
+                                    b"bad\xffid@host"])
+def test_a_raw_call_id_with_control_or_non_ascii_bytes_is_handed_to_python(single, raw_id):
+    """referee does not index a Call-ID that is not SIP text (control bytes, not UTF-8);
+    the script does not judge UTF-8, so any byte outside printable ASCII in a Call-ID the
+    cfg sent as it is answers 0 (kemi.kamailio.dialog_index judges it)."""
+    store = DialogStore(single)
+    good = fields("2xx").split()
+    sha, text = store.cfg_script
+    payload = store.cfg_payload(" ".join(good)).encode().replace(
+        b" =" + CID.encode(), b" =" + raw_id)
+    assert single.call("EVAL", text, 0, payload) == 0
+    assert single.call("KEYS", "*") == []
+    # the same bytes in a tag are written (only the Call-ID is judged, as on Python's path)
+    ok = store.cfg_payload(" ".join(good)).encode().replace(b" =a1 ", b" =a\x01 ")
+    assert single.call("EVAL", text, 0, ok) == b"confirmed"
