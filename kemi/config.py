@@ -202,8 +202,7 @@ def parse(text: str, where: str = "<config>") -> Settings:
         raise ConfigError(f"{where} [kamailio] party_match must be 'address' or 'host'")
     _check_anchored(settings.anchored, f"{where} [anchored]")
     _check_asterisk(settings.asterisk, f"{where} [asterisk]")
-    if settings.redis.timeout_ms <= 0:
-        raise ConfigError(f"{where} [redis] timeout_ms must be > 0")
+    _check_redis(settings.redis, f"{where} [redis]")
     _check_redis_url(settings.redis.url, f"{where} [redis] url")
     return settings
 
@@ -254,6 +253,14 @@ def _text(value: object, what: str, empty: bool = False) -> None:
 def _whole(value: object, what: str, low: int, high: int, unit: str) -> None:
     _need(type(value) is int and low <= value <= high,
           f"{what} = {value!r}: must be a whole number of {unit}, {low}-{high}")
+
+
+def _check_redis(r: RedisSettings, where: str) -> None:
+    # A value here that Python could not compare or count would surface only when Redis
+    # fails (the breaker) -- and it also sets ndb_redis' own breaker in the cfg.
+    _whole(r.timeout_ms, f"{where} timeout_ms", 1, 60000, "ms")
+    _whole(r.breaker_failures, f"{where} breaker_failures", 1, 1000, "failures")
+    _seconds(r.breaker_open_s, f"{where} breaker_open_s", 0.01, 3600)
 
 
 def _check_order(k: KamailioSettings, where: str) -> None:

@@ -39,6 +39,10 @@ def test_the_example_file_loads_and_documents_every_setting():
      "agi_session_limit_s (20) must exceed relayed_timeout_s (30)"),
     ("[asterisk]\nrelease_after_s = 5", "unknown key 'release_after_s'"),
     ('[redis]\nurl = "http://x"', "[redis] url"),
+    ("[redis]\ntimeout_ms = 0", "timeout_ms = 0: must be a whole number of ms, 1-60000"),
+    ('[redis]\nbreaker_failures = "x"', "breaker_failures = 'x': must be a whole number"),
+    ("[redis]\nbreaker_failures = 0", "breaker_failures = 0: must be a whole number"),
+    ("[redis]\nbreaker_open_s = -1", "breaker_open_s = -1: must be seconds, 0.01-3600"),
     ('[kamailio]\nredis_fail_mode = "sometimes"', "must be 'open' or 'closed'"),
 ])
 def test_a_setting_that_cannot_be_used_is_refused_naming_key_and_value(text, fault):
