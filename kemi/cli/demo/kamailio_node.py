@@ -12,11 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kemi import config
 from kemi.core.redis_url import ndb_server
 
 REPO = Path(__file__).resolve().parents[3]
@@ -106,19 +106,16 @@ class Kamailio:
                 d.startswith("REFEREE_REDIS") for d in self.defines):
             return []
         try:
-            with open(self.referee_config, "rb") as f:
-                redis = tomllib.load(f).get("redis", {})
-        except (OSError, tomllib.TOMLDecodeError):
-            return []
-        spec = ndb_server(str(redis.get("url", "redis://127.0.0.1:6379/0")))
+            redis = config.load(str(self.referee_config)).redis  # checked, with defaults
+        except (OSError, config.ConfigError):
+            return []  # referee inside Kamailio says what is wrong with the file
+        spec = ndb_server(redis.url)
         if spec is None:
             return []
-        timeout_ms = max(1, int(redis.get("timeout_ms", 50)) // 2)
-        failures = max(1, int(redis.get("breaker_failures", 3)))
-        open_s = max(1, math.ceil(float(redis.get("breaker_open_s", 5.0))))
-        return [f'REFEREE_REDIS="{spec}"', f"REFEREE_REDIS_TIMEOUT_MS={timeout_ms}",
-                f"REFEREE_REDIS_ALLOWED_TIMEOUTS={failures - 1}",
-                f"REFEREE_REDIS_DISABLE_S={open_s}"]
+        return [f'REFEREE_REDIS="{spec}"',
+                f"REFEREE_REDIS_TIMEOUT_MS={max(1, redis.timeout_ms // 2)}",
+                f"REFEREE_REDIS_ALLOWED_TIMEOUTS={redis.breaker_failures - 1}",
+                f"REFEREE_REDIS_DISABLE_S={max(1, math.ceil(redis.breaker_open_s))}"]
 
     def env(self) -> dict[str, str]:
         env = {"PATH": CLEAN_PATH, "HOME": str(self.workdir), "LANG": "C.UTF-8"}
