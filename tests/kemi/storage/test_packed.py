@@ -6,6 +6,8 @@ test_dialogs.py (their "packed" parameter)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kemi.storage.packed import (
     PackedClient,
@@ -105,6 +107,14 @@ def test_the_first_trip_reads_redis_clock(pair):
 def test_the_json_on_the_wire_is_ascii_whatever_the_values():
     payload = encode_batch([("SET", b"\xff\x00", "caf\u00e9"), ("GET", "\udcff")], {})
     assert payload.isascii()
+
+
+@given(st.lists(st.one_of(st.text(max_size=6), st.text("ab\x00", max_size=3), st.binary(max_size=4),
+                         st.integers(), st.floats(allow_nan=False)), max_size=8))
+def test_a_batch_of_plain_text_checked_at_once_is_what_each_value_checked_gives(values):
+    from kemi.storage.packed import _wire, _wired
+
+    assert _wired(values) == [_wire(v) for v in values]
 
 
 def test_an_answer_that_is_not_the_runners_is_a_protocol_error():
