@@ -143,13 +143,14 @@ def check_refer(msg: ReferMessage, policy: Policy) -> Reply | ReferPlan:
         return _warning_reply(decision.code, phrase, f"denied by {decision.rule}")
     nosub = (msg.refer_sub or "").strip().lower() == "false"
     target = refer_to.uri
+    key, target_uri = target_key(target), str(target)
     fields = {
         "call_id": msg.call_id,
         "refer_id": str(msg.cseq),
         "transferor": transferor.aor,
         "transferee": transferee.aor,
-        "target": target_key(target),
-        "target_uri": str(target),
+        "target": key,
+        "target_uri": target_uri,
         "rule": decision.rule,
         "tenant": decision.tenant.name,
         "source": msg.source_ip,
@@ -172,8 +173,8 @@ def check_refer(msg: ReferMessage, policy: Policy) -> Reply | ReferPlan:
         decision=decision,
         transferor=transferor.aor,
         transferee=transferee.aor,
-        target=target_key(target),
-        target_uri=str(target),
+        target=key,
+        target_uri=target_uri,
         nosub_requested=nosub,
         expiry_s=decision.subscription_expiry_s,
         fields=fields,

@@ -35,6 +35,11 @@ _HNV_SAFE = "!*'()[]/?:+$"
 
 _SEPARATORS = str.maketrans("", "", "-.() ")
 
+# What most REFERs carry: sip:user@host[:port], lower-case, nothing to unescape, no
+# params.  Read at once; anything else takes the full reading below (the same Uri for
+# whatever this matches: tests/kemi/core/sip/test_uri.py holds the two against each other).
+_PLAIN = re.compile(r"(sips?):([A-Za-z0-9\-_.!~*'()&=+$,]+)@([a-z0-9_.\-]+)(?::([0-9]{1,5}))?")
+
 
 @dataclass(frozen=True, slots=True)
 class Uri:
@@ -152,6 +157,19 @@ def parse_uri(text: str) -> Uri:
 
 def parse_uri_in(text: str, header: str) -> Uri:
     """parse_uri, with errors naming ``header`` (for URIs read out of a header)."""
+    plain = _PLAIN.fullmatch(text) if type(text) is str else None
+    if plain is not None:
+        scheme, user, host, port = plain.groups()
+        if port is None:
+            return Uri(scheme, user, host, None)
+        if int(port) <= 65535:
+            return Uri(scheme, user, host, int(port))
+    return read_uri(text, header)
+
+
+def read_uri(text: str, header: str) -> Uri:
+    """The full reading, every form and every error (parse_uri_in's plain forms give the
+    same Uri without it)."""
     if not isinstance(text, str):
         raise SipParseError(header, f"expected text, got {type(text).__name__}")
     s = text.strip()

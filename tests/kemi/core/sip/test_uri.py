@@ -428,3 +428,33 @@ def test_near_valid_text_never_escapes_anything_but_sip_parse_error(text):
         parse_uri(text)
     except SipParseError:
         pass
+
+
+# --- the plain form read at once (kemi.core.sip.uri._PLAIN) ----------------------------
+
+_PLAINISH = st.text("sSiptel:@.-_!~*'()&=+$,;?%[]<>\" \t09aAzZ", max_size=24)
+
+
+@given(st.one_of(
+    _PLAINISH,
+    st.builds(lambda s, u, h, p: f"{s}:{u}@{h}{p}",
+              st.sampled_from(["sip", "sips", "SIP", "tel", "sipx"]),
+              st.text("abcXYZ019-_.!~*'()&=+$,%;:", min_size=0, max_size=8),
+              st.text("abcXYZ019-_.[]:", min_size=0, max_size=10),
+              st.sampled_from(["", ":5060", ":0", ":65535", ":65536", ":99999", ":00080",
+                               ":", ":x", ";lr", "?h=v", " "]))))
+@example("sip:alice@example.com")
+@example("sip:alice@example.com:70000")
+@example("sips:+1555@h_1.-:5061")
+def test_a_plain_uri_read_at_once_is_what_the_full_reading_gives(text):
+    from kemi.core.sip.uri import parse_uri_in, read_uri
+
+    try:
+        want: Uri | str = read_uri(text, "URI")
+    except SipParseError as exc:
+        want = exc.reason
+    try:
+        got: Uri | str = parse_uri_in(text, "URI")
+    except SipParseError as exc:
+        got = exc.reason
+    assert got == want
