@@ -80,7 +80,7 @@ class ReferRoutes:
                 return self._without_store(plan, str(exc))
             judged_rp = verdicts.refer_replaces(
                 plan, found, transferor, self.s.policy.current(), plan.decision.tenant,
-                source=source(), auth_user=pv("$au"), host_only=self.s.host_only)
+                source=source(), auth_user=msg.auth_user, host_only=self.s.host_only)
             if judged_rp.answered:
                 return perform(judged_rp.actions, self.rec)
         return self._track(plan)
@@ -122,7 +122,7 @@ class ReferRoutes:
             refer_to = header_values("Refer-To")[0]
             KSR.hdr.remove("Refer-To")
             KSR.hdr.append(f"Refer-To: {transfer.with_tie_token(refer_to, token)}\r\n")
-        self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
+        self._follow(plan)
         return perform(verdicts.refer_allowed(plan).actions, self.rec)
 
     def _without_store(self, plan: transfer.ReferPlan, why: str) -> int:
@@ -134,16 +134,17 @@ class ReferRoutes:
             max_open_s=self.s.settings.transfer.max_open_s, retry_after_s=k.retry_after_s)
         rc = perform(v.actions, self.rec)
         if v.value:
-            self._follow(plan.call_id, plan.refer_id, plan.nosub_requested)
+            self._follow(plan)
         return rc
 
-    def _follow(self, call_id: str, refer_id: str, nosub: bool) -> None:
+    def _follow(self, plan: transfer.ReferPlan) -> None:
         """Arm the REFER's reply and failure routes and mark its dialog for BYEs."""
+        call_id, refer_id, tag = plan.call_id, plan.refer_id, plan.fields["from_tag"]
         KSR.pv.sets("$avp(rf_cid)", call_id)
         KSR.pv.sets("$avp(rf_id)", refer_id)
-        KSR.pv.sets("$avp(rf_nosub)", "1" if nosub else "0")
-        mark_dialog(call_id, pv("$ft") or "", refer_id)
-        self.s.order.refer_relayed(call_id, refer_id, pv("$ft") or "")
+        KSR.pv.sets("$avp(rf_nosub)", "1" if plan.nosub_requested else "0")
+        mark_dialog(call_id, tag, refer_id)
+        self.s.order.refer_relayed(call_id, refer_id, tag)
         arm_routes()
 
     def on_unrelayed(self, rc: int) -> int:
