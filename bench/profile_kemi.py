@@ -4,6 +4,7 @@ path.  Each worker writes its table to $REFEREE_PROFILE_DIR/sections-<pid>.txt e
 REFERs.  Counting costs a little itself (two clock reads per wrapped call).
 """
 
+import gc
 import os
 import site
 import sysconfig
@@ -81,6 +82,23 @@ _ORDER = [
 ]
 for _owner, _name, _label in _ORDER:
     _wrap(_owner, _name, _label)
+
+_GC = "gc collections (any route)"
+_ORDER.append((None, "", _GC))
+_gc_start = [0.0]
+
+
+def _gc_timer(phase: str, info: dict) -> None:
+    """Python's cyclic collector, timed: it runs inside whichever route allocated last."""
+    if phase == "start":
+        _gc_start[0] = time.thread_time()
+        return
+    s = _sections.setdefault(_GC, [0, 0.0])
+    s[0] += 1
+    s[1] += time.thread_time() - _gc_start[0]
+
+
+gc.callbacks.append(_gc_timer)
 
 _count = [0]
 
