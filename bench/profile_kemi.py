@@ -21,6 +21,8 @@ import kemi.kamailio.ndb as N  # noqa: E402
 import kemi.kamailio.refer as F  # noqa: E402
 import kemi.kamailio.replies as P  # noqa: E402
 import kemi.kamailio.sequencer as Q  # noqa: E402
+import kemi.kamailio.timers as T  # noqa: E402
+import kemi.kamailio.recorder as C  # noqa: E402
 import kemi.storage.packed as K  # noqa: E402
 import kemi.storage.resp as R  # noqa: E402
 import kemi.storage.transfers as S  # noqa: E402
@@ -70,6 +72,10 @@ _ORDER = [
     (Q.Sequencer, "refer_answered", "    order.refer_answered"),
     (P.metrics, "bump", "    metrics.bump"),
     (S.TransferStore, "apply", "    store.apply"),
+    (T.Timers, "sweep", "sweep (timer process)"),
+    (Q.Sequencer, "fold_all", "  order.fold_all (2xx noted by the cfg)"),
+    (Q.Deferred, "due", "  later.due"),
+    (C.Recorder, "store_later_many", "  store_later_many (Redis)"),
     (R.RespClient, "_round_trip", "RespClient._round_trip (both)"),
     (R.RespClient, "_usable", "  _usable"),
     (R, "encode", "  encode"),
@@ -124,6 +130,19 @@ def _counted(self):
 
 
 F.ReferRoutes.on_refer = _counted
+
+_sweep = T.Timers.sweep
+
+
+def _swept(self):
+    """The sweep's process handles no REFER: it writes its table after every tick."""
+    try:
+        return _sweep(self)
+    finally:
+        _dump()
+
+
+T.Timers.sweep = _swept
 
 
 def mod_init():

@@ -63,7 +63,7 @@ def main() -> int:
                 t = totals.setdefault(label, [0, 0.0])
                 t[0] += int(calls)
                 t[1] += float(cpu)
-                if label.strip() == "on_refer":
+                if label.strip() == "on_refer" and int(calls):
                     refers += int(n)
         print(f"{args.variant} at {args.rate} REFER/s: Kamailio {m['cpu_us_per_call']:.0f} µs CPU "
               f"per REFER in all (counters included); Python errors: {len(errors)}")

@@ -701,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run one part only")
     ap.add_argument("--variants", help="comma-separated REFER variants "
                     f"(default: {','.join(REFER_VARIANTS)})")
+    ap.add_argument("--transfer-variants", help="comma-separated transfer variants "
+                    f"(default all: {','.join(TRANSFER_VARIANTS)})")
     ap.add_argument("--call-variants", help="comma-separated call variants "
                     f"(default: {','.join(CALL_VARIANTS)})")
     ap.add_argument("--workers", type=int, default=2, help="Kamailio SIP workers (default 2)")
@@ -733,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     for n in refer_names:
         if n not in REFER_VARIANTS:
             ap.error(f"unknown variant {n!r}")
+    for n in (args.transfer_variants or "").split(",") if args.transfer_variants else []:
+        if n not in TRANSFER_VARIANTS:
+            ap.error(f"unknown transfer variant {n!r}")
 
     BenchKamailio.mem_manager = args.mem
     root = Path(tempfile.mkdtemp(prefix="referee-bench-"))
@@ -744,7 +749,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "refer"):
             results["refer"] = run_part("refer", refer_names, args, root)
         if args.only in (None, "transfers"):
-            results["transfers"] = run_part("transfers", list(TRANSFER_VARIANTS), args, root)
+            names = (args.transfer_variants.split(",") if args.transfer_variants
+                     else list(TRANSFER_VARIANTS))
+            results["transfers"] = run_part("transfers", names, args, root)
         if args.only in (None, "calls"):
             call_names = args.call_variants.split(",") if args.call_variants else list(
                 CALL_VARIANTS)
