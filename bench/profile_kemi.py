@@ -18,11 +18,11 @@ if _venv:
 
 import kemi.kamailio.app as A  # noqa: E402
 import kemi.kamailio.ndb as N  # noqa: E402
+import kemi.kamailio.recorder as C  # noqa: E402
 import kemi.kamailio.refer as F  # noqa: E402
 import kemi.kamailio.replies as P  # noqa: E402
 import kemi.kamailio.sequencer as Q  # noqa: E402
 import kemi.kamailio.timers as T  # noqa: E402
-import kemi.kamailio.recorder as C  # noqa: E402
 import kemi.storage.packed as K  # noqa: E402
 import kemi.storage.resp as R  # noqa: E402
 import kemi.storage.transfers as S  # noqa: E402
