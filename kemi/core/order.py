@@ -88,9 +88,10 @@ class DialogOrder:
         self.refers[refer_id] = (tag, now)
 
     def refer_answered(self, refer_id: str, now: float) -> None:
-        """A final response to the REFER is being relayed (its reply route runs)."""
+        """A final response to the REFER is being relayed (its reply route ran at `now`;
+        one noted earlier may be taken in after a later one: the latest counts)."""
         if self.refers.pop(refer_id, None) is not None:
-            self.final_at = now
+            self.final_at = now if self.final_at is None else max(self.final_at, now)
 
     def _blocked(self, tag: str, now: float, t: Timing) -> bool:
         """A REFER of the other party still unanswered, or answered too recently."""

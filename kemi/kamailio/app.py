@@ -39,6 +39,7 @@ class Referee:
     def __init__(self) -> None:
         self.s = Services()
         self.rec = Recorder(self.s)
+        self.s.order.on_answer = self.rec.defer  # a noted REFER 2xx, once taken
         self.anchoring = AnchoredRoutes(self.s, self.rec)
         self.refer = ReferRoutes(self.s, self.rec, self.anchoring)
         self.notify = NotifyRoutes(self.s, self.rec)

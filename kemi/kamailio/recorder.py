@@ -93,7 +93,7 @@ class Recorder:
         """A store call made by the sweep, never in this reply route; made now if the cfg
         lacks the table."""
         if not self.s.later.add(call_id, entry):
-            self.store_later(call_id, {**entry, "t": time.time()})
+            self.store_later(call_id, {"t": time.time(), **entry})
 
     def _accept(self, call_id: str, e: dict) -> dict:
         """A REFER's 2xx left for later, as an event to apply."""
@@ -169,7 +169,10 @@ class Recorder:
                             deadline=None, seq: int | None = None):
         """An event of the dialog, after the 2xx answers to its REFERs that waited for it
         (kemi.kamailio.sequencer.Deferred) -- all in one round trip; its result."""
-        batch = [self._accept(call_id, e) for e in self.s.later.take_accepts(call_id)]
+        taken = self.s.order.fold(call_id)  # 2xx answers noted, not yet taken in
+        batch = [self._accept(call_id, e)
+                 for e in sorted(taken + self.s.later.take_accepts(call_id),
+                                 key=lambda e: e.get("t", 0))]
         batch.append(self._event(call_id, refer_id, event, fields, detail, deadline, seq))
         return self.apply_many(batch)[-1]
 

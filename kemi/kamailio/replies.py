@@ -1,5 +1,6 @@
 """Replies to the requests referee follows: the REFER's answer (its 2xx relayed at once,
-recorded with the next event: kemi.kamailio.sequencer.Deferred), the transferee's INVITE's
+noted in shared memory and recorded with the next event: kemi.kamailio.sequencer.Answers
+and Deferred), the transferee's INVITE's
 outcome, the transferor's answer to a NOTIFY, and the failure route's local timeouts."""
 
 from __future__ import annotations
@@ -40,8 +41,15 @@ class ReplyRoutes:
                 code, pv("$avp(rf_nosub)") == "1", pv("$hdr(Refer-Sub)")
             )
             # Relayed at once; recorded with the first NOTIFY the transferor accepts (a
-            # Redis trip here would let that NOTIFY overtake this 2xx).  Noted before
-            # the NOTIFYs held for it are let go, so the first of them records it first.
+            # Redis trip here would let that NOTIFY overtake this 2xx).  Noted in one step
+            # (kamailio-native.cfg does the same without Python), taken into the order
+            # state and the deferred accepts before anything of the dialog goes on.
+            if event is Event.REFER_ACCEPTED and self.s.order.note_answer(
+                    call_id, refer_id or "", code):
+                metrics.bump("refers_accepted")
+                return CONTINUE
+            # A cfg without referee_ans: both written here, the accept first, so the
+            # first NOTIFY let go records it first.
             deferred = event is Event.REFER_ACCEPTED and self.s.later.add(
                 call_id, {"k": "accept", "r": refer_id or "", "c": code})
             self.s.order.refer_answered(call_id, refer_id or "")

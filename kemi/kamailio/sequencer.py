@@ -5,6 +5,9 @@ Shared memory (htable modules, both example cfgs declare them):
 
     referee_seq   Call-ID -> kemi.core.order.DialogOrder (JSON), under that slot's lock
     referee_held  Call-ID -> "1" while the dialog has held NOTIFYs (what the timer scans)
+    referee_ans   Call-ID -> the 2xx answers to its REFERs a reply route noted (`Answers`),
+                  taken into the dialog's order state and the deferred accepts (`Deferred`)
+                  at the dialog's next use, its next record, or by the sweep
 
 A dialog gets an entry when referee relays a REFER in it; NOTIFYs in other dialogs are
 relayed as before.  Every read-decide-write happens under the referee_seq slot lock, so
@@ -26,16 +29,25 @@ HELD_TABLE = "referee_held"
 HELD_LIMIT_S = 40.0  # tm's fr_timer (30 s) has ended a held NOTIFY's transaction by then
 
 
+# A REFER's 2xx answer as noted: (refer id, status code, when its reply route ran).
+Answer = tuple[str, int, float]
+
+
 class Sequencer:
     def __init__(self, timing: Timing, log: Callable[[str], None]) -> None:
         self.timing = timing
         self.log = log
         self.ready = True  # False once the cfg is found without the htables
+        self.answers = Answers(log)
+        # Where a noted 2xx goes once taken (the Recorder's `defer`: the dialog's next
+        # record, or the sweep); None: answers are not taken from `referee_ans` at all.
+        self.on_answer: Callable[[str, dict], None] | None = None
 
     def _with(self, cid: str, change: Callable[[DialogOrder], object],
               create: bool = False) -> object:
         """Run `change` on the dialog's state under its slot lock and store the result;
-        None when the dialog has no state (and `create` is off) or the cfg lacks it."""
+        None when the dialog has no state (and `create` is off) or the cfg lacks it.
+        2xx answers noted for the dialog's pending REFERs are taken in first."""
         if not self.ready:
             return None
         try:
@@ -48,11 +60,9 @@ class Sequencer:
             text = KSR.htable.sht_get(SEQ_TABLE, cid)
             if text is None and not create:
                 return None
-            try:
-                state = DialogOrder.decode(None if text is None else str(text))
-            except OrderError as exc:
-                self.log(f"dialog {cid}: {exc}; started afresh")
-                state = DialogOrder()
+            state = self._decode(cid, text)
+            if state.refers:
+                self._take_answers(cid, state, defer=True)
             out = change(state)
             # Kept until the htable's autoexpire: the last CSeq relayed still orders the
             # dialog's later NOTIFYs.
@@ -60,6 +70,62 @@ class Sequencer:
             return out
         finally:
             KSR.htable.sht_unlock(SEQ_TABLE, cid)
+
+    def _decode(self, cid: str, text) -> DialogOrder:
+        try:
+            return DialogOrder.decode(None if text is None else str(text))
+        except OrderError as exc:
+            self.log(f"dialog {cid}: {exc}; started afresh")
+            return DialogOrder()
+
+    def _take_answers(self, cid: str, state: DialogOrder | None,
+                      defer: bool = False) -> list[dict]:
+        """The dialog's noted 2xx answers, taken into its order state (`state`) and given
+        back as deferred-accept entries -- or, with `defer`, handed on as such at once
+        (before anything of the dialog goes on, so the first NOTIFY let go records them
+        first)."""
+        if self.on_answer is None:
+            return []
+        out = []
+        for rid, code, at in self.answers.take(cid):
+            entry = {"k": "accept", "r": rid, "c": code, "t": at}
+            if defer:
+                self.on_answer(cid, entry)
+            else:
+                out.append(entry)
+            if state is not None:
+                state.refer_answered(rid, at)
+        return out
+
+    def fold(self, cid: str) -> list[dict]:
+        """The dialog's noted answers taken now, its order state updated; the accepts to
+        record (the caller records them: its next event, or the sweep)."""
+        if self.on_answer is None or not self.answers.waiting(cid):
+            return []
+        if not self.ready:
+            return self._take_answers(cid, None)
+        try:
+            KSR.htable.sht_lock(SEQ_TABLE, cid)
+        except Exception:  # noqa: BLE001 - htable missing: no order state to update
+            return self._take_answers(cid, None)
+        try:
+            text = KSR.htable.sht_get(SEQ_TABLE, cid)
+            state = None if text is None else self._decode(cid, text)
+            out = self._take_answers(cid, state)
+            if state is not None and out:
+                KSR.htable.sht_sets(SEQ_TABLE, cid, state.encode())
+            return out
+        finally:
+            KSR.htable.sht_unlock(SEQ_TABLE, cid)
+
+    def fold_due(self, noted_before: float) -> list[tuple[str, dict]]:
+        """The sweep: the answers of every dialog with one noted before `noted_before`
+        that nothing else has taken (no NOTIFY came), as (call_id, accept entry)."""
+        out: list[tuple[str, dict]] = []
+        for cid in self.answers.dialogs():
+            if self.answers.oldest(cid) < noted_before:
+                out += [(cid, e) for e in self.fold(cid)]
+        return out
 
     # -- REFER -----------------------------------------------------------------------
     def refer_relayed(self, cid: str, refer_id: str, tag: str) -> None:
@@ -69,6 +135,11 @@ class Sequencer:
     def refer_answered(self, cid: str, refer_id: str) -> None:
         now = time.time()
         self._with(cid, lambda s: s.refer_answered(refer_id, now))
+
+    def note_answer(self, cid: str, refer_id: str, code: int) -> bool:
+        """A REFER's 2xx, noted in one short step (what kamailio-native.cfg's reply route
+        does without Python); False: the cfg lacks `referee_ans` (or nothing takes it)."""
+        return self.on_answer is not None and self.answers.note(cid, refer_id, code)
 
     # -- NOTIFY ----------------------------------------------------------------------
     def verdict(self, cid: str, tag: str, cseq: int, first: bool) -> Verdict | None:
@@ -172,6 +243,96 @@ def table_keys(table: str) -> list[str]:
     finally:
         KSR.htable.sht_iterator_end(it)
     return out
+
+
+ANSWER_TABLE = "referee_ans"
+
+
+class Answers:
+    """2xx answers to REFERs, noted by the reply route in one step -- by
+    kamailio-native.cfg itself (no Python for a REFER's 202), or by referee's reply route
+    -- instead of two read-modify-writes of the order state and the deferred accepts.
+
+        referee_ans   Call-ID -> "<refer id> <code> <time>;" per answer, appended under
+                      the slot lock (the cfg's sht_lock, KSR.htable.sht_lock here)
+
+    Taken by `Sequencer` when the dialog's order state is next read (a NOTIFY, the order
+    timer), before the dialog's next record (Recorder.apply_after_accepts), or by the
+    sweep; until then a NOTIFY of the dialog waits as it would for an unanswered REFER.
+    """
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+
+    def note(self, cid: str, refer_id: str, code: int) -> bool:
+        entry = f"{refer_id} {code} {time.time():.6f};"
+        try:
+            KSR.htable.sht_lock(ANSWER_TABLE, cid)
+        except Exception:  # noqa: BLE001 - htable missing
+            return False
+        try:
+            have = KSR.htable.sht_get(ANSWER_TABLE, cid)
+            return KSR.htable.sht_sets(
+                ANSWER_TABLE, cid, entry if have is None else str(have) + entry) >= 0
+        finally:
+            KSR.htable.sht_unlock(ANSWER_TABLE, cid)
+
+    def oldest(self, cid: str) -> float:
+        """When the dialog's first noted answer was noted (inf: none, or unreadable)."""
+        try:
+            text = KSR.htable.sht_get(ANSWER_TABLE, cid)
+        except Exception:  # noqa: BLE001 - htable missing
+            return float("inf")
+        answer = None if text is None else _answer(str(text).split(";", 1)[0])
+        return float("inf") if answer is None else answer[2]
+
+    def waiting(self, cid: str) -> bool:
+        try:
+            return KSR.htable.sht_get(ANSWER_TABLE, cid) is not None
+        except Exception:  # noqa: BLE001 - htable missing
+            return False
+
+    def take(self, cid: str) -> list[Answer]:
+        """The dialog's answers, oldest first, removed; [] at once when there are none
+        (read without the lock: one noted meanwhile is taken next time)."""
+        try:
+            if KSR.htable.sht_get(ANSWER_TABLE, cid) is None:
+                return []
+            KSR.htable.sht_lock(ANSWER_TABLE, cid)
+        except Exception:  # noqa: BLE001 - htable missing
+            return []
+        try:
+            text = KSR.htable.sht_get(ANSWER_TABLE, cid)
+            if text is None:
+                return []
+            KSR.htable.sht_rm(ANSWER_TABLE, cid)
+        finally:
+            KSR.htable.sht_unlock(ANSWER_TABLE, cid)
+        out: list[Answer] = []
+        for item in str(text).split(";"):
+            answer = _answer(item)
+            if answer is not None:
+                out.append(answer)
+            elif item.strip():
+                self.log(f"dialog {cid}: noted REFER answer {item!r} unreadable; dropped")
+        return out
+
+    def dialogs(self) -> list[str]:
+        return table_keys(ANSWER_TABLE)
+
+
+def _answer(item: str) -> Answer | None:
+    """"<refer id> <code> <time>" (the cfg writes $TV(Sn), "sec.usec")."""
+    parts = item.split()
+    if len(parts) != 3:
+        return None
+    try:
+        code, at = int(parts[1]), float(parts[2])
+    except ValueError:
+        return None
+    if not 200 <= code < 300:
+        return None
+    return parts[0], code, at
 
 
 LATER_TABLE = "referee_later"

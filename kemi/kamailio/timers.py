@@ -91,7 +91,12 @@ class Timers:
                 metrics.bump(name, n)
             if report.kept:
                 return CONTINUE  # Redis still away: expiring now would race the replay
-        self.rec.store_later_many(list(self.s.later.due()))
+        # REFER 2xx answers noted a while ago whose dialog saw nothing since, and what
+        # reply routes left for later, oldest first
+        limit = now - self.s.later.accept_after_s
+        self.rec.store_later_many(sorted(
+            [*self.s.order.fold_due(limit), *self.s.later.due()],
+            key=lambda ce: ce[1].get("t", 0)))
         try:
             due = self.s.store.due(now, limit=200)
             metrics.set_gauge("transfers_live", self.s.store.open_count())

@@ -125,3 +125,23 @@ def test_transferor_bye_right_after_202_still_records_the_outcome(lab):
         ("notify-481", *next(e[1:3] for e in steps if e[0] == "notify-481"), "ignored"),
     ])
     assert [e for e in steps if e[3] == "applied"][-1][0] == "invite-2xx"
+
+
+def test_a_202_is_noted_at_once_and_recorded_by_the_sweep_with_its_own_time(lab):
+    """The REFER's 2xx takes no Redis trip (and, in kamailio-native.cfg, no Python): its
+    reply route notes it in shared memory (htable referee_ans, kemi.kamailio.sequencer.
+    Answers); with no NOTIFY to carry it, the sweep records it a second or two later,
+    stamped with the time the 202 went through, and the note is gone."""
+    an, mk, _ = Parties(lab).start(
+        scenarios.Andrew(follow_notifies=False, hold_ms=4000),
+        scenarios.McKenzie(notify=False, call_target=False),
+    )
+    noted = wait_for(lambda: "202 " in lab.kamailio.kamcmd("htable.dump", "referee_ans"), 3)
+    assert noted, "the 202 was not noted in referee_ans"
+    [live] = wait_for(lambda: [r for r in lab.records() if r.get("refer_reply")], 5)
+    finish(lab, an, mk)
+    assert live["refer_reply"] == "202"
+    stamps = {e: float(ts) for ts, e, *_ in (
+        line.split("|", 5) for line in lab.store.log(live["call_id"], live["refer_id"]))}
+    assert 0 <= stamps["refer-accepted"] - stamps["refer"] < 0.5  # the 202's time, not the sweep's
+    assert "202 " not in lab.kamailio.kamcmd("htable.dump", "referee_ans")

@@ -45,6 +45,18 @@ def test_a_notify_after_the_2xx_and_its_grace_is_relayed_by_its_worker():
     assert o.admit(B, 1, True, now=0.05, t=T) == "relay"
 
 
+def test_an_answer_taken_in_after_a_later_one_keeps_the_later_grace():
+    # Two REFERs answered at 0.010 and 0.030; the first answer is taken in last (noted
+    # answers are taken in at the dialog's next use, kemi.kamailio.sequencer.Answers).
+    o = DialogOrder()
+    o.refer_relayed("2", A, now=0.0)
+    o.refer_relayed("3", A, now=0.001)
+    o.refer_answered("3", now=0.030)
+    o.refer_answered("2", now=0.010)
+    assert o.final_at == 0.030
+    assert o.admit(B, 1, True, now=0.040, t=T) == "hold"  # within grace of 0.030
+
+
 def test_the_transferors_own_requests_are_never_held_for_his_refer():
     o = DialogOrder()
     o.refer_relayed("2", A, now=0.0)
