@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +80,8 @@ class Variant:
     # (old, new) pairs: kamailio-native.cfg with these texts replaced, run from a copy of
     # config-examples/kamailio in the variant's directory (what-if variants only)
     cfg_patch: tuple[tuple[str, str], ...] = ()
+    # A source tree of another commit (--base): its kemi and its cfg run instead
+    tree: str = ""
 
 
 REFER_VARIANTS = {
@@ -322,11 +324,22 @@ class BenchKamailio(Kamailio):
 
     shm_mb = 1024
     mem_manager = "qm"  # Kamailio's default; "tlsf" or "fm" for the production allocators
+    tree = ""  # a --base tree: its referee_kemi.py, and its kemi ahead of the venv's
 
     def command(self) -> list[str]:
         cmd = super().command()
         cmd[cmd.index("-m") + 1] = str(self.shm_mb)
+        if self.tree:
+            script = Path(self.tree) / "config-examples" / "kamailio" / "referee_kemi.py"
+            cmd = [f'REFEREE_SCRIPT="{script}"' if c.startswith("REFEREE_SCRIPT=") else c
+                   for c in cmd]
         return cmd + ["-x", self.mem_manager, "-X", self.mem_manager]
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.tree:
+            env["PYTHONPATH"] = self.tree  # ahead of the venv's editable install
+        return env
 
 
 class Lab:
@@ -395,6 +408,7 @@ class Lab:
             sweep_interval=2, defines=tuple(defines),
         )
         self.kamailio.ndb = self.variant.referee_ndb
+        self.kamailio.tree = self.variant.tree
         self.kamailio.start(timeout=20)
         self.uas = SippRun(self.uas_scenario, self.dir / "sipp").start()
         time.sleep(0.3)
@@ -614,6 +628,31 @@ def _spread(xs: list[float], fmt: str = "{:.2f}") -> str:
     return f"{med} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
 
 
+def base_tree(commit: str, root: Path) -> Path:
+    """The source of `commit` (git archive), for the variants that run it (--base)."""
+    tree = root / "base-tree"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit],
+                             capture_output=True, check=True, timeout=60).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=60)
+    return tree
+
+
+def with_base(variants: dict[str, Variant], names: list[str], tree: Path) -> list[str]:
+    """Add "<name>@base" beside each referee variant of `names`: the same lab running the
+    base commit's kemi and cfg (interleaved with the others, so noise hits both alike)."""
+    out = list(names)
+    for n in names:
+        v = variants[n]
+        if not v.referee or v.cfg.startswith("/"):
+            continue
+        b = f"{n}@base"
+        variants[b] = replace(v, name=b, tree=str(tree),
+                              cfg=str(tree / "config-examples" / "kamailio" / v.cfg))
+        out.append(b)
+    return out
+
+
 def run_part(kind: str, names: list[str], args, root: Path) -> dict:
     """Start every variant's lab, warm each up, then measure them in interleaved chunks
     (the order rotates each round) so background noise hits all variants alike."""
@@ -674,6 +713,13 @@ def run_part(kind: str, names: list[str], args, root: Path) -> dict:
     return out
 
 
+def print_base_ratios(part: dict, with_max: bool) -> None:
+    """This tree against --base, variant by variant (< 1: this tree costs less)."""
+    for b in part:
+        if b.endswith("@base") and b[: -len("@base")] in part:
+            print("  " + ratio_lines(part, b[: -len("@base")], b, with_max))
+
+
 def variant_line(name: str, v: dict, unit: str) -> str:
     """One variant's summary: CPU per unit (a transfer: REFER + 2 NOTIFY) and Redis."""
     per_round = [c["cpu_us_per_call"] for c in v["chunks"]]
@@ -725,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
                          "qm_malloc under this load)")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--base", metavar="COMMIT",
+                    help="also run each referee variant as <name>@base from this commit's "
+                         "kemi and cfg, and report this tree / base")
     args = ap.parse_args(argv)
 
     for tool in ("kamailio", "sipp", "redis-server"):
@@ -745,16 +794,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {results['machine']['nproc']} x {results['machine']['cpu']}; "
           f"work dir {root}", flush=True)
     started = time.monotonic()
+    tree = base_tree(args.base, root) if args.base else None
     try:
         if args.only in (None, "refer"):
+            if tree is not None:
+                refer_names = with_base(REFER_VARIANTS, refer_names, tree)
             results["refer"] = run_part("refer", refer_names, args, root)
         if args.only in (None, "transfers"):
             names = (args.transfer_variants.split(",") if args.transfer_variants
                      else list(TRANSFER_VARIANTS))
+            if tree is not None:
+                names = with_base(TRANSFER_VARIANTS, names, tree)
             results["transfers"] = run_part("transfers", names, args, root)
         if args.only in (None, "calls"):
             call_names = args.call_variants.split(",") if args.call_variants else list(
                 CALL_VARIANTS)
+            if tree is not None:
+                call_names = with_base(CALL_VARIANTS, call_names, tree)
             results["calls"] = run_part("calls", call_names, args, root)
     finally:
         results["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -781,12 +837,14 @@ def main(argv: list[str] | None = None) -> int:
             for b in ("native", "native-track"):
                 if a in part and b in part:
                     print("  " + ratio_lines(part, a, b, not args.no_ramp))
+        print_base_ratios(part, not args.no_ramp)
     if "transfers" in results:
         part = results["transfers"]
         for n in part:
             print(variant_line(n, part[n], "transfer"))
         if "referee-native" in part and "native-track" in part:
             print("  " + ratio_lines(part, "referee-native", "native-track", False))
+        print_base_ratios(part, False)
     if "calls" in results:
         part = results["calls"]
         for n in part:
@@ -794,6 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         for a in ("hook-on", "index-on"):
             if a in part and "hook-off" in part:
                 print("  " + ratio_lines(part, a, "hook-off", False))
+        print_base_ratios(part, False)
     return 0
 
 if __name__ == "__main__":
