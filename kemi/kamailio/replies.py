@@ -1,5 +1,5 @@
 """Replies to the requests referee follows: the REFER's answer (its 2xx relayed at once,
-noted in shared memory and recorded with the next event: kemi.kamailio.sequencer.Answers
+noted in shared memory and recorded with the next event: kemi.kamailio.answers.Answers
 and Deferred), the transferee's INVITE's
 outcome, the transferor's answer to a NOTIFY, and the failure route's local timeouts."""
 

@@ -5,7 +5,8 @@ Shared memory (htable modules, both example cfgs declare them):
 
     referee_seq   Call-ID -> kemi.core.order.DialogOrder (JSON), under that slot's lock
     referee_held  Call-ID -> "1" while the dialog has held NOTIFYs (what the timer scans)
-    referee_ans   Call-ID -> the 2xx answers to its REFERs a reply route noted (`Answers`),
+    referee_ans   Call-ID -> the 2xx answers to its REFERs a reply route noted
+                  (kemi.kamailio.answers),
                   taken into the dialog's order state and the deferred accepts (`Deferred`)
                   at the dialog's next use, its next record, or by the sweep
 
@@ -23,14 +24,12 @@ from collections.abc import Callable
 import KSR  # provided by app_python3
 
 from kemi.core.order import DialogOrder, Held, OrderError, Timing, Verdict
+from kemi.kamailio.answers import Answers
+from kemi.kamailio.htables import table_keys
 
 SEQ_TABLE = "referee_seq"
 HELD_TABLE = "referee_held"
 HELD_LIMIT_S = 40.0  # tm's fr_timer (30 s) has ended a held NOTIFY's transaction by then
-
-
-# A REFER's 2xx answer as noted: (refer id, status code, when its reply route ran).
-Answer = tuple[str, int, float]
 
 
 class Sequencer:
@@ -224,115 +223,6 @@ class Sequencer:
 
     def _held_dialogs(self) -> list[str]:
         return table_keys(HELD_TABLE)
-
-
-def table_keys(table: str) -> list[str]:
-    """The keys of an htable, read with its iterator (empty if the cfg lacks it)."""
-    it = f"{table}_it"
-    out: list[str] = []
-    try:
-        if KSR.htable.sht_iterator_start(it, table) < 0:
-            return out
-    except Exception:  # noqa: BLE001 - htable missing
-        return out
-    try:
-        while KSR.htable.sht_iterator_next(it) > 0:
-            key = KSR.pv.get(f"$shtitkey({it})")
-            if key is not None:
-                out.append(str(key))
-    finally:
-        KSR.htable.sht_iterator_end(it)
-    return out
-
-
-ANSWER_TABLE = "referee_ans"
-
-
-class Answers:
-    """2xx answers to REFERs, noted by the reply route in one step -- by
-    kamailio-native.cfg itself (no Python for a REFER's 202), or by referee's reply route
-    -- instead of two read-modify-writes of the order state and the deferred accepts.
-
-        referee_ans   Call-ID -> "<refer id> <code> <time>;" per answer, appended under
-                      the slot lock (the cfg's sht_lock, KSR.htable.sht_lock here)
-
-    Taken by `Sequencer` when the dialog's order state is next read (a NOTIFY, the order
-    timer), before the dialog's next record (Recorder.apply_after_accepts), or by the
-    sweep; until then a NOTIFY of the dialog waits as it would for an unanswered REFER.
-    """
-
-    def __init__(self, log: Callable[[str], None]) -> None:
-        self.log = log
-
-    def note(self, cid: str, refer_id: str, code: int) -> bool:
-        entry = f"{refer_id} {code} {time.time():.6f};"
-        try:
-            KSR.htable.sht_lock(ANSWER_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing
-            return False
-        try:
-            have = KSR.htable.sht_get(ANSWER_TABLE, cid)
-            return KSR.htable.sht_sets(
-                ANSWER_TABLE, cid, entry if have is None else str(have) + entry) >= 0
-        finally:
-            KSR.htable.sht_unlock(ANSWER_TABLE, cid)
-
-    def oldest(self, cid: str) -> float:
-        """When the dialog's first noted answer was noted (inf: none, or unreadable)."""
-        try:
-            text = KSR.htable.sht_get(ANSWER_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing
-            return float("inf")
-        answer = None if text is None else _answer(str(text).split(";", 1)[0])
-        return float("inf") if answer is None else answer[2]
-
-    def waiting(self, cid: str) -> bool:
-        try:
-            return KSR.htable.sht_get(ANSWER_TABLE, cid) is not None
-        except Exception:  # noqa: BLE001 - htable missing
-            return False
-
-    def take(self, cid: str) -> list[Answer]:
-        """The dialog's answers, oldest first, removed; [] at once when there are none
-        (read without the lock: one noted meanwhile is taken next time)."""
-        try:
-            if KSR.htable.sht_get(ANSWER_TABLE, cid) is None:
-                return []
-            KSR.htable.sht_lock(ANSWER_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing
-            return []
-        try:
-            text = KSR.htable.sht_get(ANSWER_TABLE, cid)
-            if text is None:
-                return []
-            KSR.htable.sht_rm(ANSWER_TABLE, cid)
-        finally:
-            KSR.htable.sht_unlock(ANSWER_TABLE, cid)
-        out: list[Answer] = []
-        for item in str(text).split(";"):
-            answer = _answer(item)
-            if answer is not None:
-                out.append(answer)
-            elif item.strip():
-                self.log(f"dialog {cid}: noted REFER answer {item!r} unreadable; dropped")
-        return out
-
-    def dialogs(self) -> list[str]:
-        return table_keys(ANSWER_TABLE)
-
-
-def _answer(item: str) -> Answer | None:
-    """"<refer id> <code> <time>" (the cfg writes $TV(Sn), "sec.usec")."""
-    parts = item.split()
-    if len(parts) != 3:
-        return None
-    try:
-        code, at = int(parts[1]), float(parts[2])
-    except ValueError:
-        return None
-    if not 200 <= code < 300:
-        return None
-    return parts[0], code, at
 
 
 LATER_TABLE = "referee_later"

@@ -129,8 +129,8 @@ def test_transferor_bye_right_after_202_still_records_the_outcome(lab):
 
 def test_a_202_is_noted_at_once_and_recorded_by_the_sweep_with_its_own_time(lab):
     """The REFER's 2xx takes no Redis trip (and, in kamailio-native.cfg, no Python): its
-    reply route notes it in shared memory (htable referee_ans, kemi.kamailio.sequencer.
-    Answers); with no NOTIFY to carry it, the sweep records it a second or two later,
+    reply route notes it in shared memory (htable referee_ans, kemi.kamailio.
+    answers); with no NOTIFY to carry it, the sweep records it a second or two later,
     stamped with the time the 202 went through, and the note is gone."""
     an, mk, _ = Parties(lab).start(
         scenarios.Andrew(follow_notifies=False, hold_ms=4000),

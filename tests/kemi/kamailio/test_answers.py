@@ -1,4 +1,4 @@
-"""kemi.kamailio.sequencer.Answers: a REFER's 2xx noted by the reply route in one step
+"""kemi.kamailio.answers.Answers: a REFER's 2xx noted by the reply route in one step
 (kamailio-native.cfg writes the same text itself) and taken into the dialog's order state
 and its deferred accepts at the dialog's next use, its next record, or by the sweep.
 The end-to-end behaviour (both cfgs, real Kamailio) is in tests/e2e/test_order.py and
