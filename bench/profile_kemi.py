@@ -73,7 +73,7 @@ _ORDER = [
     (P.metrics, "bump", "    metrics.bump"),
     (S.TransferStore, "apply", "    store.apply"),
     (T.Timers, "sweep", "sweep (timer process)"),
-    (Q.Sequencer, "fold_all", "  order.fold_all (2xx noted by the cfg)"),
+    (Q.Sequencer, "fold_due", "  order.fold_due (2xx noted, no NOTIFY came)"),
     (Q.Deferred, "due", "  later.due"),
     (C.Recorder, "store_later_many", "  store_later_many (Redis)"),
     (R.RespClient, "_round_trip", "RespClient._round_trip (both)"),
