@@ -29,11 +29,11 @@ class Recorder:
 
     def apply(self, call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
               seq: int | None = None, at: float | None = None):
-        return self.apply_many([self._event(call_id, refer_id, event, fields, detail,
+        return self.apply_many([self.event(call_id, refer_id, event, fields, detail,
                                             deadline, seq, at)])[0]
 
     @staticmethod
-    def _event(call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
+    def event(call_id, refer_id, event: Event, fields=None, detail="", deadline=None,
                seq: int | None = None, at: float | None = None) -> dict:
         return {"call_id": call_id, "refer_id": refer_id, "event": event,
                 "now": time.time() if at is None else at, "fields": fields,
@@ -42,14 +42,23 @@ class Recorder:
     def apply_many(self, events: list[dict]) -> list:
         """Events applied in order, in one round trip where the store can
         (TransferStore.apply_many); when Redis cannot take them, each is spooled."""
+        return self._apply(events, ())[0]
+
+    def apply_with(self, events: list[dict], commands: list[tuple]) -> list | None:
+        """Events applied in order and plain commands after them, in one round trip where
+        the store can: the commands' replies (an error reply in place), or None when
+        Redis could not take the trip (the events are spooled)."""
+        return self._apply(events, commands)[1]
+
+    def _apply(self, events: list[dict], commands) -> tuple[list, list | None]:
         try:
-            results = self.s.store.apply_many(events)
+            results, replies = self.s.store.apply_many_with(events, commands)
         except RedisError as exc:
             self._spool_events(events, exc)
-            return [None] * len(events)
+            return [None] * len(events), None
         for e, res in zip(events, results, strict=True):
             self._applied(e, res)
-        return results
+        return results, replies
 
     def _spool_events(self, events: list[dict], exc: Exception) -> None:
         for e in events:
@@ -97,7 +106,7 @@ class Recorder:
 
     def _accept(self, call_id: str, e: dict) -> dict:
         """A REFER's 2xx left for later, as an event to apply."""
-        return self._event(call_id, e["r"], Event.REFER_ACCEPTED, {"refer_reply": str(e["c"])},
+        return self.event(call_id, e["r"], Event.REFER_ACCEPTED, {"refer_reply": str(e["c"])},
                            str(e["c"]), at=e.get("t") or time.time())
 
     def store_later(self, call_id: str, e: dict) -> None:
@@ -148,7 +157,7 @@ class Recorder:
         if e["k"] == "accept":
             return "event", self._accept(call_id, e)
         if e["k"] == "apply":
-            return "event", self._event(call_id, e.get("r"), Event(e["e"]), e.get("f"),
+            return "event", self.event(call_id, e.get("r"), Event(e["e"]), e.get("f"),
                                         e.get("d", ""), at=at)
         if e["k"] == "note":
             return "note", {"call_id": call_id, "refer_id": e.get("r"), "now": at,
@@ -173,7 +182,7 @@ class Recorder:
         batch = [self._accept(call_id, e)
                  for e in sorted(taken + self.s.later.take_accepts(call_id),
                                  key=lambda e: e.get("t", 0))]
-        batch.append(self._event(call_id, refer_id, event, fields, detail, deadline, seq))
+        batch.append(self.event(call_id, refer_id, event, fields, detail, deadline, seq))
         return self.apply_many(batch)[-1]
 
     def note(self, call_id: str, refer_id: str | None, fields: dict, detail: str,

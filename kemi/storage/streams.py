@@ -24,8 +24,13 @@ def _flat(fields: dict[str, str]) -> list[str]:
 
 
 def queue_job(client: Any, prefix: str, asterisk: str, job: MoveJob) -> None:
-    client.call("XADD", jobs_key(prefix, asterisk), "MAXLEN", "~", STREAM_MAXLEN, "*",
-                *_flat(job.to_fields()))
+    client.call(*job_command(prefix, asterisk, job))
+
+
+def job_command(prefix: str, asterisk: str, job: MoveJob) -> tuple:
+    """The XADD that queues `job`, to send in a round trip with others."""
+    return ("XADD", jobs_key(prefix, asterisk), "MAXLEN", "~", STREAM_MAXLEN, "*",
+            *_flat(job.to_fields()))
 
 
 def publish_progress(client: Any, stream: str, progress: Progress) -> None:

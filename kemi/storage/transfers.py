@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -377,17 +378,29 @@ class TransferStore(ScriptStore):
         it.  Each dict holds apply's arguments by name.  On a Cluster, or after a
         NOSCRIPT, one `apply` after the other.  A transport error raises before any
         result: the caller spools them all (each apply is idempotent on replay)."""
-        if self.cluster or len(events) < 2 or not hasattr(self._client, "call"):
-            return [self.apply(**e) for e in events]
+        return self.apply_many_with(events, ())[0]
+
+    def apply_many_with(self, events: list[dict], commands: Sequence[tuple]
+                        ) -> tuple[list[ApplyResult], list]:
+        """apply_many, and plain `commands` after the events in the same round trip (an
+        anchored REFER's NOTIFY 100 recorded with its dialog listed and its move job
+        queued); their replies, an error reply in place.  On a Cluster the commands go in
+        a pipeline of their own after the events."""
+        commands = list(commands)
+        if self.cluster or not hasattr(self._client, "call") or (
+                len(events) < 2 and not commands):
+            results = [self.apply(**e) for e in events]
+            return results, (self._client.pipeline(commands) if commands else [])
         calls: list[tuple | ApplyResult] = []
         for e in events:
             ev = Event(e["event"])
             calls.append(self._apply_call(
                 e["call_id"], e.get("refer_id"), ev, e["now"], e.get("fields"),
                 e.get("deadline"), e.get("detail", ""), e.get("seq")))
-        commands = [("EVALSHA", _APPLY.sha, len(c[0]), *c[0], *c[1])
-                    for c in calls if not isinstance(c, ApplyResult)]
-        replies = iter(self._client.pipeline(commands))
+        scripts = [("EVALSHA", _APPLY.sha, len(c[0]), *c[0], *c[1])
+                   for c in calls if not isinstance(c, ApplyResult)]
+        everything = self._client.pipeline(scripts + commands)
+        replies, extra = iter(everything[:len(scripts)]), everything[len(scripts):]
         out: list[ApplyResult] = []
         for n, (e, c) in enumerate(zip(events, calls, strict=True)):
             if isinstance(c, ApplyResult):
@@ -397,10 +410,10 @@ class TransferStore(ScriptStore):
             if isinstance(reply, Exception):
                 if not _is_noscript(reply):
                     raise reply
-                return out + [self.apply(**rest) for rest in events[n:]]
+                return out + [self.apply(**rest) for rest in events[n:]], extra
             out.append(self._applied(e["call_id"], Event(e["event"]), e.get("deadline"),
                                      reply))
-        return out
+        return out, extra
 
     def _apply_call(self, call_id: str, refer_id: str | int | None, event: Event,
                     now: float, fields: dict[str, str] | None, deadline: float | None,

@@ -573,3 +573,43 @@ def test_an_operator_ending_a_stuck_transfer_sends_a_its_final_notify(anchored_l
     assert last.header("Subscription-State") == "terminated;reason=noresource"
     [bye] = received(pa, "BYE")
     assert bye.cseq == ASTERISK_CSEQ + 3  # numbered after both NOTIFYs
+
+
+def test_an_accepted_refer_takes_three_round_trips_up_to_its_move_job(anchored_lab):
+    """The create; the accept, recorded before the NOTIFY 100 leaves (A's answer to it
+    must find the transfer accepted); then the NOTIFY's event, the dialog listed for a
+    restart and the move job in one trip (they were three).  Each trip through ndb_redis
+    is one EVALSHA of the packed runner, seen here with Redis' MONITOR."""
+    import threading
+
+    al = anchored_lab()
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch(monitor):
+        try:
+            for m in monitor.listen():
+                seen.append(m["command"])
+                if stop.is_set():
+                    return
+        except Exception:  # noqa: BLE001 - the connection closed under it at the end
+            return
+
+    with al.lab.rcli.monitor() as monitor:
+        threading.Thread(target=watch, args=(monitor,), daemon=True).start()
+        pa, pz, call_id = al.start(parties.PbxA(al.asterisk_uri, notifies=2, then=["BYE"]),
+                                   parties.Asterisk(then=["BYE"]))
+        job = al.job()
+        assert job is not None, al.lab.kamailio.log()[-4000:]
+        al.state_is(call_id, job.refer_id, "trying")
+        stop.set()
+        al.progress(job, 200, "OK", True)
+        al.state_is(call_id, job.refer_id, "succeeded")
+    al.notified(pa, 2)
+    parties.go(al.asterisk_port, call_id)
+    finish(al.lab, pa, pz)
+    trips = [c for c in seen if c.startswith(("EVALSHA ", "EVAL ")) and call_id in c]
+    queued = next(n for n, c in enumerate(trips) if jobs_key(PREFIX, "pbx1") in c)
+    assert queued == 2, trips[: queued + 1]
+    assert "XADD" in trips[2] and "HSET" in trips[2]  # the job, the dialog listed
+    assert "notify-trying" in trips[2]

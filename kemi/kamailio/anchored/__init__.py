@@ -127,15 +127,23 @@ class AnchoredRoutes:
         return HANDLED
 
     def _after_202(self, plan: transfer.ReferPlan, asterisk: str, now: float) -> None:
+        """The accept recorded before the NOTIFY 100 goes (A's answer to it must find the
+        transfer accepted), then one round trip: the NOTIFY's event, the dialog listed for
+        a restart, the move job queued."""
         cid, rid, nosub = plan.call_id, plan.refer_id, plan.nosub_requested
         mark_dialog(cid, pv("$ft") or "", rid, anchored_dialog=True)
         event = Event.REFER_ACCEPTED_NOSUB if nosub else Event.REFER_ACCEPTED
         self.rec.apply(cid, rid, event, {"refer_reply": "202"}, "202 by referee (anchored)")
         expires = int(min(plan.expiry_s, self.s.settings.transfer.max_open_s))
+        events: list[dict] = []
+        commands: list[tuple] = []
         if not nosub:
-            self.notify(cid, rid, plan.fields, 100, "Trying", False, expires,
-                                  event=Event.NOTIFY_TRYING, detail="100 Trying (referee)")
-            self._remember_dialog(cid, rid)  # renumbered from now on: listed for a restart
+            _cseq, trying = self._send_notify(
+                cid, rid, plan.fields, 100, "Trying", False, expires,
+                event=Event.NOTIFY_TRYING, detail="100 Trying (referee)")
+            events.append(trying)
+            commands += self._remember_commands(cid, rid)  # renumbered from now on
+        job: anchored.MoveJob | None = None
         try:
             job = anchored.move_job(
                 call_id=cid, refer_id=rid, target_uri=plan.target_uri,
@@ -144,13 +152,26 @@ class AnchoredRoutes:
                 node=self.s.anchored.node, now=now,
                 recall_uri=plan.fields.get("n_ruri", ""),  # A's Contact (NotifyRoute)
             )
-            streams.queue_job(self.s.client, self.s.settings.redis.prefix, asterisk, job)
-            metrics.bump("anchored_jobs_queued")
-        except (RedisError, AnchorError) as exc:
-            log(KSR.err, f"REFER {cid}/{rid}: move job for {asterisk} not queued ({exc}); "
+            commands.append(streams.job_command(self.s.settings.redis.prefix, asterisk, job))
+            why = ""
+        except AnchorError as exc:
+            why = str(exc)
+        replies = self.rec.apply_with(events, commands)  # None: Redis away, events spooled
+        if not nosub:
+            listed = ["Redis unavailable"] if replies is None else [
+                r for r in replies[:2] if isinstance(r, Exception)]
+            if listed:
+                self._not_remembered(cid, listed[0])
+        if job is not None and replies is None:
+            why = "Redis unavailable"
+        elif job is not None and isinstance(replies[-1], Exception):
+            why = str(replies[-1])
+        if job is None or why:
+            log(KSR.err, f"REFER {cid}/{rid}: move job for {asterisk} not queued ({why}); "
                           "transfer failed")
             self._finish_unqueued(cid, rid, plan.fields, nosub)
             return
+        metrics.bump("anchored_jobs_queued")
         log(KSR.info, f"REFER {cid}/{rid} {plan.transferor} -> {plan.target_uri} accepted "
                        f"for anchored {asterisk} ({plan.decision.rule}); dial {job.dial}")
 
@@ -160,15 +181,15 @@ class AnchoredRoutes:
         restarted Kamailio can restore their htable state (kept in the records)."""
         return f"{self.s.settings.redis.prefix}:{{anchor:{self.s.anchored.node}}}:dialogs"
 
-    def _remember_dialog(self, cid: str, rid: str) -> None:
-        try:
-            self.s.client.pipeline([
-                ("HSET", self.dialogs_key, cid, rid),
-                ("EXPIRE", self.dialogs_key, DIALOGS_TTL_S),
-            ])
-        except Exception as exc:  # noqa: BLE001 - the 202 is out: never fail the route now
-            log(KSR.warn, f"dialog {cid} not listed for a restart ({exc}): a restart "
-                           "before its end would leave Asterisk's requests unrenumbered")
+    def _remember_commands(self, cid: str, rid: str) -> list[tuple]:
+        """This node renumbers the dialog from now on: listed for a restart."""
+        return [("HSET", self.dialogs_key, cid, rid),
+                ("EXPIRE", self.dialogs_key, DIALOGS_TTL_S)]
+
+    @staticmethod
+    def _not_remembered(cid: str, why: object) -> None:
+        log(KSR.warn, f"dialog {cid} not listed for a restart ({why}): a restart "
+                       "before its end would leave Asterisk's requests unrenumbered")
 
     def forget_dialog(self, cid: str) -> None:
         try:
@@ -230,18 +251,35 @@ class AnchoredRoutes:
             fields["final_sipfrag"] = f"{code} {reason}"
         if event is not None and record_first:
             self.rec.apply(cid, rid, event, fields, detail)
+        if event is not None and not record_first:
+            cseq, after = self._send_notify(cid, rid, record, code, reason, terminated,
+                                            expires_s, event, detail, fields)
+            self.rec.apply_many([after])
+            return cseq
         cseq = number_and_send(cid, rid, record, code, reason, terminated, expires_s)
         cs_fields = {} if cseq is None else {
             "notify_cseq": str(cseq), "cs_state": record["cs_state"]}
-        if event is not None and not record_first:
-            self.rec.apply(cid, rid, event, {**fields, **cs_fields}, detail)
-        elif event is not None and cs_fields:
+        if event is not None and cs_fields:
             try:
                 self.s.store.annotate(cid, rid, time.time(), cs_fields, f"NOTIFY CSeq {cseq}")
             except RedisError as exc:
                 log(KSR.warn, f"CSeq state of {cid} not stored ({exc}); a restart now "
                                "would resume with a margin")
         return cseq
+
+    def _send_notify(self, cid: str, rid: str, record: dict, code: int, reason: str,
+                     terminated: bool, expires_s: int, event: Event, detail: str,
+                     fields: dict | None = None) -> tuple[int | None, dict]:
+        """Number and send a NOTIFY (as `notify`), recording nothing: its CSeq, and its
+        event with the CSeq state, for the caller to record (in a round trip of its
+        own choosing, never between numbering and sending)."""
+        fields = {**(fields or {}), "last_notify": str(code)}
+        if terminated:
+            fields["final_sipfrag"] = f"{code} {reason}"
+        cseq = number_and_send(cid, rid, record, code, reason, terminated, expires_s)
+        if cseq is not None:
+            fields.update(notify_cseq=str(cseq), cs_state=record["cs_state"])
+        return cseq, self.rec.event(cid, rid, event, fields, detail)
 
     def expire(self, call_id: str, refer_id: str) -> None:
         """referee is the notifier of an accepted anchored transfer: it ends A's

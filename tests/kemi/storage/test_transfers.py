@@ -14,7 +14,7 @@ import redis
 
 from kemi.core.state import FINAL, Event, State, step
 from kemi.storage.packed import PackedClient
-from kemi.storage.resp import RespClient
+from kemi.storage.resp import RedisReplyError, RespClient
 from kemi.storage.transfers import SEP, ApplyResult, CreateResult, TransferStore, call_tag
 from tests.support.packed import packed_client
 from tests.support.redis_cluster import all_keys, redis_cluster  # noqa: F401 - a fixture
@@ -551,6 +551,26 @@ def test_a_2xx_that_waited_goes_with_the_first_notify_in_one_round_trip(raw):
     assert record["refer_reply"] == "202" and record["state"] == "trying"
     assert [line.split("|")[1] for line in store.log(CID, "1")] == [
         "refer", "refer-accepted", "notify-trying"]
+
+
+def test_an_event_and_plain_commands_go_in_one_round_trip_with_replies_in_place(raw):
+    store = TransferStore(raw)
+    _create(store)
+    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)  # Redis has the script (no NOSCRIPT)
+    counted = Counting(raw)
+    store = TransferStore(counted)
+    trying = {"call_id": CID, "refer_id": "1", "event": Event.NOTIFY_TRYING, "now": NOW + 1}
+    [result], replies = store.apply_many_with(
+        [trying], [("HSET", "listed", CID, "1"), ("INCR", "listed"), ("XADD", "jobs", "*",
+                                                                        "k", "v")])
+    assert (str(result.new), result.outcome) == ("trying", "applied")
+    assert replies[0] == 1 and isinstance(replies[1], RedisReplyError)  # WRONGTYPE
+    assert isinstance(replies[2], bytes)  # the stream entry's id
+    if raw.cluster:  # the script writes around itself; the commands go in a pipeline
+        assert counted.calls[-1] == "PIPELINE:HSET,INCR,XADD"
+    else:
+        assert counted.calls == ["PIPELINE:EVALSHA,HSET,INCR,XADD"]
+    assert store.apply_many_with([], []) == ([], [])
 
 
 def test_apply_many_after_a_redis_restart_falls_back_in_order(redis_server):
