@@ -47,13 +47,16 @@ class Answers:
             KSR.htable.sht_unlock(ANSWER_TABLE, cid)
 
     def oldest(self, cid: str) -> float:
-        """When the dialog's first noted answer was noted (inf: none, or unreadable)."""
+        """When the dialog's oldest answer was noted: inf if it has none, -inf if none of
+        them can be read (to be taken, and said, at once rather than left to expire)."""
         try:
             text = KSR.htable.sht_get(ANSWER_TABLE, cid)
         except Exception:  # noqa: BLE001 - htable missing
             return float("inf")
-        answer = None if text is None else _answer(str(text).split(";", 1)[0])
-        return float("inf") if answer is None else answer[2]
+        if text is None:
+            return float("inf")
+        times = [a[2] for a in map(_answer, str(text).split(";")) if a is not None]
+        return min(times) if times else float("-inf")
 
     def waiting(self, cid: str) -> bool:
         try:

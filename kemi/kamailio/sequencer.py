@@ -6,9 +6,9 @@ Shared memory (htable modules, both example cfgs declare them):
     referee_seq   Call-ID -> kemi.core.order.DialogOrder (JSON), under that slot's lock
     referee_held  Call-ID -> "1" while the dialog has held NOTIFYs (what the timer scans)
     referee_ans   Call-ID -> the 2xx answers to its REFERs a reply route noted
-                  (kemi.kamailio.answers),
-                  taken into the dialog's order state and the deferred accepts (`Deferred`)
-                  at the dialog's next use, its next record, or by the sweep
+                  (kemi.kamailio.answers), taken into the dialog's order state and its
+                  deferred accepts at the dialog's next use, its next record, or by the
+                  sweep
 
 A dialog gets an entry when referee relays a REFER in it; NOTIFYs in other dialogs are
 relayed as before.  Every read-decide-write happens under the referee_seq slot lock, so

@@ -141,6 +141,15 @@ def test_the_sweep_takes_only_dialogs_with_an_answer_old_enough(table):
     assert table.sht_get("referee_ans", "fresh") is not None
 
 
+def test_the_sweep_takes_a_dialog_whose_notes_cannot_be_read_rather_than_let_it_expire(
+        table):
+    seq, logged = sequencer([])
+    table.sht_sets("referee_ans", "odd", "2 202 yesterday;")
+    assert seq.fold_due(noted_before=150.0) == []
+    assert table.sht_get("referee_ans", "odd") is None
+    assert logged and "unreadable" in logged[0]
+
+
 def test_without_the_table_the_reply_route_is_told_to_do_it_the_old_way(ksr, table):
     table.missing = ("referee_ans",)
     seq, _ = sequencer([])
