@@ -527,12 +527,18 @@ def test_one_round_trip_per_create_and_apply(redis_server, kind):
     assert [(e["refer_id"], e["state"]) for e in store.finished(5)] == [("2", "succeeded")]
 
 
-def test_a_2xx_that_waited_goes_with_the_first_notify_in_one_round_trip(raw):
+def _counted_store(raw, refer_id: str, event: Event) -> tuple[TransferStore, Counting]:
+    """A transfer created and one event applied (Redis has the script: no NOSCRIPT), then
+    a store whose round trips are counted."""
     store = TransferStore(raw)
     _create(store)
-    store.apply(CID, "9", Event.NOTIFY_TRYING, NOW)  # Redis has the script (no NOSCRIPT)
+    store.apply(CID, refer_id, event, NOW)
     counted = Counting(raw)
-    store = TransferStore(counted)
+    return TransferStore(counted), counted
+
+
+def test_a_2xx_that_waited_goes_with_the_first_notify_in_one_round_trip(raw):
+    store, counted = _counted_store(raw, "9", Event.NOTIFY_TRYING)
     events = [
         {"call_id": CID, "refer_id": "1", "event": Event.REFER_ACCEPTED, "now": NOW + 1,
          "fields": {"refer_reply": "202"}, "detail": "202"},
@@ -554,11 +560,7 @@ def test_a_2xx_that_waited_goes_with_the_first_notify_in_one_round_trip(raw):
 
 
 def test_an_event_and_plain_commands_go_in_one_round_trip_with_replies_in_place(raw):
-    store = TransferStore(raw)
-    _create(store)
-    store.apply(CID, "1", Event.REFER_ACCEPTED, NOW)  # Redis has the script (no NOSCRIPT)
-    counted = Counting(raw)
-    store = TransferStore(counted)
+    store, counted = _counted_store(raw, "1", Event.REFER_ACCEPTED)
     trying = {"call_id": CID, "refer_id": "1", "event": Event.NOTIFY_TRYING, "now": NOW + 1}
     [result], replies = store.apply_many_with(
         [trying], [("HSET", "listed", CID, "1"), ("INCR", "listed"), ("XADD", "jobs", "*",
