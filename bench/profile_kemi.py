@@ -18,6 +18,7 @@ if _venv:
 
 import kemi.kamailio.app as A  # noqa: E402
 import kemi.kamailio.ndb as N  # noqa: E402
+import kemi.kamailio.notify as Y  # noqa: E402
 import kemi.kamailio.recorder as C  # noqa: E402
 import kemi.kamailio.refer as F  # noqa: E402
 import kemi.kamailio.replies as P  # noqa: E402
@@ -72,6 +73,14 @@ _ORDER = [
     (Q.Sequencer, "refer_answered", "    order.refer_answered"),
     (P.metrics, "bump", "    metrics.bump"),
     (S.TransferStore, "apply", "    store.apply"),
+    (Y.NotifyRoutes, "on_notify", "on_notify (NOTIFY request route)"),
+    (Y.verdicts, "notify", "  verdicts.notify (read)"),
+    (Y.NotifyRoutes, "_target", "  _target"),
+    (Q.Sequencer, "verdict", "  order.verdict"),
+    (Y.NotifyRoutes, "record_notify", "  record_notify (Redis)"),
+    (Q.Sequencer, "admit", "  order.admit"),
+    (Q.Sequencer, "mark_sent", "  order.mark_sent"),
+    (Y.NotifyRoutes, "delivered", "delivered (200 to a NOTIFY, reply route)"),
     (T.Timers, "sweep", "sweep (timer process)"),
     (Q.Sequencer, "fold_due", "  order.fold_due (2xx noted, no NOTIFY came)"),
     (Q.Deferred, "due", "  later.due"),

@@ -2,6 +2,7 @@
 """Where referee's REFER CPU goes inside Kamailio, per function of the REFER path.
 
     .venv/bin/python bench/profile_refer.py [--variant referee-native] [--rate 500]
+        [--traffic refer|transfer]
 
 Starts the variant's lab as bench/run.py does, but app_python3 loads bench/profile_kemi.py
 (referee as shipped, with CPU-time counters around the REFER path's functions), sends
@@ -45,15 +46,20 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--mem", choices=("tlsf", "fm", "qm"), default="tlsf")
+    ap.add_argument("--traffic", choices=("refer", "transfer"), default="refer",
+                    help="REFERs alone, or complete transfers (REFER, 202, NOTIFY 100 and "
+                         "200, their answers); figures are per REFER = per transfer")
     args = ap.parse_args()
+    uas, uac = ("refer-uas", "refer-uac") if args.traffic == "refer" else (
+        "transfer-uas", "transfer-uac")
     root = Path(tempfile.mkdtemp(prefix="referee-profile-"))
     ProfiledKamailio.out_dir = str(root)
     ProfiledKamailio.mem_manager = args.mem
     saved, run.BenchKamailio = run.BenchKamailio, ProfiledKamailio
     try:
-        with run.Lab(run.REFER_VARIANTS[args.variant], root, 2, "refer-uas") as lab:
-            run.fixed_rate(lab, "refer-uac", args.rate, 6)  # warm-up
-            m = run.fixed_rate(lab, "refer-uac", args.rate, args.seconds)
+        with run.Lab(run.REFER_VARIANTS[args.variant], root, 2, uas) as lab:
+            run.fixed_rate(lab, uac, args.rate, 6)  # warm-up
+            m = run.fixed_rate(lab, uac, args.rate, args.seconds)
             errors = lab.python_errors()
         totals: dict[str, list[float]] = {}
         refers = 0
