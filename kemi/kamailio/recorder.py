@@ -47,7 +47,8 @@ class Recorder:
     def apply_with(self, events: list[dict], commands: list[tuple]) -> list | None:
         """Events applied in order and plain commands after them, in one round trip where
         the store can: the commands' replies (an error reply in place), or None when
-        Redis could not take the trip (the events are spooled)."""
+        Redis could not take the trip (the events are spooled).  An event Redis refused
+        is spooled; the commands, which ran, still give their replies."""
         return self._apply(events, commands)[1]
 
     def _apply(self, events: list[dict], commands) -> tuple[list, list | None]:
@@ -55,7 +56,7 @@ class Recorder:
             results, replies = self.s.store.apply_many_with(events, commands)
         except RedisError as exc:
             self._spool_events(events, exc)
-            return [None] * len(events), None
+            return [None] * len(events), getattr(exc, "replies", None)
         for e, res in zip(events, results, strict=True):
             self._applied(e, res)
         return results, replies

@@ -23,10 +23,6 @@ def _flat(fields: dict[str, str]) -> list[str]:
     return [x for kv in fields.items() for x in kv]
 
 
-def queue_job(client: Any, prefix: str, asterisk: str, job: MoveJob) -> None:
-    client.call(*job_command(prefix, asterisk, job))
-
-
 def job_command(prefix: str, asterisk: str, job: MoveJob) -> tuple:
     """The XADD that queues `job`, to send in a round trip with others."""
     return ("XADD", jobs_key(prefix, asterisk), "MAXLEN", "~", STREAM_MAXLEN, "*",

@@ -385,7 +385,8 @@ class TransferStore(ScriptStore):
         """apply_many, and plain `commands` after the events in the same round trip (an
         anchored REFER's NOTIFY 100 recorded with its dialog listed and its move job
         queued); their replies, an error reply in place.  On a Cluster the commands go in
-        a pipeline of their own after the events."""
+        a pipeline of their own after the events.  An error reply to an event raises as
+        apply_many's does, with the commands' replies as its `replies` (they ran)."""
         commands = list(commands)
         if self.cluster or not hasattr(self._client, "call") or (
                 len(events) < 2 and not commands):
@@ -409,6 +410,8 @@ class TransferStore(ScriptStore):
             reply = next(replies)
             if isinstance(reply, Exception):
                 if not _is_noscript(reply):
+                    # The commands did run: the caller must not take them for lost.
+                    reply.replies = extra  # type: ignore[attr-defined]
                     raise reply
                 return out + [self.apply(**rest) for rest in events[n:]], extra
             out.append(self._applied(e["call_id"], Event(e["event"]), e.get("deadline"),

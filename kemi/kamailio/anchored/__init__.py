@@ -246,16 +246,14 @@ class AnchoredRoutes:
         the NOTIFY it answers, and the CSeq state follows as an annotation.  Nothing is
         recorded between numbering and sending: a Redis round trip there would let a
         request of Asterisk's, numbered after the NOTIFY, overtake it on the wire."""
-        fields = {**(fields or {}), "last_notify": str(code)}
-        if terminated:
-            fields["final_sipfrag"] = f"{code} {reason}"
-        if event is not None and record_first:
-            self.rec.apply(cid, rid, event, fields, detail)
         if event is not None and not record_first:
             cseq, after = self._send_notify(cid, rid, record, code, reason, terminated,
                                             expires_s, event, detail, fields)
             self.rec.apply_many([after])
             return cseq
+        if event is not None:
+            self.rec.apply(cid, rid, event, _notify_fields(code, reason, terminated, fields),
+                           detail)
         cseq = number_and_send(cid, rid, record, code, reason, terminated, expires_s)
         cs_fields = {} if cseq is None else {
             "notify_cseq": str(cseq), "cs_state": record["cs_state"]}
@@ -273,9 +271,7 @@ class AnchoredRoutes:
         """Number and send a NOTIFY (as `notify`), recording nothing: its CSeq, and its
         event with the CSeq state, for the caller to record (in a round trip of its
         own choosing, never between numbering and sending)."""
-        fields = {**(fields or {}), "last_notify": str(code)}
-        if terminated:
-            fields["final_sipfrag"] = f"{code} {reason}"
+        fields = _notify_fields(code, reason, terminated, fields)
         cseq = number_and_send(cid, rid, record, code, reason, terminated, expires_s)
         if cseq is not None:
             fields.update(notify_cseq=str(cseq), cs_state=record["cs_state"])
@@ -333,3 +329,11 @@ class AnchoredRoutes:
         except Exception:  # noqa: BLE001 - htable missing: nothing to keep either
             pass
         self.forget_dialog(call_id)
+
+
+def _notify_fields(code: int, reason: str, terminated: bool, fields: dict | None) -> dict:
+    """What the record keeps of a NOTIFY referee sends."""
+    out = {**(fields or {}), "last_notify": str(code)}
+    if terminated:
+        out["final_sipfrag"] = f"{code} {reason}"
+    return out

@@ -575,6 +575,22 @@ def test_an_event_and_plain_commands_go_in_one_round_trip_with_replies_in_place(
     assert store.apply_many_with([], []) == ([], [])
 
 
+def test_an_event_redis_refuses_raises_with_the_replies_of_the_commands_that_ran(raw):
+    # An anchored REFER's move job queued in the same trip as an event the apply script
+    # refuses: the caller spools the event, and must know the job is queued.
+    store, _ = _counted_store(raw, "1", Event.REFER_ACCEPTED)
+    raw.call("SET", store.xfer_key(CID, "1") + ":log", "not a list")  # WRONGTYPE in Lua
+    trying = {"call_id": CID, "refer_id": "1", "event": Event.NOTIFY_TRYING, "now": NOW + 1}
+    with pytest.raises(RedisReplyError) as refused:
+        store.apply_many_with([trying], [("XADD", "jobs", "*", "k", "v")])
+    if raw.cluster:  # the event went alone first: the commands were never sent
+        assert getattr(refused.value, "replies", None) is None
+        assert raw.call("EXISTS", "jobs") == 0
+    else:
+        [queued] = refused.value.replies
+        assert isinstance(queued, bytes) and raw.call("XLEN", "jobs") == 1
+
+
 def test_apply_many_after_a_redis_restart_falls_back_in_order(redis_server):
     client = RespClient(redis_server.url, timeout_s=5)
     store = TransferStore(client)
