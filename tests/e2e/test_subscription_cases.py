@@ -128,10 +128,10 @@ def test_transferor_bye_right_after_202_still_records_the_outcome(lab):
 
 
 def test_a_202_is_noted_at_once_and_recorded_by_the_sweep_with_its_own_time(lab):
-    """The REFER's 2xx takes no Redis trip (and, in kamailio-native.cfg, no Python): its
-    reply route notes it in shared memory (htable referee_ans, kemi.kamailio.
-    answers); with no NOTIFY to carry it, the sweep records it a second or two later,
-    stamped with the time the 202 went through, and the note is gone."""
+    """The REFER's 2xx takes no Redis trip: its reply route notes it in shared memory
+    (htable referee_ans, kemi.kamailio.answers); with no NOTIFY to carry it, the sweep
+    records it a second or two later, stamped with the time the 202 went through, and
+    the note is gone.  (Who writes the note in kamailio-native.cfg: the next test.)"""
     an, mk, _ = Parties(lab).start(
         scenarios.Andrew(follow_notifies=False, hold_ms=4000),
         scenarios.McKenzie(notify=False, call_target=False),
@@ -145,3 +145,34 @@ def test_a_202_is_noted_at_once_and_recorded_by_the_sweep_with_its_own_time(lab)
         line.split("|", 5) for line in lab.store.log(live["call_id"], live["refer_id"]))}
     assert 0 <= stamps["refer-accepted"] - stamps["refer"] < 0.5  # the 202's time, not the sweep's
     assert "202 " not in lab.kamailio.kamcmd("htable.dump", "referee_ans")
+
+
+def test_in_the_native_cfg_a_plain_202_never_enters_python(tmp_path, redis_server):
+    """kamailio-native.cfg notes a REFER's plain 2xx itself.  Run here from a copy whose
+    python_exec("referee_reply") also logs each reply it is called for: the NOTIFYs'
+    200s are among them (the probe works), the REFER's 202 is not, and the transfer is
+    recorded accepted all the same."""
+    import shutil
+
+    from kemi.cli.demo.kamailio_node import CONFIGS
+
+    copy = tmp_path / "cfg"
+    shutil.copytree(CONFIGS, copy)
+    native = copy / "kamailio-native.cfg"
+    text = native.read_text()
+    call = '\tpython_exec("referee_reply");\n}'
+    assert text.count(call) == 1, "the cfg's reply route changed: update this test"
+    native.write_text(text.replace(
+        call, '\txlog("L_NOTICE", "TEST python reply $rm $rs\\n");\n' + call))
+    lab = make_lab(tmp_path, redis_server, str(native))
+    lab.kamailio.start()
+    try:
+        Parties(lab).run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+        [record] = lab.finished()
+        assert record["state"] == "succeeded" and record["refer_reply"] == "202"
+        assert "refer-accepted" in [e[0] for e in events(lab, record)]
+        log = lab.kamailio.log()
+        assert "TEST python reply NOTIFY 200" in log
+        assert "TEST python reply REFER" not in log
+    finally:
+        lab.kamailio.stop()
