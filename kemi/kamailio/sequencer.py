@@ -43,10 +43,12 @@ class Sequencer:
         self.on_answer: Callable[[str, dict], None] | None = None
 
     def _with(self, cid: str, change: Callable[[DialogOrder], object],
-              create: bool = False) -> object:
+              create: bool = False, reads_only: bool = False) -> object:
         """Run `change` on the dialog's state under its slot lock and store the result;
         None when the dialog has no state (and `create` is off) or the cfg lacks it.
-        2xx answers noted for the dialog's pending REFERs are taken in first."""
+        2xx answers noted for the dialog's pending REFERs are taken in first.
+        `reads_only`: `change` changes nothing, the state is stored only if answers were
+        taken in (a NOTIFY's first look saves an encode and a write)."""
         if not self.ready:
             return None
         try:
@@ -60,9 +62,10 @@ class Sequencer:
             if text is None and not create:
                 return None
             state = self._decode(cid, text)
-            if state.refers:
-                self._take_answers(cid, state, defer=True)
+            taken = bool(state.refers) and bool(self._take_answers(cid, state, defer=True))
             out = change(state)
+            if reads_only and not taken:
+                return out
             # Kept until the htable's autoexpire: the last CSeq relayed still orders the
             # dialog's later NOTIFYs.
             KSR.htable.sht_sets(SEQ_TABLE, cid, state.encode())
@@ -80,7 +83,7 @@ class Sequencer:
     def _take_answers(self, cid: str, state: DialogOrder | None,
                       defer: bool = False) -> list[dict]:
         """The dialog's noted 2xx answers, taken into its order state (`state`) and given
-        back as deferred-accept entries -- or, with `defer`, handed on as such at once
+        back as deferred-accept entries -- with `defer`, also handed on as such at once
         (before anything of the dialog goes on, so the first NOTIFY let go records them
         first)."""
         if self.on_answer is None:
@@ -90,8 +93,7 @@ class Sequencer:
             entry = {"k": "accept", "r": rid, "c": code, "t": at}
             if defer:
                 self.on_answer(cid, entry)
-            else:
-                out.append(entry)
+            out.append(entry)
             if state is not None:
                 state.refer_answered(rid, at)
         return out
@@ -144,7 +146,8 @@ class Sequencer:
     def verdict(self, cid: str, tag: str, cseq: int, first: bool) -> Verdict | None:
         """What admit would say now (nothing changes); None: not sequenced here."""
         now = time.time()
-        return self._with(cid, lambda s: s.verdict(tag, cseq, first, now, self.timing))
+        return self._with(cid, lambda s: s.verdict(tag, cseq, first, now, self.timing),
+                          reads_only=True)
 
     def admit(self, cid: str, tag: str, cseq: int, first: bool,
               hold: bool = False) -> Verdict | None:

@@ -120,6 +120,44 @@ def test_the_dialogs_next_use_takes_its_answers_in_before_deciding(table):
     assert DialogOrder.decode(table.sht_get("referee_seq", "c1")).refers == {}
 
 
+class CountedWrites:
+    """The htable's sht_sets, counted per table (wraps the in-memory one)."""
+
+    def __init__(self, table: Htable):
+        self.n: dict[str, int] = {}
+        inner = table.sht_sets
+
+        def sets(t, key, value):
+            self.n[t] = self.n.get(t, 0) + 1
+            return inner(t, key, value)
+
+        table.sht_sets = sets
+
+
+def test_a_notifys_first_look_writes_nothing_back_when_no_answer_was_taken(table):
+    seq, _ = sequencer([])
+    seq.refer_relayed("c1", "2", "andrew")
+    before = table.sht_get("referee_seq", "c1")
+    writes = CountedWrites(table)
+    assert seq.verdict("c1", "bob", 1, first=True) == "hold"  # its REFER is unanswered
+    assert writes.n.get("referee_seq", 0) == 0
+    assert table.sht_get("referee_seq", "c1") == before
+    assert seq.admit("c1", "bob", 1, first=True, hold=True) == "hold"
+    assert writes.n["referee_seq"] == 1  # admit does write: it queued the NOTIFY
+
+
+def test_a_notifys_first_look_stores_the_answers_it_took_in(table):
+    deferred: list = []
+    seq, _ = sequencer(deferred)
+    seq.refer_relayed("c1", "2", "andrew")
+    seq.note_answer("c1", "2", 202)
+    seq.verdict("c1", "bob", 1, first=True)  # (hold or relay: the 202's grace decides)
+    assert [e["r"] for _, e in deferred] == ["2"]
+    # taken from referee_ans, so the order state must keep the answer: stored
+    assert DialogOrder.decode(table.sht_get("referee_seq", "c1")).refers == {}
+    assert table.sht_get("referee_ans", "c1") is None
+
+
 def test_a_record_of_the_dialog_takes_them_itself_and_updates_the_order(table):
     deferred: list = []
     seq, _ = sequencer(deferred)
