@@ -32,13 +32,35 @@ class Answers:
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
+        self._usable: bool | None = None  # None: not probed yet in this process
+
+    @property
+    def usable(self) -> bool:
+        """The cfg declares the table -- probed once per process (by a slot lock: htable
+        logs an ERROR for every use of an undeclared table, so nothing else touches it)."""
+        if self._usable is None:
+            why = ""
+            try:
+                if KSR.htable.sht_lock(ANSWER_TABLE, "probe") < 0:
+                    why = "not declared"
+                else:
+                    KSR.htable.sht_unlock(ANSWER_TABLE, "probe")
+            except Exception as exc:  # noqa: BLE001 - htable module missing
+                why = str(exc)
+            self._usable = not why
+            if why:
+                self.log(f"htable '{ANSWER_TABLE}' unusable ({why}): REFER 2xx answers are "
+                         "written to the order state and the deferred accepts instead (two "
+                         "locked writes each); declare it as the example cfgs do")
+        return self._usable
 
     def note(self, cid: str, refer_id: str, code: int) -> bool:
-        entry = f"{refer_id} {code} {time.time():.6f};"
-        try:
-            KSR.htable.sht_lock(ANSWER_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing
+        """False: the cfg lacks the table (said once per process); the caller records
+        the answer the older way."""
+        if not self.usable:
             return False
+        entry = f"{refer_id} {code} {time.time():.6f};"
+        KSR.htable.sht_lock(ANSWER_TABLE, cid)
         try:
             have = KSR.htable.sht_get(ANSWER_TABLE, cid)
             return KSR.htable.sht_sets(
@@ -49,30 +71,21 @@ class Answers:
     def oldest(self, cid: str) -> float:
         """When the dialog's oldest answer was noted: inf if it has none, -inf if none of
         them can be read (to be taken, and said, at once rather than left to expire)."""
-        try:
-            text = KSR.htable.sht_get(ANSWER_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing
-            return float("inf")
+        text = KSR.htable.sht_get(ANSWER_TABLE, cid) if self.usable else None
         if text is None:
             return float("inf")
         times = [a[2] for a in map(_answer, str(text).split(";")) if a is not None]
         return min(times) if times else float("-inf")
 
     def waiting(self, cid: str) -> bool:
-        try:
-            return KSR.htable.sht_get(ANSWER_TABLE, cid) is not None
-        except Exception:  # noqa: BLE001 - htable missing
-            return False
+        return self.usable and KSR.htable.sht_get(ANSWER_TABLE, cid) is not None
 
     def take(self, cid: str) -> list[Answer]:
         """The dialog's answers, oldest first, removed; [] at once when there are none
         (read without the lock: one noted meanwhile is taken next time)."""
-        try:
-            if KSR.htable.sht_get(ANSWER_TABLE, cid) is None:
-                return []
-            KSR.htable.sht_lock(ANSWER_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing
+        if not self.usable or KSR.htable.sht_get(ANSWER_TABLE, cid) is None:
             return []
+        KSR.htable.sht_lock(ANSWER_TABLE, cid)
         try:
             text = KSR.htable.sht_get(ANSWER_TABLE, cid)
             if text is None:
@@ -90,7 +103,7 @@ class Answers:
         return out
 
     def dialogs(self) -> list[str]:
-        return table_keys(ANSWER_TABLE)
+        return table_keys(ANSWER_TABLE) if self.usable else []
 
 
 def _answer(item: str) -> Answer | None:

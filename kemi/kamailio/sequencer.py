@@ -49,13 +49,7 @@ class Sequencer:
         2xx answers noted for the dialog's pending REFERs are taken in first.
         `reads_only`: `change` changes nothing, the state is stored only if answers were
         taken in (a NOTIFY's first look saves an encode and a write)."""
-        if not self.ready:
-            return None
-        try:
-            KSR.htable.sht_lock(SEQ_TABLE, cid)
-        except Exception as exc:  # noqa: BLE001 - htable missing: ordering off
-            self.ready = False
-            self.log(f"htable '{SEQ_TABLE}' unusable ({exc}): NOTIFYs are relayed unordered")
+        if not self._lock(cid):
             return None
         try:
             text = KSR.htable.sht_get(SEQ_TABLE, cid)
@@ -72,6 +66,21 @@ class Sequencer:
             return out
         finally:
             KSR.htable.sht_unlock(SEQ_TABLE, cid)
+
+    def _lock(self, cid: str) -> bool:
+        """The dialog's slot lock; False (said once, ordering off in this process, the
+        table left alone) when the cfg does not declare the table."""
+        if not self.ready:
+            return False
+        try:
+            # Kamailio 5.6 answers -1 (and logs an ERROR) for an undeclared table
+            why = "not declared" if KSR.htable.sht_lock(SEQ_TABLE, cid) < 0 else ""
+        except Exception as exc:  # noqa: BLE001 - htable module missing
+            why = str(exc)
+        if why:
+            self.ready = False
+            self.log(f"htable '{SEQ_TABLE}' unusable ({why}): NOTIFYs are relayed unordered")
+        return not why
 
     def _decode(self, cid: str, text) -> DialogOrder:
         try:
@@ -103,11 +112,7 @@ class Sequencer:
         record (the caller records them: its next event, or the sweep)."""
         if self.on_answer is None or not self.answers.waiting(cid):
             return []
-        if not self.ready:
-            return self._take_answers(cid, None)
-        try:
-            KSR.htable.sht_lock(SEQ_TABLE, cid)
-        except Exception:  # noqa: BLE001 - htable missing: no order state to update
+        if not self._lock(cid):  # no order state to update
             return self._take_answers(cid, None)
         try:
             text = KSR.htable.sht_get(SEQ_TABLE, cid)

@@ -176,3 +176,42 @@ def test_in_the_native_cfg_a_plain_202_never_enters_python(tmp_path, redis_serve
         assert "TEST python reply REFER" not in log
     finally:
         lab.kamailio.stop()
+
+
+def test_a_cfg_written_before_referee_ans_still_records_the_202_in_order(
+        tmp_path, redis_server):
+    """An operator's cfg from before the noted 2xx (no `referee_ans` htable): referee says
+    once per process what is missing, does not touch the table again (Kamailio would log
+    an ERROR for each use), and records each REFER 2xx the older way (order state and
+    deferred accepts written in the reply route); the transfer is recorded accepted, the
+    accept before the first NOTIFY's event.  Only kamailio.cfg can be run so: the native
+    cfg's reply route writes referee_ans itself, and Kamailio refuses to start a cfg that
+    names an undeclared htable."""
+    import shutil
+
+    from kemi.cli.demo.kamailio_node import CONFIGS
+
+    copy = tmp_path / "cfg"
+    shutil.copytree(CONFIGS, copy)
+    cfg = copy / "kamailio.cfg"
+    text = cfg.read_text()
+    line = 'modparam("htable", "htable", "referee_ans=>size=8;autoexpire=600;")\n'
+    assert text.count(line) == 1, "the cfg's htables changed: update this test"
+    cfg.write_text(text.replace(line, ""))
+    lab = make_lab(tmp_path, redis_server, str(cfg))
+    lab.kamailio.start()
+    try:
+        Parties(lab).run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+        [record] = lab.finished()
+        assert record["state"] == "succeeded" and record["refer_reply"] == "202"
+        names = [e[0] for e in events(lab, record)]
+        assert "refer-accepted" in names
+        assert names.index("refer-accepted") < names.index("notify-trying")
+        log = lab.kamailio.log()
+        assert "htable 'referee_ans' unusable (not declared)" in log
+        # probed once per process, then left alone: no htable ERROR for each message
+        assert "No such htable: referee_ans" not in log
+        assert "cannot get hash table [referee_ans]" not in log  # the sweep's iterator
+        assert lab.kamailio.python_errors() == []
+    finally:
+        lab.kamailio.stop()

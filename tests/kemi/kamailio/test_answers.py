@@ -92,6 +92,8 @@ def test_answers_are_taken_oldest_first_and_removed(table):
 
 def test_a_dialog_without_answers_costs_one_read_and_no_lock(table):
     seq, _ = sequencer([])
+    assert seq.answers.usable  # the process's one probe of the table (a lock)
+    table.locks.clear()
     assert seq.answers.take("c1") == []
     assert table.locks == []
 
@@ -190,6 +192,36 @@ def test_the_sweep_takes_a_dialog_whose_notes_cannot_be_read_rather_than_let_it_
 
 def test_without_the_table_the_reply_route_is_told_to_do_it_the_old_way(ksr, table):
     table.missing = ("referee_ans",)
-    seq, _ = sequencer([])
+    seq, logged = sequencer([])
     assert seq.note_answer("c1", "2", 202) is False
+    assert seq.note_answer("c2", "2", 202) is False
     assert seq.fold_due(0.0) == [] and seq.fold("c1") == []
+    # said once per process, naming the table and what to do
+    assert len(logged) == 1 and "referee_ans" in logged[0] and "declare it" in logged[0]
+
+
+def test_an_undeclared_table_is_probed_once_and_never_touched_again(ksr, table):
+    """Kamailio 5.6's htable does not raise for an undeclared table: sht_lock returns -1
+    and every sht_get / sht_sets / iterator logs an ERROR.  One probe, then no use."""
+    calls: list[str] = []
+    inner_lock = table.sht_lock
+
+    def lock(t, key):
+        calls.append(f"lock {t}")
+        return -1 if t == "referee_ans" else inner_lock(t, key)
+
+    def counted(name, inner):
+        def use(t, *args):
+            calls.append(f"{name} {t}")
+            return inner(t, *args)
+        return use
+
+    for name in ("sht_get", "sht_sets", "sht_rm", "sht_iterator_start"):
+        setattr(table, name, counted(name, getattr(table, name)))
+    table.sht_lock = lock
+    seq, logged = sequencer([])
+    assert seq.note_answer("c1", "2", 202) is False
+    assert seq.note_answer("c2", "2", 202) is False
+    assert seq.answers.take("c1") == [] and seq.fold_due(0.0) == []
+    assert [c for c in calls if c.endswith("referee_ans")] == ["lock referee_ans"]
+    assert len(logged) == 1 and "not declared" in logged[0]
