@@ -14,7 +14,7 @@ import pytest
 from kemi.cli.demo.kamailio_node import free_udp_port
 from kemi.core.dialogs import DialogState
 from kemi.storage.dialogs import DialogStore
-from tests.e2e.conftest import make_lab
+from tests.e2e.conftest import CFGS, ON_CLUSTER, close_lab, make_lab, redis_for
 from tests.e2e.parties import received, wait_for
 from tests.support.attended import Callee, Caller, Replacer, cid_args
 from tests.ua.conftest import require_kind
@@ -42,13 +42,16 @@ def start_node(tmp, redis_server, cfg, party_match: str = "address", start: bool
     return lab
 
 
-@pytest.fixture(params=["kamailio.cfg", "kamailio-native.cfg"])
+@pytest.fixture(params=[*CFGS, ON_CLUSTER])
 def alab(request, tmp_path, redis_server):
-    """Dialog index on; party_match "host" for a test marked sipp_parties."""
+    """Dialog index on; party_match "host" for a test marked sipp_parties; on a single
+    Redis with both cfgs, and on a Redis Cluster (every index write from Python there)."""
     mode = "host" if request.node.get_closest_marker("sipp_parties") else "address"
-    lab = start_node(tmp_path, redis_server, request.param, mode)
+    redis, cfg = redis_for(request, redis_server)
+    lab = start_node(tmp_path, redis, cfg, mode)
     yield lab
     lab.kamailio.stop()
+    close_lab(lab)
     errors = lab.kamailio.python_errors()
     assert not errors, "a referee route raised:\n" + "\n".join(errors)
 
@@ -75,7 +78,7 @@ class Call:
         return out + (";early-only" if early_only else "")
 
     def state(self) -> DialogState | None:
-        d = DialogStore(self.lab.rcli).get(self.call_id, self.caller_tag)
+        d = DialogStore(self.lab.client).get(self.call_id, self.caller_tag)
         return d.state if d else None
 
     def wait_state(self, state: DialogState, timeout_s: float = 10) -> None:
@@ -158,7 +161,7 @@ def test_ordinary_calls_are_indexed_with_their_parties_and_end_state(alab):
     call = Call(alab, "andrew", "marsha", hold_ms=0)
     call.finish()
     call.wait_state(DialogState.TERMINATED)
-    d = DialogStore(alab.rcli).get(call.call_id, call.caller_tag)
+    d = DialogStore(alab.client).get(call.call_id, call.caller_tag)
     assert (d.caller, d.callee) == ("andrew@127.0.0.1", "marsha@127.0.0.1")
     assert d.callee_tag == call.callee_tag
     assert d.ended_by == "bye-caller"

@@ -22,6 +22,8 @@ from kemi.cli.demo.kamailio_node import free_udp_port
 from tests.support.load import busy_cpus
 from tests.support.order_scenarios import BurstTransferee, QuickTarget, StrictTransferor
 
+LAB_ON_CLUSTER = True  # `lab` runs a third time on a Redis Cluster (tests/e2e/conftest.py)
+
 CALLS = 120
 RATE = 60  # new transfers per second: dozens overlap at any time
 

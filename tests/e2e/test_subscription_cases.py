@@ -10,6 +10,13 @@ from kemi.cli.demo import phones as scenarios
 from tests.e2e.conftest import make_lab
 from tests.e2e.parties import Parties, finish, received, wait_for
 
+# These run a third time on a Redis Cluster (tests/e2e/conftest.py): the sweep's
+# pipelines and the transferor's BYE recorded across the Cluster's slots.
+LAB_ON_CLUSTER = {
+    "test_a_202_is_noted_at_once_and_recorded_by_the_sweep_with_its_own_time",
+    "test_transferor_bye_right_after_202_still_records_the_outcome",
+}
+
 
 def events(lab, record) -> list[tuple[str, str, str, str]]:
     """(event, old, new, outcome) of each line of a transfer's log, in order."""
