@@ -154,23 +154,29 @@ def test_a_202_is_noted_at_once_and_recorded_by_the_sweep_with_its_own_time(lab)
     assert "202 " not in lab.kamailio.kamcmd("htable.dump", "referee_ans")
 
 
-def test_in_the_native_cfg_a_plain_202_never_enters_python(tmp_path, redis_server):
-    """kamailio-native.cfg notes a REFER's plain 2xx itself.  Run here from a copy whose
-    python_exec("referee_reply") also logs each reply it is called for: the NOTIFYs'
-    200s are among them (the probe works), the REFER's 202 is not, and the transfer is
-    recorded accepted all the same."""
+def patched_cfg(tmp_path, name: str, old: str, new: str):
+    """A copy of the example cfgs with `old` (found exactly once) in `name` made `new`."""
     import shutil
 
     from kemi.cli.demo.kamailio_node import CONFIGS
 
     copy = tmp_path / "cfg"
     shutil.copytree(CONFIGS, copy)
-    native = copy / "kamailio-native.cfg"
-    text = native.read_text()
+    cfg = copy / name
+    text = cfg.read_text()
+    assert text.count(old) == 1, f"{name} changed: update this test"
+    cfg.write_text(text.replace(old, new))
+    return cfg
+
+
+def test_in_the_native_cfg_a_plain_202_never_enters_python(tmp_path, redis_server):
+    """kamailio-native.cfg notes a REFER's plain 2xx itself.  Run here from a copy whose
+    python_exec("referee_reply") also logs each reply it is called for: the NOTIFYs'
+    200s are among them (the probe works), the REFER's 202 is not, and the transfer is
+    recorded accepted all the same."""
     call = '\tpython_exec("referee_reply");\n}'
-    assert text.count(call) == 1, "the cfg's reply route changed: update this test"
-    native.write_text(text.replace(
-        call, '\txlog("L_NOTICE", "TEST python reply $rm $rs\\n");\n' + call))
+    native = patched_cfg(tmp_path, "kamailio-native.cfg", call,
+                         '\txlog("L_NOTICE", "TEST python reply $rm $rs\\n");\n' + call)
     lab = make_lab(tmp_path, redis_server, str(native))
     lab.kamailio.start()
     try:
@@ -194,17 +200,9 @@ def test_a_cfg_written_before_referee_ans_still_records_the_202_in_order(
     accept before the first NOTIFY's event.  Only kamailio.cfg can be run so: the native
     cfg's reply route writes referee_ans itself, and Kamailio refuses to start a cfg that
     names an undeclared htable."""
-    import shutil
-
-    from kemi.cli.demo.kamailio_node import CONFIGS
-
-    copy = tmp_path / "cfg"
-    shutil.copytree(CONFIGS, copy)
-    cfg = copy / "kamailio.cfg"
-    text = cfg.read_text()
-    line = 'modparam("htable", "htable", "referee_ans=>size=8;autoexpire=600;")\n'
-    assert text.count(line) == 1, "the cfg's htables changed: update this test"
-    cfg.write_text(text.replace(line, ""))
+    cfg = patched_cfg(tmp_path, "kamailio.cfg",
+                      'modparam("htable", "htable", "referee_ans=>size=8;autoexpire=600;")\n',
+                      "")
     lab = make_lab(tmp_path, redis_server, str(cfg))
     lab.kamailio.start()
     try:
