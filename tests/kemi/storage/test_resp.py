@@ -81,6 +81,22 @@ def test_parser_rejects_garbage():
         p.get()
 
 
+def test_a_large_reply_read_in_pieces_is_scanned_once():
+    """What was read of an unfinished array is kept as values, not re-read at the next
+    piece: a log writer's batch (thousands of items, many socket reads) costs one scan."""
+    items = [b"field-%04d" % i for i in range(2000)]
+    stream = b"*2000\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(v), v) for v in items)
+    p = RespParser()
+    half = len(stream) // 2
+    p.feed(stream[:half])
+    assert p.get() is NEED_MORE
+    # at most the one item cut in two is left to read again, not the first thousand
+    assert len(p._buf) - p._pos < 20
+    p.feed(stream[half:])
+    assert p.get() == items
+    assert p.get() is NEED_MORE
+
+
 # A reply tree and its RESP2 encoding, written here independently of the parser.
 _line_text = st.text(
     alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
