@@ -59,7 +59,7 @@ def alab(request, tmp_path, redis_server):
 class Call:
     """One call caller -> callee through `lab`, with known Call-ID and tags."""
 
-    def __init__(self, lab, caller: str, callee: str, hold_ms: int = 6000, via=None,
+    def __init__(self, lab, caller: str, callee: str, hold_ms: int = 3500, via=None,
                  call_id_prefix: str = "", **kw):
         self.lab = lab
         self.caller_tag = f"{caller}-{uuid.uuid4().hex[:8]}"

@@ -45,7 +45,7 @@ class TenantCall(Call):
     REFER (202) when `accepts_refer`."""
 
     def __init__(self, lab, caller: str, callee: str, callee_domain: str | None = None,
-                 hold_ms: int = 6000, accepts_refer: bool = False, **kw):
+                 hold_ms: int = 3500, accepts_refer: bool = False, **kw):
         self.lab = lab
         self.caller_tag = f"{caller}-{uuid.uuid4().hex[:8]}"
         self.callee_tag = f"{callee}-{uuid.uuid4().hex[:8]}"
