@@ -53,8 +53,10 @@ def read_group(client: Any, key: str, group: str, consumer: str, start: str, cou
     return entries(client.call(*args, "STREAMS", key, start))
 
 
-def ack(client: Any, key: str, group: str, entry_id: str) -> None:
-    client.call("XACK", key, group, entry_id)
+def ack(client: Any, key: str, group: str, *entry_ids: str) -> None:
+    """Acknowledge entries, any number in one XACK (one round trip for a batch)."""
+    if entry_ids:
+        client.call("XACK", key, group, *entry_ids)
 
 
 def claim_idle(client: Any, key: str, group: str, consumer: str, idle_ms: int,

@@ -77,6 +77,24 @@ def test_finished_transfers_are_written_once_with_their_facts(sql, store):
     assert store.client.call("XPENDING", store.stream_key, GROUP)[0] == 0
 
 
+def test_a_batch_is_acknowledged_in_one_round_trip(sql, store):
+    """A batch of 100 rows was 100 XACKs, each its own round trip -- more of the writer's
+    CPU than reading the batch."""
+    _dsn, conn = sql
+    for i in range(5):
+        finish(store, f"c{i}@h", "2", 1000.0 + i)
+    sent: list[tuple] = []
+    real_call = store.client.call
+    store.client.call = lambda *args: sent.append(args) or real_call(*args)
+    try:
+        assert LogWriter(store, conn, consumer="w1", block_ms=100).step() == 5
+    finally:
+        store.client.call = real_call
+    [xack] = [c for c in sent if c[0] == "XACK"]
+    assert len(xack) == 3 + 5  # XACK key group and the five entry ids
+    assert store.client.call("XPENDING", store.stream_key, GROUP)[0] == 0
+
+
 def test_a_writer_stopped_between_commit_and_ack_writes_the_same_rows_again(sql, store):
     _dsn, conn = sql
     finish(store, "c1@h", "2", 1000.0)
