@@ -27,7 +27,7 @@ SHARED = REPO.parent / "shared" / "conformance"
 ASTERISK = SHARED / "asterisk-testsuite"
 BLIND = ASTERISK / "tests/channels/pjsip/transfers/blind_transfer"
 BOTH_CONFIGS = ["kamailio.cfg", "kamailio-native.cfg"]
-# A record unchanged for SETTLE_S (the order timer ticks every 10 ms) is what referee has
+# A record unchanged for SETTLE_S (the order timer ticks every 50 ms) is what referee has
 # written for what happened.
 SETTLE_S = 0.2
 SETTLE_MAX_S = 3.0
