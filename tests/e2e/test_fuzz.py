@@ -111,7 +111,7 @@ def test_mutated_requests_never_get_referees_500(tmp_path, redis_server, cfg):
         for _ in range(COUNT):
             method = rng.choice(sorted(TEMPLATES))
             msg = mutate(rng, TEMPLATES[method].format(**ua.fields()).encode())
-            r = ua.send(msg, timeout=0.15, answer=200 if method == "NOTIFY" else 202)
+            r = ua.send(msg, timeout=0.1, answer=200 if method == "NOTIFY" else 202)
             if r is None:
                 continue
             answers[r.code] = answers.get(r.code, 0) + 1
