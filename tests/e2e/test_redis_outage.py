@@ -95,8 +95,12 @@ def test_redis_down_refer_gets_503_retry_after_and_options_stay_fast(start_lab):
     lab.redis.start()
     time.sleep(OPEN_S)
     parties.run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
-    [record] = lab.finished()
-    assert record["state"] == "succeeded"
+    # A worker's first call on a connection from before the restart can fail; the event
+    # it carried is spooled and replayed by the sweep (every 2 s), so the record may
+    # land a moment after the phones are done (seen once in a full run under load).
+    records = wait_for(lab.finished, 6.0)
+    assert len(records) == 1, lab.kamailio.log()[-3000:]
+    assert records[0]["state"] == "succeeded"
 
 
 def test_hung_redis_costs_a_refer_at_most_the_budget_then_the_breaker_answers_at_once(start_lab):
