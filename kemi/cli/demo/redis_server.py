@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -24,11 +25,19 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process on 127.0.0.1:<port> and a unix socket in its temp dir."""
+    """One redis-server process on 127.0.0.1:<port> and a unix socket in its temp dir.
 
-    def __init__(self, directory: Path, port: int | None = None):
+    Without `conf` it persists nothing; with it, the file's persistence settings hold
+    (port, bind, dir and the log file are still ours).  `args` go last, e.g.
+    ("--replicaof", "127.0.0.1", "6380").
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, conf: Path | None = None,
+                 args: Sequence[str] = ()):
         self.dir = directory
         self.port = port or _free_port()
+        self.conf = conf
+        self.args = list(args)
         self.unix_path = str(directory / "redis.sock")
         self.proc: subprocess.Popen | None = None
         self.paused = False
@@ -49,12 +58,15 @@ class RedisServer:
         """Start (or restart) on the same port; returns once it answers PING."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        persistence = [] if self.conf else ["--save", "", "--appendonly", "no"]
         self.proc = subprocess.Popen(
             [
-                REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                REDIS_SERVER, *([str(self.conf)] if self.conf else []),
+                "--port", str(self.port), "--bind", "127.0.0.1",
                 "--unixsocket", self.unix_path, "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                *persistence, "--dir", str(self.dir),
                 "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
+                *self.args,
             ],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

@@ -4,14 +4,13 @@ Debian's stock redis.conf), one started with config-examples/redis/redis.conf, a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from kemi.cli.demo.kamailio_node import free_udp_port
-from kemi.cli.demo.redis_server import REDIS_SERVER
+from kemi.cli.demo.redis_server import RedisServer
+from kemi.cli.demo.redis_server import _free_port as free_tcp_port
 
 REPO = Path(__file__).resolve().parents[3]
 REFEREE = str(Path(sys.prefix) / "bin" / "referee")
@@ -35,29 +34,22 @@ def test_a_redis_without_aof_is_reachable_but_warned_about(tmp_path, redis_serve
 
 
 def test_the_example_redis_conf_keeps_transfers_through_a_crash(tmp_path):
-    port = free_udp_port()  # a free number; TCP on loopback, checked by the start below
     data = tmp_path / "redis"
     data.mkdir()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, str(REPO / "config-examples/redis/redis.conf"), "--port", str(port),
-         "--bind", "127.0.0.1", "--dir", str(data), "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(data, conf=REPO / "config-examples/redis/redis.conf")
+    server.start()  # answers PING, or says why it exited
     try:
-        for _ in range(100):
-            out = check(tmp_path, f"redis://127.0.0.1:{port}/0")
-            if out.returncode == 0:
-                break
-            time.sleep(0.05)
+        out = check(tmp_path, server.url)
         assert out.returncode == 0, out.stdout + out.stderr
-        assert f"redis 127.0.0.1:{port}: reachable, primary, appendonly on" in out.stdout
+        assert f"redis 127.0.0.1:{server.port}: reachable, primary, appendonly on" \
+            in out.stdout
         assert "warning" not in out.stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        server.stop()
 
 
 def test_no_redis_is_a_failure_said_in_one_line(tmp_path):
-    out = check(tmp_path, f"redis://127.0.0.1:{free_udp_port()}/0")
+    out = check(tmp_path, f"redis://127.0.0.1:{free_tcp_port()}/0")
     assert out.returncode == 1
     assert "UNREACHABLE" in out.stdout
 
@@ -73,26 +65,20 @@ def check_with(tmp_path: Path, url: str, journal: Path) -> subprocess.CompletedP
 
 
 def test_a_replica_is_no_place_for_referee_to_write(tmp_path, redis_server):
-    port = free_udp_port()
     data = tmp_path / "replica"
     data.mkdir()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--save", "", "--replicaof", "127.0.0.1", str(redis_server.port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A TCP port of its own, and a start that waits for PING or says why redis exited:
+    # a UDP-free number once collided with a TCP port in use, and the check saw nothing.
+    replica = RedisServer(data, args=["--replicaof", "127.0.0.1", str(redis_server.port)])
+    replica.start()
     try:
-        for _ in range(100):
-            out = check_with(tmp_path, f"redis://127.0.0.1:{port}/0", tmp_path / "j")
-            if "UNREACHABLE" not in out.stdout:
-                break
-            time.sleep(0.05)
+        out = check_with(tmp_path, replica.url, tmp_path / "j")
         assert out.returncode == 1
-        assert f"redis 127.0.0.1:{port}: reachable, replica of 127.0.0.1:{redis_server.port}" \
-            in out.stdout
+        assert (f"redis 127.0.0.1:{replica.port}: reachable, replica of "
+                f"127.0.0.1:{redis_server.port}") in out.stdout
         assert "NOT WRITABLE" in out.stdout
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
+        replica.stop()
 
 
 def test_events_waiting_in_the_journal_are_counted_per_process(tmp_path, redis_server):
