@@ -11,7 +11,7 @@ import KSR  # provided by app_python3
 
 from kemi.core import transfer, verdicts
 from kemi.core.cseq import CSeqError, parse_cseq_number
-from kemi.kamailio.anchored import AnchoredRoutes
+from kemi.kamailio.anchored import ACCEPT_DETAIL, AnchoredRoutes
 from kemi.kamailio.glue import CONTINUE, arm_routes, header_values, pv, source
 from kemi.kamailio.marks import mark_dialog
 from kemi.kamailio.perform import perform
@@ -91,6 +91,8 @@ class ReferRoutes:
         expiry = min(plan.expiry_s, self.s.settings.transfer.max_open_s)
         asterisk, mode = self.anchoring.choose(plan)
         plan.fields["node"] = f"{pv('$Ri')}:{pv('$Rp')}"  # where to look: `transfers --live`
+        # referee answers an anchored REFER 202 itself: recorded accepted by its create
+        then = self.anchoring.accept_event(plan) if mode == "accept" else None
         token = ""
         if self.s.settings.kamailio.tie_token and mode != "accept":
             token = plan.fields["tie_token"] = secrets.token_hex(6)
@@ -107,6 +109,8 @@ class ReferRoutes:
                 transferee=plan.transferee,
                 target=plan.target,
                 answered_after_s=self.s.settings.redis.timeout_ms / 1000.0 + LATE_MARGIN_S,
+                then=then,
+                then_detail=ACCEPT_DETAIL if then else "",
             )
         except RedisError as exc:
             return self._without_store(plan, str(exc))

@@ -23,7 +23,10 @@ end
 #       12 the rate count made before the script ('' : count here, in KEYS[ARGV[8]]),
 #       13 the tie key's name ('' : none), 14 a deadline in Redis's TIME ('' : none):
 #       past it the REFER was answered already (503, the client gave up), so nothing is
-#       written -- a ghost record would tie up its transferee; 15.. field pairs
+#       written -- a ghost record would tie up its transferee; 15 an event applied at
+#       once ('' : none; an anchored REFER answered 202 by referee itself), 16 the state
+#       kemi.core.state's table gives for it after refer-seen, 17 its detail; 18.. field
+#       pairs
 # On a Cluster no deadlines/rate/tie key is passed: the store writes them around the script.
 CREATE_LUA = _COMMON + """
 local idx, xk, lk, dls = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -54,8 +57,10 @@ end
 if ARGV[6] ~= '' and n >= tonumber(ARGV[6]) then return {0, 'per-call-limit', n, c} end
 if ARGV[7] ~= '' and c > tonumber(ARGV[7]) then return {0, 'rate-limit', n, c} end
 local member = cid .. '\\31' .. rid
-local h = {'state', 'refer-seen', 'call_id', cid, 'refer_id', rid, 'created_at', now,
-  'updated_at', now, 'deadline', dl, 'events', 1, 'last_event', 'refer'}
+local state, events, last = 'refer-seen', 1, 'refer'
+if ARGV[15] ~= '' then state, events, last = ARGV[16], 2, ARGV[15] end
+local h = {'state', state, 'call_id', cid, 'refer_id', rid, 'created_at', now,
+  'updated_at', now, 'deadline', dl, 'events', events, 'last_event', last}
 if ARGV[13] ~= '' then
   h[#h + 1] = 'tie_key'; h[#h + 1] = ARGV[13]; h[#h + 1] = 'tie_field'; h[#h + 1] = member
 end
@@ -63,15 +68,19 @@ if tk then
   redis.call('HSET', tk, member, ARGV[10])
   extend(tk, ttl)
 end
-for i = 15, #ARGV do h[#h + 1] = ARGV[i] end
+for i = 18, #ARGV do h[#h + 1] = ARGV[i] end
 redis.call('HSET', xk, unpack(h))
-redis.call('HSET', idx, rid, 'refer-seen')
+redis.call('HSET', idx, rid, state)
 if dls then
   redis.call('ZADD', dls, dl, member)
   extend(dls, ttl)
 end
 redis.call('DEL', lk)
 redis.call('RPUSH', lk, now .. '|refer|new|refer-seen|applied|' .. ARGV[11])
+if ARGV[15] ~= '' then
+  redis.call('RPUSH', lk, table.concat({now, ARGV[15], 'refer-seen', state, 'applied',
+    ARGV[17]}, '|'))
+end
 redis.call('EXPIRE', xk, ttl)
 redis.call('EXPIRE', lk, ttl)
 extend(idx, ttl)

@@ -70,7 +70,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kemi.core.state import FINAL, Event, State
+from kemi.core.state import FINAL, Event, State, step
 from kemi.core.transfer import OpenTransfer
 from kemi.storage.scripts import (  # noqa: F401 - SEP and call_tag are part of this API
     SEP,
@@ -214,8 +214,14 @@ class TransferStore(ScriptStore):
         target: str | None = None,
         detail: str = "",
         answered_after_s: float | None = None,
+        then: Event | None = None,
+        then_detail: str = "",
     ) -> CreateResult:
         """Record a REFER (state refer-seen) unless a duplicate or over a limit.
+
+        `then`: an event applied in the same script once the REFER is created (logged as
+        its own step; nothing for a duplicate or a refusal) -- an anchored REFER's accept,
+        which referee answers 202 itself: one round trip where there were two.
 
         Every non-duplicate REFER counts toward the transferor's rate, even one refused
         by a limit; a refused one creates nothing else.  `answered_after_s`: the caller
@@ -223,6 +229,7 @@ class TransferStore(ScriptStore):
         than that (it hung, then resumed) creates nothing ("too-late").  Checked against
         Redis's own clock, once the client has read its offset.
         """
+        then_args = self._then_args(then, then_detail)  # before anything is written
         rid = normalise_refer_id(refer_id)
         xk = self.xfer_key(call_id, rid)
         identity = {"call_id": call_id, "refer_id": rid, "transferor": transferor,
@@ -259,7 +266,8 @@ class TransferStore(ScriptStore):
             rid, call_id, f"{now:.3f}", f"{deadline:.3f}", str(ttl),
             "" if max_per_call is None else str(max_per_call),
             "" if rate_limit is None else str(rate_limit),
-            str(rate_pos), str(tie_pos), target or "", detail, counted, tk, too_late, *extra,
+            str(rate_pos), str(tie_pos), target or "", detail, counted, tk, too_late,
+            *then_args, *extra,
         ]
         reply = self._eval(_CREATE, keys, args)
         created, reason, n, count = reply[:4]
@@ -269,6 +277,17 @@ class TransferStore(ScriptStore):
                 result, reply, member, now, transferor, tk
             )
         return result
+
+    @staticmethod
+    def _then_args(then: Event | None, detail: str) -> list[str]:
+        """The create script's event applied at once: its name, the state the table gives
+        it after refer-seen (the table decides, as for any event), its detail."""
+        if then is None:
+            return ["", "", ""]
+        st = step(State.REFER_SEEN, then)
+        if st.outcome != "applied":
+            raise ValueError(f"{then} cannot follow a new REFER (table: {st.outcome})")
+        return [str(then.value), str(st.new.value), detail]
 
     # -- the Cluster path: the cross-slot keys, written around the call's script
 

@@ -582,11 +582,12 @@ def test_an_operator_ending_a_stuck_transfer_sends_a_its_final_notify(anchored_l
 # Counted with one Redis's MONITOR; a Cluster spreads the trips over its nodes (what
 # they are there: bench/README.md, Cluster, and tests/kemi/storage/test_cluster.py).
 @pytest.mark.parametrize("anchored_lab", CFGS, indirect=True)
-def test_an_accepted_refer_takes_three_round_trips_up_to_its_move_job(anchored_lab):
-    """The create; the accept, recorded before the NOTIFY 100 leaves (A's answer to it
-    must find the transfer accepted); then the NOTIFY's event, the dialog listed for a
-    restart and the move job in one trip (they were three).  Each trip through ndb_redis
-    is one EVALSHA of the packed runner, seen here with Redis' MONITOR."""
+def test_an_accepted_refer_takes_two_round_trips_up_to_its_move_job(anchored_lab):
+    """The create, which records the accept with it (referee sends the 202 right after,
+    and A's answer to the NOTIFY 100 must find the transfer accepted); then the NOTIFY's
+    event, the dialog listed for a restart and the move job in one trip.  It took five,
+    then three.  Each trip through ndb_redis is one EVALSHA of the packed runner, seen
+    here with Redis' MONITOR."""
     import threading
 
     al = anchored_lab()
@@ -617,6 +618,11 @@ def test_an_accepted_refer_takes_three_round_trips_up_to_its_move_job(anchored_l
     finish(al.lab, pa, pz)
     trips = [c for c in seen if c.startswith(("EVALSHA ", "EVAL ")) and call_id in c]
     queued = next(n for n, c in enumerate(trips) if jobs_key(PREFIX, "pbx1") in c)
-    assert queued == 2, trips[: queued + 1]
-    assert "XADD" in trips[2] and "HSET" in trips[2]  # the job, the dialog listed
-    assert "notify-trying" in trips[2]
+    assert queued == 1, trips[: queued + 1]
+    assert "refer-accepted" in trips[0] and "202 by referee (anchored)" in trips[0]
+    assert "XADD" in trips[1] and "HSET" in trips[1]  # the job, the dialog listed
+    assert "notify-trying" in trips[1]
+    log = [line.split("|")[1:5] for line in al.lab.store.log(call_id, job.refer_id)]
+    assert log[:3] == [["refer", "new", "refer-seen", "applied"],
+                       ["refer-accepted", "refer-seen", "accepted", "applied"],
+                       ["notify-trying", "accepted", "trying", "applied"]]

@@ -39,6 +39,7 @@ from kemi.storage import streams
 from kemi.storage.resp import RedisError
 
 DIALOGS_TTL_S = 86400  # as the htables' autoexpire
+ACCEPT_DETAIL = "202 by referee (anchored)"
 
 
 class AnchoredRoutes:
@@ -101,6 +102,14 @@ class AnchoredRoutes:
         plan.fields.update(fields)
         return name, mode
 
+    @staticmethod
+    def accept_event(plan: transfer.ReferPlan) -> Event:
+        """The accept an anchored REFER's create records with it (TransferStore.create
+        `then`): referee sends the 202 right after, so A's answer to the NOTIFY 100 finds
+        the transfer accepted -- one round trip fewer than recording it on its own."""
+        plan.fields["refer_reply"] = "202"
+        return Event.REFER_ACCEPTED_NOSUB if plan.nosub_requested else Event.REFER_ACCEPTED
+
     def accept(self, plan: transfer.ReferPlan, asterisk: str, duplicate: bool,
                          now: float) -> int:
         """202 here, NOTIFY 100 at once, and the job for the Asterisk side; the REFER is
@@ -127,13 +136,10 @@ class AnchoredRoutes:
         return HANDLED
 
     def _after_202(self, plan: transfer.ReferPlan, asterisk: str, now: float) -> None:
-        """The accept recorded before the NOTIFY 100 goes (A's answer to it must find the
-        transfer accepted), then one round trip: the NOTIFY's event, the dialog listed for
-        a restart, the move job queued."""
+        """The accept was recorded with the create (accept_event); one round trip now:
+        the NOTIFY's event, the dialog listed for a restart, the move job queued."""
         cid, rid, nosub = plan.call_id, plan.refer_id, plan.nosub_requested
         mark_dialog(cid, pv("$ft") or "", rid, anchored_dialog=True)
-        event = Event.REFER_ACCEPTED_NOSUB if nosub else Event.REFER_ACCEPTED
-        self.rec.apply(cid, rid, event, {"refer_reply": "202"}, "202 by referee (anchored)")
         expires = int(min(plan.expiry_s, self.s.settings.transfer.max_open_s))
         events: list[dict] = []
         commands: list[tuple] = []

@@ -116,6 +116,54 @@ def test_create_and_apply(store, raw):
     assert_every_key_has_ttl(raw)
 
 
+@pytest.mark.parametrize("event, state", [(Event.REFER_ACCEPTED, "accepted"),
+                                          (Event.REFER_ACCEPTED_NOSUB, "accepted-nosub")])
+def test_a_create_can_apply_the_accept_in_the_same_script(store, raw, event, state):
+    """An anchored REFER, answered 202 by referee itself: created and accepted in one
+    round trip, logged as the two steps applying them one by one would log."""
+    counting = Counting(raw)
+    one = TransferStore(counting)
+    _create(one, call_id="warm")  # the scripts loaded
+    counting.calls.clear()
+    res = _create(one, fields={"refer_to": "sip:marsha@example.com", "refer_reply": "202"},
+                  then=event, then_detail="202 by referee (anchored)")
+    assert res == CreateResult(True, "created", 1, 2)
+    # one script run (a Cluster pipelines its shared keys per node around it, as for any
+    # create: kemi.storage.transfers, the Cluster path)
+    assert [c for c in counting.calls if not c.startswith("PIPELINE:")] == ["EVALSHA"]
+    assert raw.cluster or counting.calls == ["EVALSHA"]
+    rec = store.get(CID, "1")
+    assert rec["state"] == state and rec["events"] == "2" and rec["last_event"] == event.value
+    assert rec["refer_reply"] == "202"
+    assert raw.call("HGETALL", store.index_key(CID)) == [b"1", state.encode()]
+    log = [line.split("|", 5) for line in store.log(CID, "1")]
+    assert log == [
+        [f"{NOW:.3f}", "refer", "new", "refer-seen", "applied", ""],
+        [f"{NOW:.3f}", event.value, "refer-seen", state, "applied",
+         "202 by referee (anchored)"],
+    ]
+    # what comes next applies to it as to any accepted transfer
+    r = store.apply(CID, "1", Event.NOTIFY_TRYING, NOW + 1)
+    assert r.old == State(state) and r.outcome == step(State(state), Event.NOTIFY_TRYING).outcome
+    assert_every_key_has_ttl(raw)
+
+
+def test_a_duplicate_or_refused_create_applies_nothing_after_it(store, raw):
+    _create(store)
+    res = _create(store, then=Event.REFER_ACCEPTED)  # a retransmission: recorded already
+    assert res.reason == "duplicate"
+    assert store.get(CID, "1")["state"] == "refer-seen" and len(store.log(CID, "1")) == 1
+    res = _create(store, refer_id="2", max_per_call=1, then=Event.REFER_ACCEPTED)
+    assert res.reason == "per-call-limit"
+    assert store.get(CID, "2") is None and store.log(CID, "2") == []
+
+
+def test_only_an_event_the_table_applies_to_a_new_refer_can_follow_the_create(store, raw):
+    with pytest.raises(ValueError, match="cannot follow a new REFER"):
+        _create(store, then=Event.REFER)
+    assert all_keys(raw) == []  # nothing written, on any path
+
+
 def test_lua_agrees_with_the_table_for_every_cell(store, raw):
     """Force each state into a record and apply each event: Lua == kemi.core.state.step."""
     n = 0
