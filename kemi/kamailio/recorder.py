@@ -158,7 +158,16 @@ class Recorder:
         if e["k"] == "accept":
             return "event", self._accept(call_id, e)
         if e["k"] == "apply":
-            return "event", self.event(call_id, e.get("r"), Event(e["e"]), e.get("f"),
+            # The transferor's answer to a NOTIFY without ;id= that was held: its note has
+            # no refer id.  Stored a sweep later, the transfer may have ended meanwhile, and
+            # the store would find no open one to apply it to: it goes where its note goes.
+            rid = e.get("r")
+            if rid is None:
+                try:
+                    rid = self.s.store.latest(call_id)
+                except RedisError:
+                    pass  # Redis away: the event is spooled as it is, the note beside it
+            return "event", self.event(call_id, rid, Event(e["e"]), e.get("f"),
                                         e.get("d", ""), at=at)
         if e["k"] == "note":
             return "note", {"call_id": call_id, "refer_id": e.get("r"), "now": at,

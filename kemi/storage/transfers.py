@@ -485,7 +485,7 @@ class TransferStore(ScriptStore):
         refer_id None (a NOTIFY without ;id=): the dialog's only open transfer, else its
         latest (one more round trip)."""
         if refer_id is None:
-            refer_id = self._latest(call_id)
+            refer_id = self.latest(call_id)
             if refer_id is None:
                 return False
         keys, args = self._annotate_call(call_id, refer_id, now, fields, detail)
@@ -532,7 +532,9 @@ class TransferStore(ScriptStore):
             return True
         return bool(int(reply))
 
-    def _latest(self, call_id: str) -> str | None:
+    def latest(self, call_id: str) -> str | None:
+        """The dialog's only open transfer, else its latest (None: none, or several open)
+        -- the transfer a message without ;id= that came in the dialog belongs to."""
         states = _pairs(self._call("HGETALL", self.index_key(call_id)))
         open_ = [rid for rid, st in states.items() if st and State(st) not in FINAL]
         if len(open_) > 1:
@@ -633,7 +635,7 @@ class TransferStore(ScriptStore):
     def transferor_contact(self, call_id: str, refer_id: str | None) -> str | None:
         """The Contact of the transferor's REFER (the latest open transfer of the dialog
         when the NOTIFY names none)."""
-        rid = refer_id if refer_id is not None else self._latest(call_id)
+        rid = refer_id if refer_id is not None else self.latest(call_id)
         if rid is None:
             return None
         value = self._call("HGET", self.xfer_key(call_id, rid), "transferor_contact")

@@ -53,6 +53,30 @@ def test_the_sweep_stores_what_was_left_for_later_in_one_trip_per_run(ksr, redis
     assert not [line for line in ksr.logged if "LOST" in line or "spooled" in line]
 
 
+def test_a_481_to_a_held_notify_without_id_is_recorded_after_the_transfer_ended(
+        ksr, redis_server):
+    """McKenzie's NOTIFY without ;id= was held for its turn, so the note on its transaction
+    never learnt the refer id; Andrew answered it 481, and by the sweep the INVITE's 2xx
+    had ended the transfer.  The 481 goes where its note goes (the dialog's latest
+    transfer), logged as the state table takes it -- it was lost as "unknown"."""
+    from kemi.kamailio.recorder import Recorder
+
+    store = TransferStore(packed_client(redis_server.url))
+    cid = "held@example.com"
+    _transfer(store, cid)
+    store.apply(cid, "1", Event.BYE_TRANSFEROR, NOW + 1)
+    store.apply(cid, "1", Event.INVITE_2XX, NOW + 2, {"invite_reply": "200"})
+    answer = {"k": "note", "r": None, "f": {"notify_reply": "481"},
+              "d": "NOTIFY CSeq 1 (100 Trying) answered 481 by the transferor", "t": NOW + 3}
+    event = {"k": "apply", "r": None, "e": "notify-481", "f": {"notify_reply": "481"},
+             "d": "481", "t": NOW + 3}
+    Recorder(SimpleNamespace(store=store)).store_later_many([(cid, answer), (cid, event)])
+    steps = [line.split("|")[1:5] for line in store.log(cid, "1")]
+    assert steps[-2:] == [["note", "succeeded", "succeeded", "noted"],
+                          ["notify-481", "succeeded", "succeeded", "ignored"]]
+    assert not [line for line in ksr.logged if "unknown" in line]
+
+
 def test_a_large_backlog_goes_in_pieces_so_redis_is_never_held_long(ksr, redis_server):
     """Under load a sweep tick finds thousands of 202s left for it: sent as one packed
     script they would hold Redis past every SIP worker's timeout."""
