@@ -10,7 +10,7 @@ import pytest
 from kemi.cli.demo import phones as scenarios
 from kemi.cli.demo.kamailio_node import Kamailio, write_referee_config
 from kemi.storage.resp import RespClient
-from tests.e2e.conftest import Lab, referee_cli
+from tests.e2e.conftest import Lab, fresh_policy_db
 from tests.e2e.test_blind_transfer import run_transfer
 from tests.support.redis_cluster import redis_cluster  # noqa: F401 - a fixture
 
@@ -20,8 +20,7 @@ def cluster_lab(request, tmp_path, redis_cluster):  # noqa: F811 - the imported 
     redis_cluster.flush()
     redis_cluster.reset_stats()
     db = tmp_path / "policy.db"
-    init = referee_cli(db, "db", "init")
-    assert init.returncode == 0, init.stderr
+    fresh_policy_db(db)
     conf = write_referee_config(tmp_path / "referee.toml", redis_url=redis_cluster.url,
                                 policy_db=db)
     kam = Kamailio(tmp_path / "kamailio", conf, cfg=request.param)

@@ -136,7 +136,8 @@ class Kamailio:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kamailio exited {self.proc.returncode}:\n{self.log()[-4000:]}")
-            status, _ = sip_options(self.port, timeout=0.3)
+            # a short wait per probe: until Kamailio binds, each one waits it out whole
+            status, _ = sip_options(self.port, timeout=0.05)
             if status:
                 return self
         self.stop()
