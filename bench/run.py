@@ -114,6 +114,23 @@ TRANSFER_VARIANTS = {
 CALL_VARIANTS = {
     "hook-off": Variant("hook-off", "kamailio-native.cfg", True, ("WITHOUT_REFEREE",)),
     "hook-on": Variant("hook-on", "kamailio-native.cfg", True),
+    # hook-off again, in a lab of its own: what two labs of one cfg differ by (a null check
+    # for hook-on / hook-off)
+    "hook-off-twin": Variant("hook-off-twin", "kamailio-native.cfg", True, ("WITHOUT_REFEREE",)),
+    # What-if: referee loaded (modules, Python, timers, htables) but none of its lines run
+    # for a request -- what hook-on costs beyond the lines themselves
+    "hook-loaded": Variant("hook-loaded", "kamailio-native.cfg", True, cfg_patch=(
+        ("\troute(REFEREE_CSEQ);\n\tif (is_method(\"CANCEL\"))",
+         "\tif (is_method(\"CANCEL\"))"),
+        ("route[TRANSFER] {\n#!ifndef WITHOUT_REFEREE",
+         "route[TRANSFER] {\n\treturn;\n#!ifndef WITHOUT_REFEREE"),
+        ("route[RELAY] {\n#!ifndef WITHOUT_REFEREE", "route[RELAY] {\n#!ifdef WITHOUT_REFEREE"),
+    )),
+    # What-if: hook-on without the INVITE's header checks (Referred-By, X-Referee-Tie)
+    "hook-nohf": Variant("hook-nohf", "kamailio-native.cfg", True, cfg_patch=(
+        ('if (is_present_hf("Referred-By") || is_present_hf("X-Referee-Tie")\n\t\t\t\t|| ',
+         'if ('),
+    )),
     # The order timer's wake-ups at the interval it had before (10 ms; now 50 ms).
     "hook-on-order10": Variant("hook-on-order10", "kamailio-native.cfg", True,
                                ('ORDER_TIMER="name=referee_order;interval=10000u;mode=1;"',)),
