@@ -43,17 +43,21 @@ class Sequencer:
         self.on_answer: Callable[[str, dict], None] | None = None
 
     def _with(self, cid: str, change: Callable[[DialogOrder], object],
-              create: bool = False, reads_only: bool = False) -> object:
+              create: bool = False, reads_only: bool = False,
+              missing: Callable[[], object] | None = None) -> object:
         """Run `change` on the dialog's state under its slot lock and store the result;
-        None when the dialog has no state (and `create` is off) or the cfg lacks it.
-        2xx answers noted for the dialog's pending REFERs are taken in first.
-        `reads_only`: `change` changes nothing, the state is stored only if answers were
-        taken in (a NOTIFY's first look saves an encode and a write)."""
+        None when the dialog has no state (and `create` is off: `missing` runs, under
+        the lock) or the cfg lacks it.  2xx answers noted for the dialog's pending
+        REFERs are taken in first.  `reads_only`: `change` changes nothing, the state is
+        stored only if answers were taken in (a NOTIFY's first look saves an encode and
+        a write)."""
         if not self._lock(cid):
             return None
         try:
             text = KSR.htable.sht_get(SEQ_TABLE, cid)
             if text is None and not create:
+                if missing is not None:
+                    missing()
                 return None
             state = self._decode(cid, text)
             taken = bool(state.refers) and bool(self._take_answers(cid, state, defer=True))
@@ -169,11 +173,14 @@ class Sequencer:
         """Suspend the current NOTIFY's transaction (creating it) into the place `admit`
         queued it in; False if tm could not (the place is given up: relay it at once)."""
         ids = self._suspend_current()
-        if ids is None or not self._with(cid, lambda s: s.attach(tag, cseq, *ids)):
+
+        def attach(s: DialogOrder) -> bool:
+            return s.attach(tag, cseq, *ids) and _flag_held(cid)
+
+        if ids is None or not self._with(cid, attach):
             now = time.time()
             self._with(cid, lambda s: s.withdraw(tag, cseq, now))
             return ids is not None  # suspended, its place gone: tm times it out
-        KSR.htable.sht_sets(HELD_TABLE, cid, "1")
         return True
 
     def requeue(self, cid: str, tag: str, cseq: int, delay_s: float) -> bool:
@@ -184,8 +191,7 @@ class Sequencer:
             return False
         now = time.time()
         held = Held(tag, cseq, ids[0], ids[1], now, False, now + delay_s)
-        self._with(cid, lambda s: s.hold(held), create=True)
-        KSR.htable.sht_sets(HELD_TABLE, cid, "1")
+        self._with(cid, lambda s: s.hold(held) or _flag_held(cid), create=True)
         return True
 
     @staticmethod
@@ -212,25 +218,36 @@ class Sequencer:
                 break
             room = None if limit is None else limit - len(out)
 
-            def step(s: DialogOrder, room=room) -> tuple[list[Held], list[Held], bool]:
+            # The dialog's flag in referee_held is set and cleared only under its slot
+            # lock, with the state: cleared after the lock, it could erase the flag of a
+            # NOTIFY a worker held meanwhile, which no tick would then resume.
+            def step(s: DialogOrder, cid=cid, room=room) -> tuple[list[Held], list[Held]]:
                 stale = s.forget_stale(now, self.timing, HELD_LIMIT_S)
-                return s.release(now, self.timing, room), stale, bool(s.held)
+                released = s.release(now, self.timing, room)
+                if not s.held:
+                    KSR.htable.sht_rm(HELD_TABLE, cid)
+                return released, stale
 
-            res = self._with(cid, step)
+            res = self._with(cid, step,
+                             missing=lambda cid=cid: KSR.htable.sht_rm(HELD_TABLE, cid))
             if res is None:
-                KSR.htable.sht_rm(HELD_TABLE, cid)
                 continue
-            released, stale, still = res  # type: ignore[misc]
+            released, stale = res  # type: ignore[misc]
             for h in stale:
                 self.log(f"NOTIFY {cid} CSeq {h.cseq} held {now - h.since:.0f} s: dropped "
                          "(tm has timed its transaction out)")
-            if not still:
-                KSR.htable.sht_rm(HELD_TABLE, cid)
             out += [(cid, h) for h in released]
         return out
 
     def _held_dialogs(self) -> list[str]:
         return table_keys(HELD_TABLE)
+
+
+def _flag_held(cid: str) -> bool:
+    """Mark the dialog as having held NOTIFYs (the timer scans referee_held); called under
+    the dialog's slot lock."""
+    KSR.htable.sht_sets(HELD_TABLE, cid, "1")
+    return True
 
 
 LATER_TABLE = "referee_later"
