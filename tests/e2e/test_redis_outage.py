@@ -116,7 +116,12 @@ def test_hung_redis_costs_a_refer_at_most_the_budget_then_the_breaker_answers_at
     finish(lab, an, mk)
     took = refer_latencies(an)
     assert len(took) == slow_at_most + 3
-    assert took[0] >= BUDGET_S * 0.9, took  # it did wait for the hung Redis ...
+    # It did wait for the hung Redis: at least one ndb_redis timeout, half the budget
+    # (REFEREE_REDIS_TIMEOUT_MS).  A worker connected before Redis hung waits two (its
+    # command, then the check of its server); one whose child_init connection attempt
+    # already met the hung Redis (the lab answers OPTIONS before every process has
+    # connected) waits one, for the reconnect ...
+    assert took[0] >= BUDGET_S / 2 * 0.9, took
     # ... and never much longer than the budget (the rest is Python and SIPp's logging).
     assert max(took) < 2 * BUDGET_S, took
     answered_at_once = [t for t in took if t < BUDGET_S / 2]  # a breaker was open
