@@ -117,10 +117,11 @@ def test_hung_redis_costs_a_refer_at_most_the_budget_then_the_breaker_answers_at
     took = refer_latencies(an)
     assert len(took) == slow_at_most + 3
     # It did wait for the hung Redis: at least one ndb_redis timeout, half the budget
-    # (REFEREE_REDIS_TIMEOUT_MS).  A worker connected before Redis hung waits two (its
-    # command, then the check of its server); one whose child_init connection attempt
-    # already met the hung Redis (the lab answers OPTIONS before every process has
-    # connected) waits one, for the reconnect ...
+    # (REFEREE_REDIS_TIMEOUT_MS).  A worker connected before Redis hung usually waits
+    # two (ndb_redis reconnects after a command timed out and tries once more); one whose
+    # connection at start already met the hung Redis (the lab answers OPTIONS before
+    # every process has connected; its log then shows redisc_init's failed PING) waits
+    # one, seen as 58 ms ...
     assert took[0] >= BUDGET_S / 2 * 0.9, took
     # ... and never much longer than the budget (the rest is Python and SIPp's logging).
     assert max(took) < 2 * BUDGET_S, took
