@@ -147,8 +147,10 @@ def test_fail_open_relays_the_refer_and_the_phones_complete_the_transfer(start_l
     time.sleep(OPEN_S)
     an2, _, _ = parties.run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
     new_call = received(an2, "REFER", status=202)[0].header("Call-ID")
-    records = wait_for(lambda: [r for r in lab.finished() if r["call_id"] == new_call], 3)
-    assert [r["state"] for r in records] == ["succeeded"]
+    # Under a full suite's load this record once landed past a 3 s wait (the log said
+    # "succeeded" just before the stop; not explained yet): 6 s, as the outage test above.
+    records = wait_for(lambda: [r for r in lab.finished() if r["call_id"] == new_call], 6)
+    assert [r["state"] for r in records] == ["succeeded"], lab.kamailio.log()[-3000:]
 
 
 def test_a_refer_answered_503_while_redis_hangs_leaves_no_record(start_lab):
