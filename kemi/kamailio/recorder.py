@@ -165,8 +165,10 @@ class Recorder:
             if rid is None:
                 try:
                     rid = self.s.store.latest(call_id)
-                except RedisError:
-                    pass  # Redis away: the event is spooled as it is, the note beside it
+                except (RedisError, ValueError):
+                    # Redis away (the event is spooled as it is, the note beside it), or
+                    # an index entry no state of ours: the store resolves it, or says so
+                    pass
             return "event", self.event(call_id, rid, Event(e["e"]), e.get("f"),
                                         e.get("d", ""), at=at)
         if e["k"] == "note":
