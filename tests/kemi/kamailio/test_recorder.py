@@ -77,6 +77,27 @@ def test_a_481_to_a_held_notify_without_id_is_recorded_after_the_transfer_ended(
     assert not [line for line in ksr.logged if "unknown" in line]
 
 
+def test_an_answer_whose_transfer_the_recorder_cannot_resolve_is_still_stored(
+        ksr, redis_server):
+    """An index value that is no state of referee's (written by hand, or a newer
+    version's) makes the recorder's own resolution fail: the event is not dropped as
+    unreadable, it goes to the store, which resolves the dialog's one transfer itself."""
+    from kemi.kamailio.recorder import Recorder
+
+    client = packed_client(redis_server.url)
+    store = TransferStore(client)
+    cid = "odd-index@example.com"
+    _transfer(store, cid)
+    store.apply(cid, "1", Event.REFER_ACCEPTED, NOW + 1)
+    client.call("HSET", store.index_key(cid), "1", "no-such-state")
+    event = {"k": "apply", "r": None, "e": "notify-481", "f": {"notify_reply": "481"},
+             "d": "481", "t": NOW + 2}
+    Recorder(SimpleNamespace(store=store)).store_later_many([(cid, event)])
+    assert not [line for line in ksr.logged if "unreadable" in line]
+    assert store.log(cid, "1")[-1].split("|")[1:5] == [
+        "notify-481", "accepted", "transferor-gone", "applied"]
+
+
 def test_a_large_backlog_goes_in_pieces_so_redis_is_never_held_long(ksr, redis_server):
     """Under load a sweep tick finds thousands of 202s left for it: sent as one packed
     script they would hold Redis past every SIP worker's timeout."""
