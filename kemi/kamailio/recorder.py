@@ -58,16 +58,34 @@ class Recorder:
             self._spool_events(events, exc)
             return [None] * len(events), getattr(exc, "replies", None)
         for e, res in zip(events, results, strict=True):
+            if res.outcome == "unknown" and self._behind_journal(e):
+                continue
             self._applied(e, res)
         return results, replies
 
+    def _behind_journal(self, e: dict) -> bool:
+        """An event for a transfer Redis does not know, while the journal holds spooled
+        calls: its REFER's create may be one of them (Redis failed the create, then came
+        back for the events after it).  Spooled too, so the journal replays it after the
+        create (in time order) instead of it being dropped as unknown now."""
+        journal = getattr(self.s, "journal", None)
+        if journal is None or not journal.pending():
+            return False
+        spooled = self._spool_event(e)
+        log(KSR.notice, f"{e['event']} for {e['call_id']}/{e['refer_id']}: no such transfer "
+                        f"in Redis while the journal holds spooled calls; "
+                        f"{'spooled behind them' if spooled else 'LOST'}")
+        return spooled
+
+    def _spool_event(self, e: dict) -> bool:
+        return self.spool(
+            "apply", call_id=e["call_id"], refer_id=e["refer_id"], event=str(e["event"]),
+            now=e["now"], fields=e["fields"], deadline=e["deadline"], detail=e["detail"],
+            seq=e["seq"])
+
     def _spool_events(self, events: list[dict], exc: Exception) -> None:
         for e in events:
-            spooled = self.spool(
-                "apply", call_id=e["call_id"], refer_id=e["refer_id"],
-                event=str(e["event"]), now=e["now"], fields=e["fields"],
-                deadline=e["deadline"], detail=e["detail"], seq=e["seq"],
-            )
+            spooled = self._spool_event(e)
             log(KSR.err, f"{e['event']} for {e['call_id']}/{e['refer_id']} "
                          f"{'spooled' if spooled else 'LOST'} (Redis: {exc})")
 

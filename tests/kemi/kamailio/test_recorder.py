@@ -159,3 +159,45 @@ def test_once_redis_fails_the_rest_is_spooled_in_order_and_one_bad_entry_loses_n
     assert [(x["op"], x["call_id"]) for x in lines] == [
         *(("apply", cid) for cid in cids[LATER_BATCH:]), ("annotate", cids[0])]
     assert any("unreadable" in text and "no-such-event" in text for text in ksr.logged)
+
+
+def test_events_after_a_spooled_create_are_spooled_behind_it_not_dropped(
+        ksr, redis_server, tmp_path):
+    """Seen in a full run: Redis back after an outage, a worker's first trip on its old
+    connection failed, so the REFER was relayed (fail-open) and its create spooled; every
+    later event of that transfer went to Redis live, found no record and was dropped as
+    unknown -- the replayed record stayed refer-seen.  While the journal holds spooled
+    calls, an event for an unknown transfer is spooled behind them and replayed in time
+    order."""
+    from kemi.kamailio.recorder import Recorder
+
+    store = TransferStore(packed_client(redis_server.url))
+    journal = Journal(tmp_path / "journal")
+    rec = Recorder(SimpleNamespace(store=store, journal=journal))
+    cid = "after-outage@example.com"
+    rec.spool("create", call_id=cid, refer_id="2", fields={"refer_to": "sip:m@example.com"},
+              now=NOW, deadline=NOW + 600, transferor="andrew@example.com",
+              transferee="mckenzie@example.com", target="marsha@example.com")
+    rec.apply(cid, "2", Event.REFER_ACCEPTED, {"refer_reply": "202"}, "202", at=NOW + 1)
+    rec.apply(cid, "2", Event.NOTIFY_SUCCESS, {"final_sipfrag": "200 OK"}, "200 OK",
+              at=NOW + 2)
+    assert store.get(cid, "2") is None  # nothing live yet: all of it waits in the journal
+    journal.replay(store)
+    steps = [line.split("|")[1:5] for line in store.log(cid, "2")]
+    assert steps == [["refer", "new", "refer-seen", "applied"],
+                     ["refer-accepted", "refer-seen", "accepted", "applied"],
+                     ["notify-success", "accepted", "succeeded", "applied"]]
+    assert not journal.pending()
+
+
+def test_an_unknown_transfer_with_nothing_spooled_is_said_and_not_spooled(
+        ksr, redis_server, tmp_path):
+    from kemi.kamailio.recorder import Recorder
+
+    journal = Journal(tmp_path / "journal")
+    rec = Recorder(SimpleNamespace(store=TransferStore(packed_client(redis_server.url)),
+                                   journal=journal))
+    res = rec.apply("nobody@example.com", "2", Event.NOTIFY_SUCCESS, {}, "200 OK")
+    assert res.outcome == "unknown"
+    assert not journal.pending()
+    assert any("unknown" in text for text in ksr.logged)
