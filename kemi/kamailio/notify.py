@@ -185,7 +185,7 @@ class NotifyRoutes:
         if note.get("x"):
             fields["final_notify_reply"] = str(code)
         self.rec.defer(pv("$ci") or "", {
-            "k": "note", "r": note.get("r"), "f": fields,
+            "k": "note", "r": note.get("r"), "n": note.get("c"), "f": fields,
             "d": f"NOTIFY CSeq {note.get('c')} ({note.get('d', '')}) answered {code} by the "
                  "transferor"})
 
@@ -221,7 +221,7 @@ class NotifyRoutes:
                            "by the transferor: it has not learnt the outcome")
         self._note_delivery(note, code)
         if code == 481:
-            self.rec.defer(call_id, {"k": "apply", "r": note.get("r"),
+            self.rec.defer(call_id, {"k": "apply", "r": note.get("r"), "n": note.get("c"),
                                   "e": str(Event.NOTIFY_481), "f": {"notify_reply": "481"},
                                   "d": "481"})
         return CONTINUE

@@ -206,14 +206,24 @@ class Recorder:
 
     def apply_after_accepts(self, call_id, refer_id, event: Event, fields=None, detail="",
                             deadline=None, seq: int | None = None):
-        """An event of the dialog, after the 2xx answers to its REFERs that waited for it
-        (kemi.kamailio.sequencer.Deferred) -- all in one round trip; its result."""
+        """An event of the dialog, after what its reply routes left for later
+        (kemi.kamailio.sequencer.Deferred): the 2xx answers to its REFERs -- all in one
+        round trip --, and the transferor's answers to its NOTIFYs, which came before this
+        event on the wire: left to the sweep, they would be logged after it.  A held
+        NOTIFY (seq: its CSeq) is recorded after it left, so the answer to it may already
+        wait: that one goes after it.  Its result."""
         taken = self.s.order.fold(call_id)  # 2xx answers noted, not yet taken in
-        batch = [self._accept(call_id, e)
-                 for e in sorted(taken + self.s.later.take_accepts(call_id),
-                                 key=lambda e: e.get("t", 0))]
-        batch.append(self.event(call_id, refer_id, event, fields, detail, deadline, seq))
-        return self.apply_many(batch)[-1]
+        waiting = sorted(taken + self.s.later.take(call_id), key=lambda e: e.get("t", 0))
+        this = self.event(call_id, refer_id, event, fields, detail, deadline, seq)
+        if all(e["k"] == "accept" for e in waiting):
+            return self.apply_many([*(self._accept(call_id, e) for e in waiting), this])[-1]
+        # rare (an answer to a NOTIFY not yet swept): a trip or two more
+        own = [e for e in waiting if seq is not None and e["k"] != "accept"
+               and e.get("n") == seq]
+        self.store_later_many([(call_id, e) for e in waiting if e not in own])
+        res = self.apply_many([this])[-1]
+        self.store_later_many([(call_id, e) for e in own])
+        return res
 
     def note(self, call_id: str, refer_id: str | None, fields: dict, detail: str,
              at: float) -> None:

@@ -263,7 +263,8 @@ class Deferred:
     Entries: {"k": "accept", ...} a 2xx answer to a REFER, recorded with the next event of
     its dialog (the first NOTIFY, the transferor's BYE, the tied INVITE), or by the sweep
     after `accept_after_s` (a transferee that never NOTIFYs); {"k": "note"|"apply", ...}
-    what the transferor answered to a NOTIFY, stored by the next sweep.  A Kamailio
+    what the transferor answered to a NOTIFY, stored by the dialog's next event or the
+    next sweep, whichever comes first.  A Kamailio
     restart loses what is still here (at most one sweep interval of answers).
     """
 
@@ -289,9 +290,10 @@ class Deferred:
         finally:
             KSR.htable.sht_unlock(LATER_TABLE, cid)
 
-    def take_accepts(self, cid: str) -> list[dict]:
-        """The dialog's 2xx answers to REFERs not yet recorded (removed)."""
-        return self._take(cid, lambda e: e["k"] == "accept")
+    def take(self, cid: str) -> list[dict]:
+        """Everything the dialog's reply routes left for later (removed): its next event
+        stores it first, in its order."""
+        return self._take(cid, lambda e: True)
 
     def due(self) -> list[tuple[str, dict]]:
         """Entries to store now, taken: every answer to a NOTIFY, and 2xx answers to REFERs

@@ -70,7 +70,15 @@ def test_callee_refer_only_holds_refers_and_hangs_up_after_the_200_notify(run):
     record = run.transfer()
     assert record["state"] == "succeeded"
     assert record["transferor"] == "bob@127.0.0.1" and record["transferee"] == "alice@127.0.0.1"
-    assert run.ladder(record)[-1] == ("bye-transferor", "succeeded", "ignored")
+    ladder = run.ladder(record)
+    # Bob's 200 to the final NOTIFY and his BYE leave back to back and are taken by two
+    # workers at once: which is recorded first is the proxy's race, not Bob's order (the
+    # answer is left for the sweep; the BYE stores it first if it is waiting --
+    # tests/kemi/kamailio/test_recorder.py holds that).  The answer is recorded, and the
+    # BYE is the last event and changes nothing.
+    assert [step for step in ladder if step[0] != "note"][-1] == (
+        "bye-transferor", "succeeded", "ignored")
+    assert record["final_notify_reply"] == "200"
 
 
 def test_caller_refer_only_refer_to_the_proxy_itself_is_not_routable(run):

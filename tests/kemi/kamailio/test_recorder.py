@@ -12,6 +12,7 @@ from kemi.core.state import Event
 from kemi.storage.journal import Journal
 from kemi.storage.resp import RedisUnavailable
 from kemi.storage.transfers import TransferStore
+from tests.kemi.kamailio.test_answers import table  # noqa: F401 - the in-memory htable
 from tests.support.packed import packed_client
 
 NOW = 1_700_000_000.0
@@ -201,3 +202,93 @@ def test_an_unknown_transfer_with_nothing_spooled_is_said_and_not_spooled(
     assert res.outcome == "unknown"
     assert not journal.pending()
     assert any("unknown" in text for text in ksr.logged)
+
+
+def test_answers_left_for_the_sweep_are_stored_before_the_dialogs_next_event(
+        table, redis_server):  # noqa: F811
+    """Seen in CI (asterisk callee_refer_only): Bob answered the final NOTIFY 200, then
+    sent BYE; the answer waited for the sweep, the BYE was applied live, and the log read
+    bye-transferor, then the note -- the wire's order reversed.  The dialog's next event
+    takes what its reply routes left for later (answers to NOTIFYs, a 481's event, 2xx to
+    REFERs) and stores it first, in its order."""
+    from kemi.kamailio.recorder import Recorder
+    from kemi.kamailio.sequencer import Deferred
+
+    store = TransferStore(packed_client(redis_server.url))
+    cid = "answered-then-bye@example.com"
+    _transfer(store, cid)
+    store.apply(cid, "1", Event.REFER_ACCEPTED, NOW + 1, {"refer_reply": "202"})
+    store.apply(cid, "1", Event.NOTIFY_SUCCESS, NOW + 2, {"final_sipfrag": "200 OK"})
+    later = Deferred(lambda text: None, accept_after_s=60)
+    order = SimpleNamespace(fold=lambda call_id: [])
+    rec = Recorder(SimpleNamespace(store=store, later=later, order=order))
+    rec.defer(cid, {"k": "note", "r": "1", "f": {"final_notify_reply": "200"},
+                    "d": "NOTIFY CSeq 2 (200 OK) answered 200 by the transferor",
+                    "t": NOW + 3})
+
+    rec.apply_after_accepts(cid, "1", Event.BYE_TRANSFEROR, {"ended_by": "transferor"},
+                            "BYE from the transferor")
+
+    steps = [line.split("|")[1:5] for line in store.log(cid, "1")]
+    assert steps[-2:] == [["note", "succeeded", "succeeded", "noted"],
+                          ["bye-transferor", "succeeded", "succeeded", "ignored"]]
+    assert store.get(cid, "1")["final_notify_reply"] == "200"
+    assert later.due() == []  # nothing left for the sweep to store twice
+
+
+def test_an_event_left_for_the_sweep_is_applied_before_the_dialogs_next_event(
+        table, redis_server):  # noqa: F811
+    """The transferor refused a progress NOTIFY 481 (its subscription is over), then hung
+    up: the notify-481, left for the sweep by the failure route, comes before the BYE in
+    the record as it did on the wire -- and so the BYE finds the subscription ended."""
+    from kemi.kamailio.recorder import Recorder
+    from kemi.kamailio.sequencer import Deferred
+
+    store = TransferStore(packed_client(redis_server.url))
+    cid = "refused-then-bye@example.com"
+    _transfer(store, cid)
+    store.apply(cid, "1", Event.REFER_ACCEPTED, NOW + 1, {"refer_reply": "202"})
+    later = Deferred(lambda text: None, accept_after_s=60)
+    rec = Recorder(SimpleNamespace(store=store, later=later,
+                                   order=SimpleNamespace(fold=lambda call_id: [])))
+    rec.defer(cid, {"k": "note", "r": "1", "f": {"notify_reply": "481"},
+                    "d": "NOTIFY CSeq 1 (100 Trying) answered 481", "t": NOW + 2})
+    rec.defer(cid, {"k": "apply", "r": "1", "e": "notify-481", "f": {"notify_reply": "481"},
+                    "d": "481", "t": NOW + 2})
+
+    rec.apply_after_accepts(cid, "1", Event.BYE_TRANSFEROR, {"ended_by": "transferor"},
+                            "BYE from the transferor")
+
+    events = [line.split("|")[1] for line in store.log(cid, "1")]
+    assert events[-3:] == ["note", "notify-481", "bye-transferor"]
+    assert later.due() == []
+
+
+def test_the_answer_to_a_held_notify_stays_after_the_notify_itself(
+        table, redis_server):  # noqa: F811
+    """A held NOTIFY is recorded just after it left (no Redis trip while tm holds it), so
+    the transferor's answer to it can be waiting already: the answers to earlier NOTIFYs
+    go before its event, the answer to it after."""
+    from kemi.kamailio.recorder import Recorder
+    from kemi.kamailio.sequencer import Deferred
+
+    store = TransferStore(packed_client(redis_server.url))
+    cid = "held-answered@example.com"
+    _transfer(store, cid)
+    store.apply(cid, "1", Event.REFER_ACCEPTED, NOW + 1, {"refer_reply": "202"})
+    store.apply(cid, "1", Event.NOTIFY_TRYING, NOW + 2, seq=1)
+    later = Deferred(lambda text: None, accept_after_s=60)
+    rec = Recorder(SimpleNamespace(store=store, later=later,
+                                   order=SimpleNamespace(fold=lambda call_id: [])))
+    rec.defer(cid, {"k": "note", "r": "1", "n": 1, "f": {"notify_reply": "200"},
+                    "d": "NOTIFY CSeq 1 answered 200", "t": NOW + 3})
+    rec.defer(cid, {"k": "note", "r": "1", "n": 2, "f": {"final_notify_reply": "200"},
+                    "d": "NOTIFY CSeq 2 answered 200", "t": NOW + 5})
+
+    rec.apply_after_accepts(cid, "1", Event.NOTIFY_SUCCESS, {"final_sipfrag": "200 OK"},
+                            "200 OK", seq=2)
+
+    steps = [(line.split("|")[1], line.split("|")[-1]) for line in store.log(cid, "1")]
+    assert [s[0] for s in steps[-3:]] == ["note", "notify-success", "note"]
+    assert "CSeq 1" in steps[-3][1] and "CSeq 2" in steps[-1][1]
+    assert later.due() == []
