@@ -62,6 +62,7 @@ class Held:
     since: float
     first: bool = False  # its sipfrag is 100: nothing of its sender can precede it
     not_before: float = 0.0  # a retry after the transferor's 491 waits until then
+    note: str = ""  # the glue's own note on the NOTIFY (opaque here), kept while it waits
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,13 @@ class DialogOrder:
         if prev is not None and prev.cseq == cseq:
             self.last[tag] = Last(prev.cseq, prev.at, True)
 
-    def attach(self, tag: str, cseq: int, tindex: int, tlabel: int) -> bool:
-        """The suspended transaction of a NOTIFY `admit` queued; False if its place is gone
-        (dropped as stale meanwhile)."""
+    def attach(self, tag: str, cseq: int, tindex: int, tlabel: int, note: str = "") -> bool:
+        """The suspended transaction of a NOTIFY `admit` queued (and the glue's note on
+        it); False if its place is gone (dropped as stale meanwhile)."""
         for i, h in enumerate(self.held):
             if (h.tag, h.cseq) == (tag, cseq):
-                self.held[i] = Held(tag, cseq, tindex, tlabel, h.since, h.first, h.not_before)
+                self.held[i] = Held(tag, cseq, tindex, tlabel, h.since, h.first, h.not_before,
+                                    note)
                 return True
         return False
 
@@ -206,7 +208,8 @@ class DialogOrder:
             "f": None if self.final_at is None else round(self.final_at, 4),
             "l": {k: [v.cseq, round(v.at, 4), int(v.sent)] for k, v in self.last.items()},
             "h": [[h.tag, h.cseq, h.tindex, h.tlabel, round(h.since, 4), int(h.first),
-                   round(h.not_before, 4)] for h in self.held],
+                   round(h.not_before, 4), *([h.note] if h.note else [])]
+                  for h in self.held],
         }, separators=(",", ":"))
 
     @classmethod
@@ -221,7 +224,8 @@ class DialogOrder:
                 last={str(k): Last(int(v[0]), float(v[1]), bool(v[2]))
                       for k, v in raw["l"].items()},
                 held=[Held(str(h[0]), int(h[1]), int(h[2]), int(h[3]), float(h[4]),
-                           bool(h[5]), float(h[6])) for h in raw["h"]],
+                           bool(h[5]), float(h[6]), str(h[7]) if len(h) > 7 else "")
+                      for h in raw["h"]],
             )
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise OrderError(f"order state unreadable: {exc}") from exc

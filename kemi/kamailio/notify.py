@@ -12,10 +12,12 @@ import KSR  # provided by app_python3
 
 from kemi.core import transfer, verdicts
 from kemi.core.cseq import CSeqError, parse_cseq_number
+from kemi.core.order import Held
 from kemi.core.state import Event
 from kemi.kamailio.glue import CONTINUE, HANDLED, arm_routes, log, pv
 from kemi.kamailio.perform import perform
 from kemi.kamailio.recorder import Recorder
+from kemi.kamailio.sequencer import HELD_LIMIT_S
 from kemi.kamailio.services import Services
 from kemi.storage.resp import RedisError
 
@@ -34,6 +36,9 @@ class NotifyRoutes:
         self.s = services
         self.rec = recorder
         self._resumed: list[tuple[str, dict]] = []  # relayed by t_continue, to record
+        # held NOTIFYs the timer recorded before resuming them: (tm index, label) ->
+        # (their note, when)
+        self._ahead: dict[tuple[int, int], tuple[dict, float]] = {}
 
     def on_notify(self) -> int:
         """A refer NOTIFY: read (400/415 for what cannot be used), its event recorded,
@@ -91,7 +96,8 @@ class NotifyRoutes:
         if self.s.order.admit(call_id, note["t"], cseq, first,
                             hold=verdict == "hold") == "hold":
             KSR.pv.sets("$avp(rf_nfy)", json.dumps(note, separators=(",", ":")))
-            if self.s.order.suspend(call_id, note["t"], cseq):
+            waiting = "" if note["a"] else json.dumps(note, separators=(",", ":"))
+            if self.s.order.suspend(call_id, note["t"], cseq, waiting):
                 log(KSR.info, f"NOTIFY {call_id} CSeq {cseq} held: an earlier message "
                                "of its transfer is still on its way")
                 return HANDLED
@@ -140,12 +146,43 @@ class NotifyRoutes:
             note["r"] = res.refer_id
         note["a"] = True
 
+    def record_ahead(self, ahead: list[tuple[str, Held]]) -> None:
+        """The order timer: the held NOTIFYs about to be released, recorded while they are
+        still held -- after the 2xx to the REFER they waited for.  Recorded once they had
+        left, the transferee's next message (its INVITE, sent when the transferor has
+        answered the NOTIFY) was recorded before them by another worker.  What is not
+        recorded here (no note, an error) is recorded once it has left, as before."""
+        now = time.monotonic()
+        self._ahead = {k: v for k, v in self._ahead.items() if now - v[1] < HELD_LIMIT_S}
+        for call_id, h in ahead:
+            key = (h.tindex, h.tlabel)
+            if not h.note or key in self._ahead:
+                continue  # recorded already, or a 491 retry (recorded before it was held)
+            try:
+                note = json.loads(h.note)
+                if not isinstance(note, dict) or note.get("a"):
+                    continue
+                self.record_notify(call_id, note)
+            except Exception as exc:  # noqa: BLE001 - one bad note must not stop the rest
+                log(KSR.err, f"held NOTIFY {call_id} CSeq {h.cseq} not recorded ahead: "
+                              f"{exc!r}\n{traceback.format_exc()}")
+                continue
+            self._ahead[key] = (note, now)
+
     def resume(self) -> int:
         """A held NOTIFY resumed (tm t_continue): arm its routes again before the cfg (or
         kemi.kamailio.proxy) relays it -- what was armed before the suspension went with it -- and
         mark its Request-URI new: a NOTIFY sent again after a 491 was suspended in its
-        failure route, where tm counts the Request-URI as used ("no branches")."""
+        failure route, where tm counts the Request-URI as used ("no branches").  Its
+        note learns what the timer recorded (the transfer, that it is recorded)."""
         arm_routes()
+        try:
+            key = (int(pv("$T(id_index)") or -1), int(pv("$T(id_label)") or -1))
+        except ValueError:
+            key = (-1, -1)
+        recorded = self._ahead.pop(key, None)
+        if recorded is not None:
+            KSR.pv.sets("$avp(rf_nfy)", json.dumps(recorded[0], separators=(",", ":")))
         note = notify_note()
         target = (note or {}).get("u")
         KSR.pv.sets("$ru", target or pv("$ru") or "")

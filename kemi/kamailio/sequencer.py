@@ -17,6 +17,7 @@ two workers deciding about the same dialog see each other's decisions.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -169,13 +170,14 @@ class Sequencer:
         """tm's t_relay of this NOTIFY has returned: it is on the wire."""
         self._with(cid, lambda s: s.mark_sent(tag, cseq))
 
-    def suspend(self, cid: str, tag: str, cseq: int) -> bool:
+    def suspend(self, cid: str, tag: str, cseq: int, note: str = "") -> bool:
         """Suspend the current NOTIFY's transaction (creating it) into the place `admit`
-        queued it in; False if tm could not (the place is given up: relay it at once)."""
+        queued it in, with `note` (what the timer records before it resumes it); False if
+        tm could not (the place is given up: relay it at once)."""
         ids = self._suspend_current()
 
         def attach(s: DialogOrder) -> bool:
-            return s.attach(tag, cseq, *ids) and _flag_held(cid)
+            return s.attach(tag, cseq, *ids, note) and _flag_held(cid)
 
         if ids is None or not self._with(cid, attach):
             now = time.time()
@@ -204,6 +206,26 @@ class Sequencer:
             return None
 
     # -- the timer -------------------------------------------------------------------
+    def ahead(self, limit: int | None = None) -> list[tuple[str, Held]]:
+        """The held NOTIFYs `due` would release now, released in a copy only: they stay
+        held (whatever of their dialog comes meanwhile queues behind them) while the
+        timer records them, so the record lists them before anything their leaving sets
+        off -- the transferee's INVITE comes once its NOTIFY is answered.  2xx answers
+        noted for their dialogs are taken in (stored), as every look does."""
+        now = time.time()
+        out: list[tuple[str, Held]] = []
+        for cid in self._held_dialogs():
+            if limit is not None and len(out) >= limit:
+                break
+            room = None if limit is None else limit - len(out)
+            def step(s: DialogOrder, room=room) -> list[Held]:
+                s = copy.deepcopy(s)
+                s.forget_stale(now, self.timing, HELD_LIMIT_S)
+                return s.release(now, self.timing, room)
+
+            out += [(cid, h) for h in self._with(cid, step, reads_only=True) or []]
+        return out
+
     def due(self, limit: int | None = None) -> list[tuple[str, Held]]:
         """The held NOTIFYs to resume now (at most `limit`), dialog by dialog, each
         dialog's in CSeq order; they count as relayed from here on (resume them all, in

@@ -35,3 +35,17 @@ def test_success_reports_100_180_200_and_records_succeeded(lab):
     assert record["state"] == "succeeded"
     assert record["target"] == "marsha@127.0.0.1"
     assert record["node"] == lab.kamailio.address  # the node that took the REFER
+
+
+def test_the_record_lists_the_transfer_in_the_order_it_happened(lab):
+    """McKenzie sends the 202, the NOTIFY 100 and his INVITE to Marsha back to back.  The
+    NOTIFY is held for the 202's head start and recorded after it leaves; his INVITE,
+    taken meanwhile by another worker, must not be recorded before them (it was, every
+    demo run: `invite refer-seen -> trying`, then `refer-accepted trying (ignored)`)."""
+    run_transfer(lab, scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
+    [record] = lab.finished()
+    steps = [line.split("|", 5)[1:5]
+             for line in lab.store.log(record["call_id"], record["refer_id"])]
+    assert [s[0] for s in steps[:4]] == ["refer", "refer-accepted", "notify-trying",
+                                         "invite"], steps
+    assert all(s[3] == "applied" for s in steps[:4]), steps

@@ -188,6 +188,19 @@ def test_the_state_survives_shared_memory():
     o.mark_sent(B, 5)
     o.hold(Held(B, 7, 3, 4, since=2.0, first=False, not_before=2.5))
     assert DialogOrder.decode(o.encode()) == o
+    o.admit(B, 8, False, now=2.1, t=T)
+    assert o.attach(B, 8, 5, 6, note='{"e":"notify-trying"}')
+    assert DialogOrder.decode(o.encode()) == o  # the glue's note kept while it waits
+
+
+def test_a_held_notify_keeps_the_glues_note_until_it_is_released():
+    o = DialogOrder()
+    o.refer_relayed("2", A, now=0.0)
+    assert o.admit(B, 1, True, now=0.001, t=T) == "hold"
+    assert o.attach(B, 1, 7, 8, note="recorded by the timer")
+    o.refer_answered("2", now=0.002)
+    [h] = o.release(now=0.030, t=T)
+    assert h.note == "recorded by the timer"
 
 
 def test_an_unreadable_state_says_so():

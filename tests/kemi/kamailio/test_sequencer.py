@@ -76,3 +76,28 @@ def test_a_notify_held_while_the_timer_releases_its_dialog_keeps_the_dialog_flag
     seq.mark_sent("c1", "mk", 1)
     assert [(cid, h.cseq) for cid, h in seq.due()] == [("c1", 2)]
     assert table.sht_get(HELD_TABLE, "c1") is None  # nothing held any more
+
+
+def test_what_the_timer_looks_at_ahead_stays_held_until_it_is_released(
+        table):  # noqa: F811
+    """The order timer records the NOTIFYs about to go while they are still held: the look
+    ahead gives what `due` would release, with the note the worker left, and changes
+    nothing -- a NOTIFY of the dialog arriving meanwhile still queues behind them."""
+    from kemi.kamailio.sequencer import Sequencer
+
+    table.ksr.tmx = type("Tmx", (), {"t_suspend": staticmethod(lambda: 1)})
+    table.ksr.pv_values.update({"$T(id_index)": 10, "$T(id_label)": 11})
+    seq = Sequencer(Timing(), lambda text: None)
+    seq.refer_relayed("c1", "2", "andrew")
+    assert seq.admit("c1", "mk", 1, first=True) == "hold"
+    assert seq.suspend("c1", "mk", 1, note='{"e":"notify-trying"}')
+    seq.refer_answered("c1", "2")
+    time.sleep(Timing().grace_s * 1.5)
+
+    [(cid, h)] = seq.ahead()
+    assert (cid, h.cseq, h.tindex, h.tlabel, h.note) == ("c1", 1, 10, 11,
+                                                         '{"e":"notify-trying"}')
+    assert seq.ahead() == [(cid, h)]  # looking twice changes nothing
+    assert seq.verdict("c1", "mk", 2, first=False) == "hold"  # 1 is still held
+    assert [(c, d.cseq) for c, d in seq.due()] == [("c1", 1)]
+    assert seq.ahead() == []
