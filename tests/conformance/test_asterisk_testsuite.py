@@ -22,7 +22,7 @@ TARGET_AT_PROXY = "sip:{user}@[remote_ip]:[remote_port]"
 
 
 def ok(codes, run):
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
 
 
 @pytest.mark.parametrize("lab", BOTH_CONFIGS, indirect=True)

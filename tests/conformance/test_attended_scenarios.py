@@ -25,7 +25,7 @@ CONTRIB = ASTERISK / "contrib/sipp/transfer"
 
 
 def ok(codes, run):
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
 
 
 def dialog(run, call_id: str, caller_tag: str = "1"):
@@ -81,7 +81,7 @@ def test_contrib_referer_and_referee_attended_transfer_succeeds(drun):
         f"{replaced};to-tag={consult.callee_tag};from-tag=1")
     # referee: the transfer, the replaced dialog it named, and the INVITE tied to it.
     record = run.transfer()
-    assert record["state"] == "succeeded", (record, run.report())
+    assert record["state"] == "succeeded", f"{record}\n{run.report()}"
     assert record["transferor"] == "bob@127.0.0.1"
     assert record["transferee"] == "transfer@127.0.0.1"
     assert record["target"] == "1000@127.0.0.1"
@@ -272,7 +272,7 @@ def test_caller_local_referer_and_referee_attended_transfer_succeeds(drun):
     [hold, self_invite] = [m for m in received(ours.messages_path, "INVITE")
                           if ";tag=" in m.header("To") or m.header("Replaces")]
     record = run.transfer()
-    assert record["state"] == "succeeded", (record, run.report())
+    assert record["state"] == "succeeded", f"{record}\n{run.report()}"
     assert record["transferor"] == "bob@127.0.0.1"
     assert record["transferee"] == "transfer@127.0.0.1"
     assert record["target"] == "call_c@127.0.0.1"
@@ -311,7 +311,7 @@ def test_caller_local_uas_xml_as_call_c_stops_at_bobs_hold_and_refer(drun):
     referer = run.third_party(CALLER_LOCAL / "referer.xml", extra=("-3pcc", pcc),
                               timeout_s=3)
     codes = run.play_twins(uas, twin=twin, caller=referer)
-    assert 0 not in codes.values(), (codes, run.report())
+    assert 0 not in codes.values(), f"{codes}\n{run.report()}"
     errors = uas.errors()
     no_pai = errors.index("Failed regexp match: header P-Asserted-Identity not found")
     assert "CSeq: 2 INVITE" in errors[no_pai:no_pai + 400]  # bob's hold ...

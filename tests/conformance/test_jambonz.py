@@ -34,7 +34,7 @@ def test_uac_refer_with_notify_one_bare_notify_ends_the_transfer(run):
         register=("andrew",))
     jambonz = transferee(run, "uac-refer-with-notify.xml")
     codes = run.play(andrew, caller=jambonz)
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
     [accepted] = received(andrew.messages_path, "REFER", status=202)
     assert accepted.header("Content-Type") == "application/sdp"
     [notify] = received(andrew.messages_path, "NOTIFY")
@@ -54,7 +54,7 @@ def test_uac_refer_no_notify_transfer_expires(run):
         MARSHA, referred_by="<sip:andrew@[remote_ip]>"), register=("andrew",))
     jambonz = transferee(run, "uac-refer-no-notify.xml")
     codes = run.play(andrew, caller=jambonz)
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
     # The 202 is relayed at once and recorded with the next event of the transfer; with
     # none coming, the sweep records it about a second later.
     record = run.transfer()
@@ -105,7 +105,7 @@ def test_uas_dial_refer_pstn_target_allowed_for_a_tenant_with_pstn_at_home(run):
     run.lab.policy("tenant", "set", "default", "--allow-pstn", "yes", "--home-cc", "1")
     time.sleep(0.3)
     dialer, ours, codes = dial_refer(run, expect=202)
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
     [refer] = received(ours.messages_path, "REFER")
     assert refer.header("Referred-By").startswith("<sip:127.0.0.1:")  # no user part
     record = run.transfer()

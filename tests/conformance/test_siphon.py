@@ -38,7 +38,7 @@ def test_refer_transferor_leaves_after_the_first_notify_and_referee_still_record
     bob_sipp = run.ours("bob", bob, register=("bob",))
     siphon = run.third_party(SIPP / "refer.xml", service="bob", extra=("-inf", str(csv)))
     codes = run.play(bob_sipp, target, caller=siphon)
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
     [refer] = received(bob_sipp.messages_path, "REFER")
     assert refer.header("Refer-To") == f"<sip:transfer@127.0.0.1:{port};transport=udp>"
     record = run.transfer()
@@ -72,7 +72,7 @@ def test_refer_fail_unreachable_target_is_reported_failed(run):
     bob_sipp = run.ours("bob", bob, register=("bob",))
     siphon = run.third_party(SIPP / "refer_fail.xml", service="bob")
     codes = run.play(bob_sipp, caller=siphon)
-    assert set(codes.values()) == {0}, (codes, run.report())
+    assert set(codes.values()) == {0}, f"{codes}\n{run.report()}"
     record = run.transfer()
     assert record["state"] == "failed" and record["final_sipfrag"] == "408 Request Timeout"
     assert record["target"] == "invalid@0.0.0.0"
