@@ -15,6 +15,7 @@ with the Python client: referee.toml is what every other part of referee reads.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import KSR  # provided by app_python3
@@ -47,6 +48,7 @@ class NdbTransport:
         self.same: bool | None = None  # None: not checked yet
         self.loaded: set[str] = set()  # scripts Redis has (sent once by EVAL)
         self._fallback = resp_transport(self.resp)
+        self.around = False  # calls going around ndb_redis's disable window (_around)
 
     @property
     def address(self) -> str:
@@ -58,6 +60,35 @@ class NdbTransport:
             self._check()
         if not self.same:
             return self._fallback(sha, text, payload)
+        started = time.monotonic()
+        try:
+            value = self._ndb(sha, text, payload)
+        except RedisUnavailable as exc:
+            if time.monotonic() - started > self.timeout_s / 4:
+                raise  # it waited for Redis: Redis does not answer
+            return self._around(exc, sha, text, payload)
+        if self.around:
+            self.around = False
+            log(KSR.notice, f"ndb_redis server {SERVER!r} answers again: Redis calls go "
+                            "through it again")
+        return value
+
+    def _around(self, exc: RedisUnavailable, sha: str, text: str, payload: str) -> str:
+        """ndb_redis refused without waiting for Redis: after failures it disables the
+        server for its disable_time, counted from its own last failure, and that window
+        may outlast referee's breaker ([redis] breaker_open_s), which has just let this
+        call through.  The call goes to Redis itself through the Python client: Redis
+        back is seen now, not up to one window later (REFERs refused 503 meanwhile)."""
+        value = self._fallback(sha, text, payload)  # Redis away too: raises
+        if not self.around:
+            self.around = True
+            log(KSR.notice, f"ndb_redis server {SERVER!r} refused at once ({exc}) -- its "
+                            "disable window (disable_time) is still open -- but Redis "
+                            f"answers: calls go through the Python client to {self.address} "
+                            "until ndb_redis answers again")
+        return value
+
+    def _ndb(self, sha: str, text: str, payload: str) -> str:
         if sha not in self.loaded:
             # A process's first trip sends the runner itself (Redis caches it): no
             # NOSCRIPT, which ndb_redis would log as an error, in a fresh process.

@@ -12,7 +12,7 @@ import pytest
 
 from kemi.cli.demo import phones as scenarios
 from kemi.cli.demo.kamailio_node import sip_options
-from tests.e2e.conftest import make_lab
+from tests.e2e.conftest import close_lab, make_lab
 from tests.e2e.parties import Parties, finish, received, sip_messages, wait_for
 from tests.support.raw import RawUA, refer
 
@@ -91,13 +91,10 @@ def test_redis_down_refer_gets_503_retry_after_and_options_stay_fast(start_lab):
     assert received(mk, "REFER") == []
     assert_keepalives_fast(probes)
 
-    # Redis is back (empty): once the breakers let a trial through, transfers are tracked.
-    # Two breakers: referee's, and ndb_redis's own disable window (disable_time, set to
-    # breaker_open_s by the cfg) counted from its own last failure -- with only OPEN_S a
-    # REFER was once refused 503 with ndb_redis's rc -2 in a full run (read as that
-    # window still open; not proven).
+    # Redis is back (empty): once referee's breaker lets a trial through, transfers are
+    # tracked -- whatever ndb_redis's own disable window says (the test below).
     lab.redis.start()
-    time.sleep(2 * OPEN_S)
+    time.sleep(OPEN_S + 0.2)
     parties.run(scenarios.Andrew(), scenarios.McKenzie(), scenarios.Marsha())
     # A worker's first call on a connection from before the restart can fail; the event
     # it carried is spooled and replayed by the sweep (every 2 s), so the record may
@@ -186,3 +183,45 @@ def test_a_refer_answered_503_while_redis_hangs_leaves_no_record(start_lab):
     assert cids == ["warm-0@127.0.0.1", "warm-1@127.0.0.1"]
     tie = {k.decode(): v for k, v in lab.rcli.hgetall("referee:tie:mckenzie@127.0.0.1").items()}
     assert sorted(k.split("\x1f")[0] for k in tie) == cids
+
+
+@pytest.mark.parametrize("cfg", ["kamailio.cfg", "kamailio-native.cfg"])
+def test_ndb_redis_own_disable_window_does_not_outlast_referees_breaker(
+        cfg, tmp_path, redis_server):
+    """Two breakers stand in front of Redis: referee's ([redis] breaker_open_s) and
+    ndb_redis's disable window (disable_time, counted from its own last failure).  Once
+    referee's lets a trial through and Redis is back, a REFER must be tracked even while
+    ndb_redis still refuses at once -- it was refused 503 (rc -2) for up to one more
+    window.  ndb_redis's window is made long here (60 s) and one SIP worker takes every
+    REFER, so the trial surely meets it."""
+    lab = make_lab(tmp_path, redis_server, cfg,
+                   redis=f"breaker_failures = {FAILURES}\nbreaker_open_s = {OPEN_S}")
+    lab.kamailio.workers = 1
+    lab.kamailio.defines = (*(d for d in lab.kamailio.redis_defines()
+                              if not d.startswith("REFEREE_REDIS_DISABLE_S")),
+                            "REFEREE_REDIS_DISABLE_S=60")
+    lab.kamailio.start()
+    ua = RawUA(lab.kamailio.port)
+    try:
+        r = ua.send(refer(ua, call_id=b"before@127.0.0.1"))
+        assert r is not None and r.code == 202, r and r.raw
+        lab.redis.pause()
+        try:
+            for i in range(FAILURES):  # both breakers trip
+                r = ua.send(refer(ua, call_id=f"hung-{i}@127.0.0.1".encode()))
+                assert r is not None and r.code == 503, r and r.raw
+        finally:
+            lab.redis.resume()
+        time.sleep(1.5 * OPEN_S)  # referee's breaker lets a trial through
+        r = ua.send(refer(ua, call_id=b"after@127.0.0.1"))
+        assert r is not None and r.code == 202, (r and r.raw, lab.kamailio.log()[-3000:])
+    finally:
+        ua.close()
+        lab.kamailio.stop()
+    try:
+        assert sorted(r["call_id"] for r in lab.records()) == ["after@127.0.0.1",
+                                                              "before@127.0.0.1"]
+    finally:
+        close_lab(lab)
+    assert "disable" in lab.kamailio.log()  # said: ndb_redis refused, the trial went around
+    assert not lab.kamailio.python_errors()
