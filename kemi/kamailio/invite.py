@@ -10,6 +10,7 @@ import KSR  # provided by app_python3
 from kemi.core import replaces, transfer, verdicts
 from kemi.core.actions import Reply, refused
 from kemi.core.dialogs import DialogEvent
+from kemi.kamailio import unstored
 from kemi.kamailio.glue import CONTINUE, arm_routes, header_values, log, pv, source
 from kemi.kamailio.perform import perform
 from kemi.kamailio.recorder import Recorder
@@ -110,17 +111,28 @@ class InviteRoutes:
         except transfer.SipParseError as exc:
             return perform(refused(f"referred INVITE {call_id}", Reply(
                 400, "Bad Request", str(exc)), counts=("invites_refused",)).actions, self.rec)
+        remembered = False
         try:
             open_transfers = self.s.store.open_for_invite(caller.aor)
         except RedisError as exc:
-            log(KSR.err, f"referred INVITE from {caller.aor} not tied (Redis: {exc})")
-            return CONTINUE
+            # Redis away: the transfers this node relayed meanwhile (their records
+            # spooled) are known here; the tie's event is spooled behind them.
+            open_transfers = unstored.open_for(caller.aor,
+                                               self.s.settings.transfer.max_open_s)
+            if not open_transfers:
+                log(KSR.err, f"referred INVITE from {caller.aor} not tied (Redis: {exc})")
+                return CONTINUE
+            remembered = True
+            log(KSR.notice, f"referred INVITE {call_id} from {caller.aor}: Redis away "
+                            f"({exc}); tied by what this node relayed while it was")
         tie = verdicts.referred_invite(call_id, caller.aor, open_transfers, target,
                                        referred_by=pv("$hdr(Referred-By)") or "",
                                        token=token)
         rc = perform(tie.actions, self.rec)
         if tie.value is not None:
             self._follow(*tie.value)
+            if remembered:
+                unstored.tied(caller.aor, *tie.value, call_id)
         return rc
 
     @staticmethod

@@ -11,6 +11,7 @@ import KSR  # provided by app_python3
 
 from kemi.core import transfer, verdicts
 from kemi.core.cseq import CSeqError, parse_cseq_number
+from kemi.kamailio import unstored
 from kemi.kamailio.anchored import ACCEPT_DETAIL, AnchoredRoutes
 from kemi.kamailio.glue import CONTINUE, arm_routes, header_values, pv, source
 from kemi.kamailio.marks import mark_dialog
@@ -139,6 +140,7 @@ class ReferRoutes:
         rc = perform(v.actions, self.rec)
         if v.value:
             self._follow(plan)
+            unstored.remember(plan, self.s.settings.transfer.max_open_s)
         return rc
 
     def _follow(self, plan: transfer.ReferPlan) -> None:

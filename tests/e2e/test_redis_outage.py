@@ -142,6 +142,8 @@ def test_fail_open_relays_the_refer_and_the_phones_complete_the_transfer(start_l
     assert len(received(ma, "INVITE")) == 1
     assert "relayed while Redis is away" in lab.kamailio.log()
     assert lab.kamailio.python_errors() == []
+    old_call = received(an, "REFER", status=202)[0].header("Call-ID")
+    old_invite = received(ma, "INVITE")[0].header("Call-ID")
 
     # Redis is back (empty): a new transfer is tracked again.
     lab.redis.start()
@@ -154,6 +156,14 @@ def test_fail_open_relays_the_refer_and_the_phones_complete_the_transfer(start_l
     # 2 s): up to a few seconds, as in the outage test above.
     records = wait_for(lambda: [r for r in lab.finished() if r["call_id"] == new_call], 6)
     assert [r["state"] for r in records] == ["succeeded"], lab.kamailio.log()[-3000:]
+
+    # The transfer made while Redis was away, replayed from the journal: McKenzie's
+    # INVITE to Marsha was tied to it from the node's own memory of the REFER it relayed
+    # (it was "not tied" -- the record had no INVITE, its outcome only the NOTIFYs').
+    [old] = [r for r in lab.records() if r["call_id"] == old_call]
+    assert old["state"] == "succeeded"
+    assert old["invite_call_id"] == old_invite
+    assert "invite" in [line.split("|")[1] for line in lab.store.log(old_call, old["refer_id"])]
 
 
 def test_a_refer_answered_503_while_redis_hangs_leaves_no_record(start_lab):
