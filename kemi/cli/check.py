@@ -2,6 +2,8 @@
 keeping what it is told; the journal empty; the policy database readable -- said line
 by line.
 
+`--cfg FILE` checks a Kamailio cfg instead (kemi.cli.cfg_check).
+
 Exit codes: 0 all fine (warnings may be printed), 1 something referee needs is not
 there (Redis unreachable or a replica, policy database unreadable).
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-from kemi.cli import EXIT_FAILED, EXIT_OK
+from kemi.cli import EXIT_FAILED, EXIT_OK, cfg_check
 from kemi.storage import dialogs as _dialogs  # noqa: F401 - its scripts join SCRIPTS
 from kemi.storage import persistence
 from kemi.storage import policy_db as db
@@ -28,7 +30,13 @@ from kemi.storage.scripts import SCRIPTS
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "check", help="Redis reachable, primary and persistent; journal; policy database")
+        "check", help="Redis reachable, primary and persistent; journal; policy database "
+                      "(with --cfg: a Kamailio cfg's htables and timers instead)")
+    p.add_argument("--cfg", metavar="FILE",
+                   help="check only this Kamailio cfg: the htables and rtimers referee "
+                        "needs, read as kamailio's preprocessor reads it")
+    p.add_argument("-A", dest="defines", action="append", metavar="NAME[=VALUE]",
+                   help="with --cfg: a define, as given to kamailio -A")
     p.set_defaults(handler=run)
 
 
@@ -114,6 +122,8 @@ def _breakers(directory: str) -> None:
 
 
 def run(ctx, args) -> int:
+    if getattr(args, "cfg", None):
+        return cfg_check.run(args.cfg, args.defines)
     ok = True
     r = ctx.settings.redis
     client = RespClient(r.url, timeout_s=max(r.timeout_ms / 1000.0, 1.0))
