@@ -206,13 +206,16 @@ class Sequencer:
             return None
 
     # -- the timer -------------------------------------------------------------------
-    def ahead(self, limit: int | None = None) -> list[tuple[str, Held]]:
+    def ahead(self, limit: int | None = None,
+              now: float | None = None) -> list[tuple[str, Held]]:
         """The held NOTIFYs `due` would release now, released in a copy only: they stay
         held (whatever of their dialog comes meanwhile queues behind them) while the
         timer records them, so the record lists them before anything their leaving sets
         off -- the transferee's INVITE comes once its NOTIFY is answered.  2xx answers
-        noted for their dialogs are taken in (stored), as every look does."""
-        now = time.time()
+        noted for their dialogs are taken in (stored), as every look does.  Give `due`
+        the same `now`: a later one releases what the look did not see (its grace ran
+        out meanwhile), and that one would be recorded only after it left."""
+        now = time.time() if now is None else now
         out: list[tuple[str, Held]] = []
         for cid in self._held_dialogs():
             if limit is not None and len(out) >= limit:
@@ -226,14 +229,15 @@ class Sequencer:
             out += [(cid, h) for h in self._with(cid, step, reads_only=True) or []]
         return out
 
-    def due(self, limit: int | None = None) -> list[tuple[str, Held]]:
+    def due(self, limit: int | None = None,
+            now: float | None = None) -> list[tuple[str, Held]]:
         """The held NOTIFYs to resume now (at most `limit`), dialog by dialog, each
         dialog's in CSeq order; they count as relayed from here on (resume them all, in
         this order, in this process, before anything else)."""
         cids = self._held_dialogs()
         if not cids:
             return []
-        now = time.time()
+        now = time.time() if now is None else now
         out: list[tuple[str, Held]] = []
         for cid in cids:
             if limit is not None and len(out) >= limit:

@@ -43,8 +43,9 @@ class Timers:
         whose turn has come, one after another, so they leave in CSeq order
         (kemi.core.order); each goes on in the proxy's referee_resume.  Each is
         recorded just before it goes (NotifyRoutes.record_ahead)."""
-        self.notify.record_ahead(self.s.order.ahead())
-        for cid, h in self.s.order.due():
+        now = time.time()  # one instant for both: due releases what ahead recorded
+        self.notify.record_ahead(self.s.order.ahead(now=now))
+        for cid, h in self.s.order.due(now=now):
             if KSR.tmx.t_continue(h.tindex, h.tlabel, "referee_resume") < 0:
                 log(KSR.warn, f"held NOTIFY [{h.tindex}:{h.tlabel}] not resumed (its "
                                "transaction ended)")
@@ -63,8 +64,9 @@ class Timers:
                 self._continued = None
             self.notify.record_resumed()  # (outside the transaction's lock)
             if self._due is None:  # the first call of this tick
-                self.notify.record_ahead(self.s.order.ahead(limit=NATIVE_BATCH))
-                self._due = self.s.order.due(limit=NATIVE_BATCH)
+                now = time.time()  # one instant for both (see order())
+                self.notify.record_ahead(self.s.order.ahead(limit=NATIVE_BATCH, now=now))
+                self._due = self.s.order.due(limit=NATIVE_BATCH, now=now)
             if not self._due:
                 self._due = None
                 return -1

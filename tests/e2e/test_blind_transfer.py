@@ -46,6 +46,8 @@ def test_the_record_lists_the_transfer_in_the_order_it_happened(lab):
     [record] = lab.finished()
     steps = [line.split("|", 5)[1:5]
              for line in lab.store.log(record["call_id"], record["refer_id"])]
+    said = "\n".join(ln for ln in lab.kamailio.log().splitlines()
+                     if record["call_id"] in ln or "referee" in ln)[-6000:]
     assert [s[0] for s in steps[:4]] == ["refer", "refer-accepted", "notify-trying",
-                                         "invite"], steps
-    assert all(s[3] == "applied" for s in steps[:4]), steps
+                                         "invite"], f"{steps}\n{said}"
+    assert all(s[3] == "applied" for s in steps[:4]), f"{steps}\n{said}"

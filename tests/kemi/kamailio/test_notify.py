@@ -78,3 +78,36 @@ def test_a_held_notify_the_timer_could_not_record_is_recorded_once_it_has_left(k
     assert recorded == []
     routes.record_resumed()
     assert recorded == [("c1", "notify-trying", 1)]
+
+
+class _Order:
+    """The timer's view of the sequencer: what it was asked, and when."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, float | None]] = []
+
+    def ahead(self, limit=None, now=None):
+        self.asked.append(("ahead", now))
+        return []
+
+    def due(self, limit=None, now=None):
+        self.asked.append(("due", now))
+        return []
+
+
+def test_the_timer_looks_ahead_and_releases_at_one_instant(ksr):
+    """Seen under full-suite load: a NOTIFY whose grace ran out between the look ahead
+    and the release was released unrecorded, and recorded only after it left -- after
+    the transferee's INVITE.  Both cfgs' timers give the two the same instant."""
+    from kemi.kamailio.timers import Timers
+
+    routes, _, _ = _routes(ksr)
+    order = _Order()
+    timers = Timers.__new__(Timers)
+    timers.s, timers.notify = SimpleNamespace(order=order), routes
+    timers.child_init()
+    timers.order()  # kamailio.cfg
+    assert timers.next_due() == -1  # kamailio-native.cfg's loop
+    (a1, n1), (d1, m1), (a2, n2), (d2, m2) = order.asked
+    assert (a1, d1, a2, d2) == ("ahead", "due", "ahead", "due")
+    assert n1 is not None and n1 == m1 and n2 is not None and n2 == m2
