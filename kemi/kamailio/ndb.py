@@ -15,6 +15,7 @@ with the Python client: referee.toml is what every other part of referee reads.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 
@@ -44,7 +45,11 @@ class NdbTransport:
         self.url = url
         self.timeout_s = timeout_s
         self.prefix = prefix
-        self.resp = RespClient(url, timeout_s=timeout_s)  # the check, and the fallback
+        # The check, and the fallback.  Its breaker never opens: referee's own breaker
+        # (PackedClient's) stands in front of every call; a second one, opened by the
+        # fallback's failures during an outage, would refuse the trial once Redis is back.
+        self.resp = RespClient(url, timeout_s=timeout_s,
+                               breaker=CircuitBreaker(failures=sys.maxsize))
         self.same: bool | None = None  # None: not checked yet
         self.loaded: set[str] = set()  # scripts Redis has (sent once by EVAL)
         self._fallback = resp_transport(self.resp)
@@ -56,12 +61,12 @@ class NdbTransport:
 
     def __call__(self, sha: str, text: str, payload: str) -> str:
         """`EVALSHA sha 0 payload` (the packed runner, or a script the cfg also runs)."""
-        if self.same is None:
-            self._check()
-        if not self.same:
-            return self._fallback(sha, text, payload)
         started = time.monotonic()
         try:
+            if self.same is None:  # (a process whose first trips met no Redis checks again)
+                self._check()
+            if not self.same:
+                return self._fallback(sha, text, payload)
             value = self._ndb(sha, text, payload)
         except RedisUnavailable as exc:
             if time.monotonic() - started > self.timeout_s / 4:
