@@ -15,6 +15,7 @@ from kemi.core.dialogs import DialogEvent, response_event
 from kemi.core.state import Event
 from kemi.kamailio import metrics
 from kemi.kamailio.glue import log, pv, source
+from kemi.kamailio.marks import HTABLE
 from kemi.kamailio.services import Services
 from kemi.storage.resp import RedisError
 
@@ -52,6 +53,8 @@ class Recorder:
         return self._apply(events, commands)[1]
 
     def _apply(self, events: list[dict], commands) -> tuple[list, list | None]:
+        if not commands and self._after_spooled(events):
+            return [None] * len(events), None
         try:
             results, replies = self.s.store.apply_many_with(events, commands)
         except RedisError as exc:
@@ -62,6 +65,27 @@ class Recorder:
                 continue
             self._applied(e, res)
         return results, replies
+
+    def _after_spooled(self, events: list[dict]) -> bool:
+        """Events of a transfer that has events in the journal go there too, behind them:
+        one trip failed (a hung moment, a timeout under load) and the transfer's next
+        events, applied live, would come before it in the record -- the journal replays
+        in time order.  Once the journal is empty, the mark goes.  (The anchored side's
+        events with commands are not held back: their commands must run now.)"""
+        marked = [e["call_id"] for e in events if _spooled_mark(e["call_id"])]
+        if not marked:
+            return False
+        journal = getattr(self.s, "journal", None)
+        if journal is None or not journal.pending():
+            for call_id in marked:
+                _spooled_mark(call_id, clear=True)
+            return False
+        for e in events:
+            spooled = self._spool_event(e)
+            log(KSR.notice, f"{e['event']} for {e['call_id']}/{e['refer_id']}: "
+                            f"{'spooled behind' if spooled else 'LOST behind'} the transfer's "
+                            "events the journal holds")
+        return True
 
     def _behind_journal(self, e: dict) -> bool:
         """An event for a transfer Redis does not know, while the journal holds spooled
@@ -112,6 +136,8 @@ class Recorder:
         try:
             self.s.journal.append(op, **entry)
             metrics.bump("events_spooled")
+            if op in ("create", "apply") and entry.get("call_id"):
+                _spooled_mark(entry["call_id"], set_it=True)
             return True
         except OSError as exc:
             log(KSR.crit, f"journal {self.s.journal.dir} unwritable ({exc}): {op} {entry!r:.200}")
@@ -266,3 +292,21 @@ class Recorder:
         if event is None:
             return
         self.record_dialog(event, callee_tag=to_tag)
+
+
+SPOOLED = "spooled:"  # in the referee htable: the Call-ID has events in the journal
+
+
+def _spooled_mark(call_id: str, set_it: bool = False, clear: bool = False) -> bool:
+    """Read (or set, or clear) the node-local mark of a transfer's dialog with events in
+    the journal; False without the htable."""
+    key = SPOOLED + call_id
+    try:
+        if set_it:
+            return KSR.htable.sht_sets(HTABLE, key, "1") >= 0
+        if clear:
+            KSR.htable.sht_rm(HTABLE, key)
+            return False
+        return KSR.htable.sht_get(HTABLE, key) is not None
+    except Exception:  # noqa: BLE001 - htable not loaded: nothing marked
+        return False

@@ -134,6 +134,17 @@ class _FailsFrom:
         return self.inner.pipeline(commands)
 
 
+class _Gone:
+    """A client whose every round trip fails (one trip timed out)."""
+
+    cluster = False
+
+    def call(self, *args):
+        raise RedisUnavailable("no reply within the timeout (test)")
+
+    pipeline = call
+
+
 def test_once_redis_fails_the_rest_is_spooled_in_order_and_one_bad_entry_loses_nothing(
         ksr, redis_server, tmp_path):
     """Redis gone after the first piece: that piece stored, every later one spooled in
@@ -292,3 +303,37 @@ def test_the_answer_to_a_held_notify_stays_after_the_notify_itself(
     assert [s[0] for s in steps[-3:]] == ["note", "notify-success", "note"]
     assert "CSeq 1" in steps[-3][1] and "CSeq 2" in steps[-1][1]
     assert later.due() == []
+
+
+def test_events_after_one_spooled_are_spooled_behind_it_in_their_order(
+        table, redis_server, tmp_path):  # noqa: F811
+    """One trip failed under load (the timer's, recording a NOTIFY 100): that event was
+    spooled, the transfer's next ones went live, and the journal replayed the 100 after
+    them -- the record's order was not the wire's.  While the journal holds an event of a
+    transfer, the transfer's later events are spooled behind it; once it is replayed,
+    they go live again."""
+    from kemi.kamailio.recorder import Recorder
+
+    client = packed_client(redis_server.url)
+    store = TransferStore(client)
+    journal = Journal(tmp_path / "journal")
+    cid = "one-trip-failed@example.com"
+    _transfer(store, cid)
+    store.apply(cid, "1", Event.REFER_ACCEPTED, NOW + 1, {"refer_reply": "202"})
+    failing = Recorder(SimpleNamespace(store=TransferStore(_Gone()), journal=journal))
+    failing.apply(cid, "1", Event.NOTIFY_TRYING, {"last_notify": "100"}, "100 Trying",
+                  at=NOW + 2)
+    rec = Recorder(SimpleNamespace(store=store, journal=journal))
+    rec.apply(cid, "1", Event.INVITE, {"invite_call_id": "i1"}, at=NOW + 3)
+    rec.apply(cid, "1", Event.NOTIFY_RINGING, {"last_notify": "180"}, "180 Ringing",
+              at=NOW + 4)
+    assert store.get(cid, "1")["state"] == "accepted"  # nothing went around the 100
+    journal.replay(store)
+    steps = [line.split("|")[1:5] for line in store.log(cid, "1")]
+    assert steps[-3:] == [["notify-trying", "accepted", "trying", "applied"],
+                          ["invite", "trying", "trying", "applied"],
+                          ["notify-ringing", "trying", "ringing", "applied"]]
+    rec.apply(cid, "1", Event.NOTIFY_SUCCESS, {"final_sipfrag": "200 OK"}, "200 OK",
+              at=NOW + 5)
+    assert store.get(cid, "1")["state"] == "succeeded"  # live again
+    assert not journal.pending()
