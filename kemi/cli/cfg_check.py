@@ -75,6 +75,7 @@ class Cfg:
     modules: set[str] = field(default_factory=set)
     python_load: str = ""
     files: list[Path] = field(default_factory=list)
+    stack: list[Path] = field(default_factory=list)  # the files being read (includes)
 
 
 def _value(token: str, defines: dict[str, str]) -> str:
@@ -102,6 +103,8 @@ def read(path: Path, defines: dict[str, str]) -> Cfg:
 def _read(path: Path, cfg: Cfg, active: list[bool], top: Path, required: bool) -> None:
     if not path.is_absolute() and not path.exists():
         path = top / path
+    if len(cfg.files) > 100 or path.resolve() in (f.resolve() for f in cfg.stack):
+        raise CfgError(f"{path}: included from itself (an include_file loop)")
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -109,6 +112,14 @@ def _read(path: Path, cfg: Cfg, active: list[bool], top: Path, required: bool) -
             raise CfgError(f"{path}: {exc.strerror or exc}") from exc
         return
     cfg.files.append(path)
+    cfg.stack.append(path)
+    try:
+        _lines(text, path, cfg, active, top)
+    finally:
+        cfg.stack.pop()
+
+
+def _lines(text: str, path: Path, cfg: Cfg, active: list[bool], top: Path) -> None:
     in_comment = False
     for line in text.splitlines():
         if in_comment:

@@ -105,3 +105,13 @@ def test_the_command_says_each_piece_and_exits_1_when_one_is_missing(tmp_path):
     gone = subprocess.run([REFEREE, "check", "--cfg", str(tmp_path / "none.cfg")],
                           capture_output=True, text=True, timeout=30)
     assert gone.returncode == 1 and "UNREADABLE" in gone.stdout
+
+
+def test_an_include_loop_is_said_not_followed_for_ever(tmp_path):
+    (tmp_path / "a.cfg").write_text('include_file "b.cfg"\n')
+    (tmp_path / "b.cfg").write_text('include_file "a.cfg"\n')
+    with pytest.raises(cfg_check.CfgError, match="include_file loop"):
+        cfg_check.read(tmp_path / "a.cfg", {})
+    out = subprocess.run([REFEREE, "check", "--cfg", str(tmp_path / "a.cfg")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "UNREADABLE" in out.stdout and not out.stderr
